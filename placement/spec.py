@@ -1,0 +1,374 @@
+"""The ModelSet schema: the one definition that the CLI, the operator and the CRD derive from.
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+The CRD's openAPIV3Schema is generated from these models (see statmux.operator.crd).
+Cross-field rules live in `model_validator`s here and are mirrored as CEL rules in the CRD.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "statmux.io/v1alpha1"
+KIND = "ModelSet"
+
+POLICIES = ("statmux", "sr", "clockwork++", "alpaserve", "manual")
+Policy = Literal["statmux", "sr", "clockwork++", "alpaserve", "manual"]
+TraceFormat = Literal["csv", "azure2019", "azure2021"]
+RateSplit = Literal["uniform", "powerLaw"]
+Architecture = Literal["bert", "gpt2", "llama"]
+WeightDtype = Literal["float32", "float16", "bfloat16"]
+
+
+class SpecError(ValueError):
+    """A user mistake in a ModelSet; the message names the field and what is allowed."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=False,
+    )
+
+
+# --------------------------------------------------------------------------- profiles
+class InlineConfigProfile(_Model):
+    """Measured latency of one (pp, tp) config: per batch size, one latency per stage."""
+
+    pipeline_stages: int = Field(ge=1, le=64, description="pp: number of pipeline stages")
+    tensor_parallel: int = Field(ge=1, le=64, description="tp: tensor-parallel degree")
+    stage_latency_s: dict[str, list[Annotated[float, Field(gt=0)]]] = Field(
+        description="batch size (as a string key) -> per-stage latency in seconds"
+    )
+    weight_bytes_per_gpu: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None,
+        description="per-stage weight bytes on each GPU; derived from weightBytes when absent",
+    )
+
+
+class InlineProfile(_Model):
+    weight_bytes: float = Field(gt=0, description="total weight bytes of the model")
+    configs: list[InlineConfigProfile] = Field(min_length=1)
+    num_layers: int | None = Field(default=None, ge=1)
+
+
+class ProfileRef(_Model):
+    """Exactly one of builtin, file or inline."""
+
+    builtin: str | None = Field(default=None, description="a built-in profile name")
+    file: str | None = Field(default=None, description="path to a profile in YAML or JSON")
+    inline: InlineProfile | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ProfileRef:
+        given = [k for k in ("builtin", "file", "inline") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"set exactly one of builtin, file or inline (got {', '.join(given) or 'none'})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- models
+class WeightSource(_Model):
+    """Where the runtime gets the weights from."""
+
+    source: Literal["synthetic", "huggingface"] = Field(
+        default="synthetic",
+        description="synthetic: random weights from a config; huggingface: config.json + "
+        "safetensors in a local directory",
+    )
+    architecture: Architecture = "bert"
+    path: str | None = Field(default=None, description="directory with config.json + safetensors")
+    preset: str | None = Field(
+        default=None, description="a named synthetic size, for example bert-1.3b or tiny"
+    )
+    config: dict[str, int | float | str | bool] | None = Field(
+        default=None, description="HF config fields for synthetic weights (override the preset)"
+    )
+    dtype: WeightDtype = "float16"
+
+    @model_validator(mode="after")
+    def _path_for_hf(self) -> WeightSource:
+        if self.source == "huggingface" and not self.path:
+            raise ValueError("source 'huggingface' needs path (a directory with config.json)")
+        return self
+
+
+class SLO(_Model):
+    """Either an absolute latency or a multiple of the model's single-GPU batch-1 latency."""
+
+    latency_seconds: float | None = Field(default=None, gt=0)
+    slo_scale: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SLO:
+        if (self.latency_seconds is None) == (self.slo_scale is None):
+            raise ValueError("set exactly one of latencySeconds or sloScale")
+        return self
+
+
+class ModelSpec(_Model):
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="DNS-1123 label: lower-case letters, digits and '-'",
+    )
+    profile: ProfileRef
+    weights: WeightSource = Field(default_factory=WeightSource)
+    slo: SLO | None = Field(default=None, description="overrides spec.slo for this model")
+
+
+# --------------------------------------------------------------------------- workload
+class ModelRate(_Model):
+    model: str
+    rate: float = Field(ge=0, description="requests per second")
+    cv: float = Field(default=1.0, gt=0, description="coefficient of variation of inter-arrivals")
+
+
+class TotalRate(_Model):
+    rate: float = Field(gt=0, description="total requests per second over all models")
+    cv: float = Field(default=1.0, gt=0)
+    split: RateSplit = "uniform"
+    exponent: float = Field(
+        default=1.0, ge=0, description="powerLaw: rate of the i-th model ∝ (i+1)^-exponent"
+    )
+
+
+class TraceRef(_Model):
+    path: str
+    format: TraceFormat
+    rate_scale: float = Field(default=1.0, gt=0)
+    cv_scale: float = Field(default=1.0, gt=0)
+    window_seconds: float = Field(
+        default=3600.0, gt=0, description="Gamma fit per time window (Azure traces)"
+    )
+    start_seconds: float = Field(default=0.0, ge=0)
+
+
+class Workload(_Model):
+    """Exactly one of perModel, total or trace."""
+
+    duration_seconds: float = Field(default=3600.0, gt=0)
+    seed: int = Field(default=0, ge=0)
+    per_model: list[ModelRate] | None = None
+    total: TotalRate | None = None
+    trace: TraceRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Workload:
+        given = [k for k in ("per_model", "total", "trace") if getattr(self, k) is not None]
+        if len(given) != 1:
+            names = ", ".join(to_camel(g) for g in given) or "none"
+            raise ValueError(f"set exactly one of perModel, total or trace (got {names})")
+        return self
+
+
+# --------------------------------------------------------------------------- cluster
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_FACTORS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def parse_quantity(text: str) -> int:
+    """Parse a Kubernetes-style byte quantity ("13Gi", "16G", "1073741824")."""
+    m = _QUANTITY.match(text.strip())
+    if not m:
+        raise ValueError(
+            f"{text!r} is not a byte quantity; use a number with an optional suffix "
+            "Ki, Mi, Gi, Ti, k, M, G or T (for example 13Gi)"
+        )
+    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+
+
+class Cluster(_Model):
+    gpus: int = Field(ge=1, le=4096)
+    gpu_memory: str = Field(
+        default="13Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description="memory budget for weights per GPU, e.g. 13Gi",
+    )
+    gpus_per_node: int = Field(default=8, ge=1, le=64)
+    gpu_product: str | None = Field(
+        default=None, description="nvidia.com/gpu.product node label to select, if any"
+    )
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return parse_quantity(self.gpu_memory)
+
+
+# --------------------------------------------------------------------------- placement
+class ManualGroup(_Model):
+    pipeline_stages: int = Field(ge=1, le=64)
+    tensor_parallel: int = Field(ge=1, le=64)
+    models: list[str] = Field(min_length=1)
+
+
+class PlacementSpec(_Model):
+    policy: Policy = "statmux"
+    groups: list[ManualGroup] | None = Field(
+        default=None, description="the manual placement; only with policy 'manual'"
+    )
+
+    @model_validator(mode="after")
+    def _manual_groups(self) -> PlacementSpec:
+        if self.policy == "manual" and not self.groups:
+            raise ValueError("policy 'manual' needs groups")
+        if self.policy != "manual" and self.groups:
+            raise ValueError(f"groups are only allowed with policy 'manual' (policy is {self.policy!r})")
+        return self
+
+
+# --------------------------------------------------------------------------- the spec
+class ModelSetSpec(_Model):
+    models: list[ModelSpec] = Field(min_length=1, max_length=1024)
+    slo: SLO = Field(default_factory=lambda: SLO(slo_scale=5.0))
+    workload: Workload
+    cluster: Cluster
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    max_batch_size: int = Field(default=1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModelSetSpec:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        known = set(names)
+        if self.workload.per_model is not None:
+            for r in self.workload.per_model:
+                if r.model not in known:
+                    raise ValueError(
+                        f"workload.perModel names unknown model {r.model!r}; "
+                        f"known models: {', '.join(names)}"
+                    )
+        if self.placement.groups:
+            used = 0
+            for g in self.placement.groups:
+                used += g.pipeline_stages * g.tensor_parallel
+                for m in g.models:
+                    if m not in known:
+                        raise ValueError(
+                            f"placement.groups names unknown model {m!r}; "
+                            f"known models: {', '.join(names)}"
+                        )
+            if used > self.cluster.gpus:
+                raise ValueError(
+                    f"placement.groups use {used} GPUs but cluster.gpus is {self.cluster.gpus}"
+                )
+        return self
+
+    def slo_for(self, model: ModelSpec) -> SLO:
+        return model.slo or self.slo
+
+
+class Metadata(_Model):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+    name: str = "modelset"
+    namespace: str | None = None
+
+
+class ModelSet(_Model):
+    api_version: Literal["statmux.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ModelSet"]
+    metadata: Metadata = Field(default_factory=Metadata)
+    spec: ModelSetSpec
+    # Present when the object comes from the API server; ignored by the planner.
+    status: dict[str, Any] | None = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _meta(cls, v: Any) -> Any:
+        return v or {}
+
+
+# --------------------------------------------------------------------------- loading
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem: the field path, then what is wrong and what is allowed."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after", "tagged-union"))
+        # pydantic adds the validator name to the location of model_validator errors
+        loc = re.sub(r"\.?\[?function-(after|before|wrap)\[[^]]*\]\]?", "", loc)
+        path = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_modelset(data: Any, source: str = "ModelSet") -> ModelSet:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping with apiVersion, kind and spec")
+    try:
+        return ModelSet.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"{source} is invalid:\n{format_validation_error(err)}") from None
+
+
+def parse_spec(data: Any, source: str = "spec") -> ModelSetSpec:
+    """Validate a bare `spec` (what the operator receives)."""
+    try:
+        return ModelSetSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"{source} is invalid:\n{format_validation_error(err, 'spec.')}") from None
+
+
+def load_modelset(path: str | Path) -> ModelSet:
+    """Read a ModelSet manifest (YAML or JSON). Relative file paths resolve against it."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"cannot read {p}: {err.strerror}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p} is not valid YAML: {err}") from None
+    sets = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if not sets:
+        raise SpecError(f"{p} holds no document with kind: {KIND}")
+    if len(sets) > 1:
+        raise SpecError(f"{p} holds {len(sets)} ModelSets; pass one per file")
+    ms = parse_modelset(sets[0], str(p))
+    _resolve_paths(ms.spec, p.parent)
+    return ms
+
+
+def _resolve_paths(spec: ModelSetSpec, base: Path) -> None:
+    def resolve(s: str) -> str:
+        q = Path(s)
+        return str(q if q.is_absolute() else (base / q).resolve())
+
+    for m in spec.models:
+        if m.profile.file:
+            m.profile.file = resolve(m.profile.file)
+        if m.weights.path:
+            m.weights.path = resolve(m.weights.path)
+    if spec.workload.trace is not None:
+        spec.workload.trace.path = resolve(spec.workload.trace.path)

@@ -1,0 +1,5 @@
+import sys
+
+from statmux.cli import main
+
+sys.exit(main())
