@@ -76,7 +76,9 @@ def group_memory_per_gpu(group: Group, profiles: dict[str, ModelProfile]) -> flo
     return total
 
 
-def fits(group: Group, profiles: dict[str, ModelProfile], budget: float, extra: str | None = None) -> bool:
+def fits(
+    group: Group, profiles: dict[str, ModelProfile], budget: float, extra: str | None = None
+) -> bool:
     used = group_memory_per_gpu(group, profiles)
     if extra is not None:
         cp = profiles[extra].get(group.config.pp, group.config.tp)
@@ -110,7 +112,9 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         data = json.loads(text)
         if data.get("kind") != "Plan" or data.get("apiVersion") != PLAN_API_VERSION:
-            raise ValueError(f"not a statmux Plan (expected kind: Plan, apiVersion: {PLAN_API_VERSION})")
+            raise ValueError(
+                f"not a statmux Plan (expected kind: Plan, apiVersion: {PLAN_API_VERSION})"
+            )
         return cls(data)
 
     @classmethod

@@ -241,7 +241,9 @@ class PlacementSpec(_Model):
         if self.policy == "manual" and not self.groups:
             raise ValueError("policy 'manual' needs groups")
         if self.policy != "manual" and self.groups:
-            raise ValueError(f"groups are only allowed with policy 'manual' (policy is {self.policy!r})")
+            raise ValueError(
+                f"groups are only allowed with policy 'manual' (policy is {self.policy!r})"
+            )
         return self
 
 

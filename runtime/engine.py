@@ -1,0 +1,91 @@
+"""The contract between a group's execution engine and its serving front end.
+
+The engine (runtime/group.py and friends) owns the models, the torch.distributed group, the
+pipeline and tensor parallelism and the weight swapping. The front end (server, scheduler,
+metrics) owns queues, admission, batching and the Open Inference Protocol. The front end
+only talks to the engine through this protocol, on the group leader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+# Open Inference Protocol datatypes <-> numpy
+OIP_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "UINT8": np.dtype(np.uint8),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+NUMPY_TO_OIP: dict[np.dtype, str] = {v: k for k, v in OIP_TO_NUMPY.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # an Open Inference Protocol datatype, e.g. "INT64", "FP32"
+    shape: tuple[int, ...]  # -1 for a variable dimension; the first is the batch dimension
+    optional: bool = False
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    platform: str  # e.g. "statmux-bert"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int = 1
+    slo_seconds: float | None = None
+    # Per batch size, per pipeline stage, seconds (from the Plan): used by admission control.
+    stage_latency_s: dict[int, list[float]] = field(default_factory=dict)
+    version: str = "1"
+
+
+Request = Mapping[str, np.ndarray]  # input name -> array whose first dim is this request's rows
+Response = dict[str, np.ndarray]
+
+
+class EngineError(RuntimeError):
+    """The group cannot run the batch (a rank died, a model failed to load, ...)."""
+
+
+class GroupEngine(Protocol):
+    """What the leader's front end needs from the group."""
+
+    def model_infos(self) -> dict[str, ModelInfo]:
+        """Every model the group hosts (loaded or not)."""
+        ...
+
+    def submit(self, model: str, batch: list[Request]) -> Future[list[Response]]:
+        """Run one batch of requests for one model through the group's pipeline.
+
+        Non-blocking: several batches may be in flight across the pipeline stages at once.
+        The future resolves to one Response per request, in order, or raises EngineError.
+        """
+        ...
+
+    def load(self, model: str) -> float:
+        """Make the model resident on every rank (swap in); returns the seconds it took."""
+        ...
+
+    def unload(self, model: str) -> None:
+        """Drop the model's weights from the GPUs (they stay in pinned CPU memory)."""
+        ...
+
+    def loaded(self) -> set[str]: ...
+
+    def healthy(self) -> bool:
+        """False once any rank of the group is gone; in-flight futures then fail."""
+        ...
+
+    def shutdown(self) -> None: ...
