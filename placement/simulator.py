@@ -1,0 +1,313 @@
+"""Discrete-event simulator of a placement serving a workload (what the search optimises).
+
+Semantics (the parts live in separate modules):
+
+- Workload (statmux.placement.workload): requests (arrival time, model) in arrival order;
+  each has a deadline = arrival + the SLO of its model.
+- Execution model (statmux.placement.sim_exec): a placement is a list of groups, each a
+  chain of pp stages with a (pp, tp) config; stage k of group g is free from free[g, k].
+  A batch of model m on group g takes the stage latencies profiles[m].get(pp, tp)
+  .stage_latency[row(batch)] (batches between profiled sizes run at the next profiled size).
+  Entering at t: s_0 = max(t, free[g, 0]), e_k = s_k + l_k, s_k = max(e_{k-1}, free[g, k]).
+- Scheduling policy (statmux.placement.sim_policy): a request goes to the hosting group that
+  would complete it earliest (ties: lowest group index); if that completion is later than
+  its deadline it is rejected at arrival (a miss that occupies nothing). A model that no
+  group hosts misses every request.
+- max_batch_size == 1: requests are served one at a time in arrival order; an admitted
+  request commits free[g, k] = e_k at once, so it always meets its deadline.
+- max_batch_size > 1: event-driven (see statmux.placement.sim_kernels.run_batched): admitted
+  requests wait in per-group, per-model FIFO queues; whenever stage 0 of a group frees, the
+  group drops queued requests that can no longer meet their deadline (misses), then runs the
+  model whose head request has the earliest deadline with the largest batch (≤
+  max_batch_size and ≤ the largest profiled batch of that config) that still meets the
+  head's deadline. Admission at arrival uses the completion estimated as if the group's
+  queue ran one request at a time at batch 1.
+
+Outputs (SimResult): per-model request, good, rejected and dropped counts (so results of
+time windows can be summed with SimResult.merge), attainment = good / requests (1.0 when
+there are no requests), latency percentiles of served requests, goodput = good / duration,
+and per-group utilization = busy time of the group's busiest stage / duration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from statmux.placement.plan import Placement
+from statmux.placement.profile import ModelProfile, ParallelConfig
+from statmux.placement.sim_kernels import run_batched, run_unbatched
+from statmux.placement.workload import Workload
+
+
+@dataclass
+class SimResult:
+    model_names: list[str]
+    requests: np.ndarray  # per model, int64
+    good: np.ndarray  # per model: finished within the SLO
+    rejected: np.ndarray  # per model: rejected at arrival (includes unplaced models)
+    dropped: np.ndarray  # per model: dropped from a queue (batching only)
+    duration: float
+    group_utilization: np.ndarray  # per group, busiest stage's busy time / duration
+    latencies: np.ndarray = field(repr=False)  # seconds, of every served request
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.requests.sum())
+
+    @property
+    def n_good(self) -> int:
+        return int(self.good.sum())
+
+    @property
+    def n_rejected(self) -> int:
+        return int(self.rejected.sum())
+
+    @property
+    def n_dropped(self) -> int:
+        return int(self.dropped.sum())
+
+    @property
+    def attainment(self) -> float:
+        n = self.n_requests
+        return self.n_good / n if n else 1.0
+
+    @property
+    def per_model_attainment(self) -> dict[str, float]:
+        return {
+            name: (int(g) / int(r) if r else 1.0)
+            for name, g, r in zip(self.model_names, self.good, self.requests, strict=True)
+        }
+
+    @property
+    def goodput(self) -> float:
+        """Good requests per second."""
+        return self.n_good / self.duration if self.duration > 0 else 0.0
+
+    def latency_percentile(self, q: float) -> float:
+        """q-th percentile (0..100) of served requests' latency; NaN when none was served."""
+        if self.latencies.size == 0:
+            return float("nan")
+        return float(np.percentile(self.latencies, q))
+
+    @property
+    def latency_p50(self) -> float:
+        return self.latency_percentile(50)
+
+    @property
+    def latency_p90(self) -> float:
+        return self.latency_percentile(90)
+
+    @property
+    def latency_p99(self) -> float:
+        return self.latency_percentile(99)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "attainment": self.attainment,
+            "requests": self.n_requests,
+            "good": self.n_good,
+            "rejected": self.n_rejected,
+            "dropped": self.n_dropped,
+            "goodput": self.goodput,
+            "latencyP50": self.latency_p50,
+            "latencyP90": self.latency_p90,
+            "latencyP99": self.latency_p99,
+            "perModel": self.per_model_attainment,
+            "groupUtilization": [float(u) for u in self.group_utilization],
+        }
+
+    @staticmethod
+    def merge(results: Sequence[SimResult]) -> SimResult:
+        """Sum results of consecutive windows (same models). Utilization is
+        duration-weighted when every window has the same number of groups, else empty."""
+        if not results:
+            raise ValueError("nothing to merge")
+        names = results[0].model_names
+        if any(r.model_names != names for r in results):
+            raise ValueError("can only merge results over the same models")
+        duration = sum(r.duration for r in results)
+        shapes = {r.group_utilization.shape for r in results}
+        if len(shapes) == 1 and duration > 0:
+            util = sum(r.group_utilization * r.duration for r in results) / duration
+        else:
+            util = np.zeros(0)
+        return SimResult(
+            list(names),
+            sum((r.requests for r in results), np.zeros(len(names), np.int64)),
+            sum((r.good for r in results), np.zeros(len(names), np.int64)),
+            sum((r.rejected for r in results), np.zeros(len(names), np.int64)),
+            sum((r.dropped for r in results), np.zeros(len(names), np.int64)),
+            duration,
+            np.asarray(util, dtype=np.float64),
+            np.concatenate([r.latencies for r in results]),
+        )
+
+
+@dataclass
+class _Prepared:
+    """Placement-dependent arrays for the kernels."""
+
+    host_ptr: np.ndarray
+    host_groups: np.ndarray
+    npp: np.ndarray
+    lat: np.ndarray  # (G, M, P) batch 1
+    latb: np.ndarray | None  # (G, M, B, P), batching only
+    maxb: np.ndarray | None  # (G, M)
+
+
+class Simulator:
+    """Simulates placements against one workload; precomputes all that does not depend on
+    the placement, so that each call is one compiled pass over the requests."""
+
+    def __init__(
+        self,
+        profiles: dict[str, ModelProfile],
+        workload: Workload,
+        slo_seconds: dict[str, float],
+        max_batch_size: int = 1,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
+        missing = [m for m in workload.model_names if m not in slo_seconds]
+        if missing:
+            raise ValueError(f"slo_seconds has no SLO for model(s) {', '.join(missing)}")
+        self.profiles = profiles
+        self.workload = workload
+        self.model_names = list(workload.model_names)
+        self.max_batch_size = max_batch_size
+        self._index = {n: i for i, n in enumerate(self.model_names)}
+        self._slo = np.array([float(slo_seconds[m]) for m in self.model_names])
+        self._arrivals = np.ascontiguousarray(workload.arrivals, dtype=np.float64)
+        self._model_ids = np.ascontiguousarray(workload.model_ids, dtype=np.int64)
+        self._deadlines = self._arrivals + self._slo[self._model_ids]
+        self._requests = np.bincount(self._model_ids, minlength=len(self.model_names)).astype(
+            np.int64
+        )
+        self._n = int(self._arrivals.size)
+        # Per config: (M, B, pp) stage latencies per batch size (NaN: model lacks the config)
+        # and (M,) usable max batch. Filled lazily, once per config.
+        self._tables: dict[ParallelConfig, tuple[np.ndarray, np.ndarray]] = {}
+        configs = {c for p in profiles.values() for c in p.configs}
+        for c in configs:
+            self._table(c)
+
+    # ------------------------------------------------------------------ precomputation
+    def _table(self, config: ParallelConfig) -> tuple[np.ndarray, np.ndarray]:
+        cached = self._tables.get(config)
+        if cached is not None:
+            return cached
+        b_max, m_count = self.max_batch_size, len(self.model_names)
+        table = np.full((m_count, b_max, config.pp), np.nan)
+        maxb = np.zeros(m_count, np.int64)
+        for i, name in enumerate(self.model_names):
+            prof = self.profiles.get(name)
+            cp = prof.get(config.pp, config.tp) if prof is not None else None
+            if cp is None:
+                continue
+            lat = np.asarray(cp.stage_latency, dtype=np.float64)
+            if lat.ndim != 2 or lat.shape[1] != config.pp:
+                raise ValueError(
+                    f"profile {name!r} config {config}: stage_latency has shape {lat.shape}, "
+                    f"expected (batch sizes, {config.pp})"
+                )
+            sizes = np.asarray(cp.batch_sizes)
+            usable = min(b_max, int(sizes.max()))
+            rows = np.searchsorted(sizes, np.arange(1, usable + 1), side="left")
+            table[i, :usable] = lat[rows]
+            maxb[i] = usable
+        self._tables[config] = (table, maxb)
+        return table, maxb
+
+    def _prepare(self, placement: Placement) -> _Prepared:
+        groups = placement.groups
+        n_groups, n_models = len(groups), len(self.model_names)
+        max_pp = max((g.config.pp for g in groups), default=1)
+        batching = self.max_batch_size > 1
+        lat = np.zeros((n_groups, n_models, max_pp))
+        latb = np.zeros((n_groups, n_models, self.max_batch_size, max_pp)) if batching else None
+        maxb = np.zeros((n_groups, n_models), np.int64) if batching else None
+        npp = np.array([g.config.pp for g in groups], dtype=np.int64)
+        hosts: list[list[int]] = [[] for _ in range(n_models)]
+        for gi, group in enumerate(groups):
+            pp = group.config.pp
+            table, usable = self._table(group.config)
+            for name in group.models:
+                mi = self._index.get(name)
+                if mi is None:
+                    if name not in self.profiles:
+                        raise ValueError(
+                            f"group {gi} ({group.config}) hosts {name!r}, which is neither in "
+                            f"the workload nor in the profiles"
+                        )
+                    continue  # a model without requests: hosting it changes nothing
+                if hosts[mi] and hosts[mi][-1] == gi:
+                    continue  # listed twice in one group
+                if usable[mi] == 0:
+                    raise ValueError(
+                        f"group {gi} hosts {name!r} with config {group.config}, but its "
+                        f"profile has no such config"
+                        + ("" if name in self.profiles else " (no profile at all)")
+                    )
+                hosts[mi].append(gi)
+                lat[gi, mi, :pp] = table[mi, 0]
+                if latb is not None and maxb is not None:
+                    latb[gi, mi, :, :pp] = np.nan_to_num(table[mi])
+                    maxb[gi, mi] = usable[mi]
+        host_ptr = np.zeros(n_models + 1, np.int64)
+        host_ptr[1:] = np.cumsum([len(h) for h in hosts])
+        host_groups = np.array([g for h in hosts for g in h], dtype=np.int64)
+        return _Prepared(host_ptr, host_groups, npp, lat, latb, maxb)
+
+    # ------------------------------------------------------------------ simulation
+    def _simulate(
+        self, placement: Placement, record: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        p = self._prepare(placement)
+        latencies = np.empty(self._n if record else 0)
+        if p.latb is None or p.maxb is None:
+            good, rejected, busy = run_unbatched(
+                self._arrivals, self._model_ids, self._deadlines, p.host_ptr, p.host_groups,
+                p.npp, p.lat, len(self.model_names), record, latencies,
+            )  # fmt: skip
+            dropped = np.zeros_like(good)
+        else:
+            good, rejected, dropped, busy = run_batched(
+                self._arrivals, self._model_ids, self._deadlines, p.host_ptr, p.host_groups,
+                p.npp, p.lat, p.latb, p.maxb, len(self.model_names), record, latencies,
+            )  # fmt: skip
+        return good, rejected, dropped, busy, latencies
+
+    def run(self, placement: Placement) -> SimResult:
+        """Full statistics of one placement."""
+        good, rejected, dropped, busy, latencies = self._simulate(placement, record=True)
+        duration = self.workload.duration
+        util = busy.max(axis=1) / duration if busy.size else np.zeros(len(placement.groups))
+        return SimResult(
+            list(self.model_names),
+            self._requests.copy(),
+            good,
+            rejected,
+            dropped,
+            duration,
+            util,
+            latencies[latencies >= 0],
+        )
+
+    def good_per_model(self, placement: Placement) -> np.ndarray:
+        """Good requests per model (int64), without latency bookkeeping."""
+        return self._simulate(placement, record=False)[0]
+
+    def attainment(self, placement: Placement) -> float:
+        """Fraction of all requests that meet their SLO (1.0 for an empty workload)."""
+        if self._n == 0:
+            return 1.0
+        return int(self.good_per_model(placement).sum()) / self._n
+
+    @property
+    def requests_per_model(self) -> np.ndarray:
+        return self._requests.copy()
+
+    def __len__(self) -> int:
+        return self._n
