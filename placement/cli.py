@@ -1,0 +1,232 @@
+"""`statmux` subcommands. User mistakes exit with code 2 and one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from statmux.placement.plan import Plan
+from statmux.placement.planner import latency_percentiles
+from statmux.placement.simulator import SimResult
+from statmux.placement.spec import POLICIES, SpecError, load_modelset
+
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """A user mistake outside the ModelSet (a missing file, a bad flag value)."""
+
+
+@contextmanager
+def progress_status(enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr that shows the latest search step once work takes a while."""
+    if not enabled or not err.is_terminal:
+        start = time.perf_counter()
+        last = [start]
+
+        def log(message: str) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= 2.0:  # non-interactive: a line every couple of seconds
+                err.print(f"[dim]… {now - start:5.1f}s {message}[/dim]")
+                last[0] = now
+
+        yield log
+        return
+    with err.status("searching…") as status:
+
+        def update(message: str) -> None:
+            status.update(message)
+
+        yield update
+
+
+def _print_plan(plan: Plan) -> None:
+    d = plan.data
+    t = Table(title=f"Plan for {d['modelSet']} · policy {d['policy']} · {d['search']['placement']}")
+    for col in ("group", "GPUs", "pp", "tp", "models", "memory/GPU"):
+        t.add_column(col, justify="left" if col == "models" else "right")
+    for g in d["groups"]:
+        names = ", ".join(m["name"] for m in g["models"]) or "-"
+        t.add_row(
+            g["name"],
+            str(g["gpus"]),
+            str(g["pp"]),
+            str(g["tp"]),
+            names,
+            f"{g['memoryPerGpuBytes'] / 2**30:.2f} GiB",
+        )
+    out.print(t)
+    p = d["predicted"]
+    rows = [(d["policy"] + " (chosen)", p["attainment"])]
+    rows += sorted(p["baselines"].items(), key=lambda kv: -kv[1])
+    s = Table(title="Predicted SLO attainment")
+    s.add_column("policy")
+    s.add_column("attainment", justify="right")
+    for name, att in rows:
+        s.add_row(name, f"{100 * att:.2f} %")
+    out.print(s)
+    lat = p["latency"]
+    out.print(
+        f"requests {p['requests']}, goodput {p['goodput']:.2f} req/s, latency p50 "
+        f"{1000 * lat.get('p50', 0):.1f} ms p99 {1000 * lat.get('p99', 0):.1f} ms; search "
+        f"{d['search']['seconds']:.2f} s with {d['search']['simulations']} simulations"
+    )
+
+
+def _print_sim(result: SimResult) -> None:
+    t = Table(title="Per-model results")
+    for col in ("model", "requests", "attainment"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for i, (m, att) in enumerate(result.per_model_attainment.items()):
+        t.add_row(m, str(int(result.requests[i])), f"{100 * att:.2f} %")
+    out.print(t)
+    lat = latency_percentiles(result)
+    out.print(
+        f"SLO attainment {100 * result.attainment:.2f} % of {result.n_requests} requests; "
+        f"rejected {result.n_rejected}; goodput {result.goodput:.2f} req/s; latency "
+        + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in lat.items())
+    )
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from statmux.placement.planner import BASELINES, plan_modelset
+
+    ms = load_modelset(args.modelset)
+    policy = args.policy or ms.spec.placement.policy
+    baselines = (
+        () if args.no_baselines else BASELINES + (("statmux",) if policy != "statmux" else ())
+    )
+    with progress_status(not args.quiet) as progress:
+        plan = plan_modelset(ms, policy, baselines, progress)
+    if args.output:
+        plan.write(args.output)
+    if args.json:
+        print(plan.to_json())
+    else:
+        _print_plan(plan)
+        if args.output:
+            out.print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from statmux.placement.planner import evaluate_plan
+
+    ms = load_modelset(args.modelset)
+    try:
+        plan = Plan.read(args.plan)
+    except OSError as e:
+        raise UsageError(f"cannot read plan {args.plan}: {e.strerror}") from None
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"{args.plan}: {e}") from None
+    result = evaluate_plan(ms.spec, plan)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2, default=float))
+    else:
+        _print_sim(result)
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from statmux.placement.experiments import EXPERIMENTS, run_experiment
+
+    if args.name not in EXPERIMENTS:
+        raise UsageError(f"unknown experiment {args.name!r}; allowed: {', '.join(EXPERIMENTS)}")
+    with progress_status(True) as progress:
+        files = run_experiment(args.name, Path(args.out), quick=args.quick, progress=progress)
+    for f in files:
+        out.print(f"wrote {f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "simulator":
+        from statmux.placement.bench_simulator import bench_simulator
+
+        figures = bench_simulator(as_json=args.json)
+    else:
+        from statmux.placement.bench_search import bench_search
+
+        figures = bench_search(as_json=args.json)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="statmux", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="search a placement for a ModelSet and write the Plan")
+    plan.add_argument("modelset")
+    plan.add_argument("--policy", choices=POLICIES)
+    plan.add_argument("-o", "--output", help="write the Plan JSON here")
+    plan.add_argument("--json", action="store_true", help="print the Plan JSON")
+    plan.add_argument("--no-baselines", action="store_true", help="skip sr/clockwork++/alpaserve")
+    plan.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    plan.set_defaults(func=cmd_plan)
+
+    sim = sub.add_parser("simulate", help="simulate a Plan against a ModelSet's workload")
+    sim.add_argument("modelset")
+    sim.add_argument("--plan", required=True)
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=cmd_simulate)
+
+    exp = sub.add_parser("experiment", help="run an evaluation sweep, write CSV + PNG")
+    exp.add_argument("name")
+    exp.add_argument("--out", default="docs/experiments")
+    exp.add_argument("--quick", action="store_true", help="fewer points, shorter traces")
+    exp.set_defaults(func=cmd_experiment)
+
+    bench = sub.add_parser("bench", help="print performance figures")
+    bench.add_argument("what", choices=("simulator", "search"))
+    bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    bench.set_defaults(func=cmd_bench)
+
+    for name, target in (
+        ("runtime", "statmux.runtime.main:runtime_main"),
+        ("operator", "statmux.operator.main:operator_main"),
+        ("crd", "statmux.operator.crd:crd_main"),
+        ("router", "statmux.runtime.router:router_main"),
+        ("serve", "statmux.runtime.local_serve:serve_main"),
+    ):
+        s = sub.add_parser(name, add_help=False, help=f"see `statmux {name} --help`")
+        s.set_defaults(func=None, delegate=target)
+    return p
+
+
+def run(argv: list[str]) -> int:
+    parser = build_parser()
+    # Delegated subcommands parse their own flags.
+    if argv and argv[0] in ("runtime", "operator", "crd", "router", "serve"):
+        ns = parser.parse_args(argv[:1])
+        module, func = ns.delegate.split(":")
+        try:
+            import importlib
+
+            entry = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as e:
+            err.print(f"statmux {argv[0]}: not available in this installation ({e})")
+            return 2
+        return int(entry(argv[1:]))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SpecError, UsageError) as e:
+        err.print("[bold red]error:[/bold red] ", end="")
+        err.print(str(e), markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

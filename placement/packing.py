@@ -1,0 +1,73 @@
+"""Demand-balanced packing: a fast first placement of models onto given groups.
+
+Every model first gets one replica, biggest demand first, on the least-loaded group with room.
+Then the model with the highest demand per replica gets another replica, until memory is
+full. Extra replicas never hurt under earliest-completion routing, so filling memory is the
+right default; the simulator-driven search then decides *which* models share a group.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from statmux.placement.plan import Group, Placement
+from statmux.placement.search_space import SearchProblem
+
+
+def pack(
+    problem: SearchProblem,
+    groups: list[Group],
+    models: list[str] | None = None,
+    fill: bool = True,
+) -> Placement:
+    models = list(problem.models if models is None else models)
+    placement = Placement([Group(g.config, list(g.models)) for g in groups])
+    gs = placement.groups
+    used = [sum(problem.bytes_per_gpu(m, g.config) for m in g.models) for g in gs]
+    replicas = {m: placement.replicas(m) for m in models}
+    # Demand is config-dependent; a group's load sums its models' share of their demand.
+    demand = {(m, gi): problem.demand(m, g.config) for m in models for gi, g in enumerate(gs)}
+    load = [0.0] * len(gs)
+
+    def add(m: str, gi: int) -> None:
+        r_old = replicas[m]
+        r_new = r_old + 1
+        for gj, g in enumerate(gs):
+            if m in g.models:
+                load[gj] += demand[(m, gj)] / r_new - demand[(m, gj)] / r_old
+        gs[gi].models.append(m)
+        used[gi] += problem.bytes_per_gpu(m, gs[gi].config)
+        load[gi] += demand[(m, gi)] / r_new
+        replicas[m] = r_new
+
+    def best_group(m: str) -> int | None:
+        best: tuple[float, float, int] | None = None
+        for gi, g in enumerate(gs):
+            if problem.can_add(g, m, used[gi]):
+                key = (load[gi], used[gi], gi)
+                if best is None or key < best:
+                    best = key
+        return None if best is None else best[2]
+
+    mean_demand = {
+        m: sum(demand[(m, gi)] for gi in range(len(gs))) / max(len(gs), 1) for m in models
+    }
+    for m in sorted(models, key=lambda m: -mean_demand[m]):
+        if replicas[m] == 0:
+            gi = best_group(m)
+            if gi is not None:
+                add(m, gi)
+    if not fill:
+        return placement
+
+    # Max-heap on demand per replica; a model leaves the heap once no group can take it.
+    heap = [(-mean_demand[m] / max(replicas[m], 1), m) for m in models if replicas[m] > 0]
+    heapq.heapify(heap)
+    while heap:
+        _, m = heapq.heappop(heap)
+        gi = best_group(m)
+        if gi is None:
+            continue
+        add(m, gi)
+        heapq.heappush(heap, (-mean_demand[m] / replicas[m], m))
+    return placement

@@ -1,0 +1,251 @@
+"""ModelSet → profiles + workload → placement search → Plan.
+
+This is the one entry point the CLI and the operator call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from statmux.placement.plan import PLAN_API_VERSION, Group, Placement, Plan, group_memory_per_gpu
+from statmux.placement.policies import (
+    PolicyResult,
+    alpaserve_policy,
+    clockwork_pp_policy,
+    manual_policy,
+    sr_policy,
+    statmux_policy,
+)
+from statmux.placement.profile import ModelProfile, ParallelConfig
+from statmux.placement.profiles import profiles_for_spec
+from statmux.placement.search_space import (
+    Progress,
+    SearchProblem,
+    request_counts,
+    sample_workload,
+)
+from statmux.placement.simulator import SimResult
+from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
+from statmux.placement.workload import Workload, workload_from_spec
+
+BASELINES = ("sr", "clockwork++", "alpaserve")
+# Searches simulate a sample of this many requests; the chosen plan is scored on all of them.
+SEARCH_REQUESTS = 60_000
+
+
+@dataclass
+class Evaluated:
+    policy: str
+    result: PolicyResult
+    sim: SimResult
+    seconds: float
+    simulations: int
+
+    @property
+    def attainment(self) -> float:
+        if self.result.attainment is not None:
+            return self.result.attainment
+        return float(self.sim.attainment)
+
+
+def build_problem(spec: ModelSetSpec, progress: Progress | None = None) -> SearchProblem:
+    profiles = profiles_for_spec(spec)
+    budget = float(spec.cluster.gpu_memory_bytes)
+    for m in spec.models:
+        _check_fits(m.name, profiles[m.name], budget, spec.cluster.gpus)
+    workload = workload_from_spec(spec)
+    if len(workload.arrivals) == 0:
+        raise SpecError(
+            "spec.workload: the workload has no requests; give some model a rate > 0 "
+            "or a longer durationSeconds"
+        )
+    slo = {m.name: _slo_seconds(spec, m.name, profiles[m.name]) for m in spec.models}
+    return SearchProblem(
+        models=[m.name for m in spec.models],
+        profiles=profiles,
+        slo=slo,
+        workload=sample_workload(workload, SEARCH_REQUESTS),
+        eval_workload=workload,
+        num_gpus=spec.cluster.gpus,
+        budget=budget,
+        gpus_per_node=spec.cluster.gpus_per_node,
+        max_batch_size=spec.max_batch_size,
+        progress=progress,
+    )
+
+
+def _slo_seconds(spec: ModelSetSpec, name: str, profile: ModelProfile) -> float:
+    model = next(m for m in spec.models if m.name == name)
+    slo = spec.slo_for(model)
+    if slo.latency_seconds is not None:
+        return slo.latency_seconds
+    assert slo.slo_scale is not None
+    return slo.slo_scale * profile.single_device_latency
+
+
+def _check_fits(name: str, profile: ModelProfile, budget: float, gpus: int) -> None:
+    usable = [c for c in profile.configs.values() if c.config.gpus <= gpus]
+    if not any(c.weight_bytes_per_gpu <= budget for c in usable):
+        smallest = min(usable, key=lambda c: c.weight_bytes_per_gpu)
+        raise SpecError(
+            f"model {name!r} fits no parallel config within cluster.gpuMemory "
+            f"({budget / 2**30:.2f} GiB per GPU) on {gpus} GPUs: its smallest per-GPU footprint "
+            f"is {smallest.weight_bytes_per_gpu / 2**30:.2f} GiB with {smallest.config}"
+        )
+
+
+def run_policy(problem: SearchProblem, policy: str, spec: ModelSetSpec | None = None) -> Evaluated:
+    start = time.perf_counter()
+    sims_before = problem.simulations
+    result: PolicyResult
+    if policy == "statmux":
+        result = statmux_policy(problem)
+    elif policy == "sr":
+        result = sr_policy(problem)
+    elif policy == "clockwork++":
+        result = clockwork_pp_policy(problem)
+    elif policy == "alpaserve":
+        result = alpaserve_policy(problem)
+    elif policy == "manual":
+        if spec is None or not spec.placement.groups:
+            raise SpecError("spec.placement.groups: policy 'manual' needs groups")
+        groups = [
+            Group(ParallelConfig(g.pipeline_stages, g.tensor_parallel), list(g.models))
+            for g in spec.placement.groups
+        ]
+        check_manual(problem, groups)
+        result = manual_policy(problem, groups)
+    else:
+        raise SpecError(
+            f"unknown policy {policy!r}; allowed: statmux, sr, clockwork++, alpaserve, manual"
+        )
+    seconds = time.perf_counter() - start
+    sim = problem.evaluator().run(result.placement)
+    return Evaluated(policy, result, sim, seconds, problem.simulations - sims_before)
+
+
+def check_manual(problem: SearchProblem, groups: list[Group]) -> None:
+    for i, g in enumerate(groups):
+        for m in g.models:
+            if problem.profiles[m].get(g.config.pp, g.config.tp) is None:
+                raise SpecError(
+                    f"spec.placement.groups[{i}]: model {m!r} has no profile for {g.config}"
+                )
+        used = group_memory_per_gpu(g, problem.profiles)
+        if used > problem.budget:
+            raise SpecError(
+                f"spec.placement.groups[{i}]: models need {used / 2**30:.2f} GiB per GPU with "
+                f"{g.config}, over cluster.gpuMemory ({problem.budget / 2**30:.2f} GiB)"
+            )
+
+
+def plan_modelset(
+    ms: ModelSet,
+    policy: str | None = None,
+    baselines: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> Plan:
+    """Plan a ModelSet; raises SpecError for user mistakes."""
+    spec = ms.spec
+    problem = build_problem(spec, progress)
+    chosen = run_policy(problem, policy or spec.placement.policy, spec)
+    others = [run_policy(problem, b, spec) for b in baselines if b != chosen.policy]
+    return make_plan(ms, problem, chosen, others)
+
+
+def make_plan(
+    ms: ModelSet, problem: SearchProblem, chosen: Evaluated, baselines: list[Evaluated]
+) -> Plan:
+    spec = ms.spec
+    weights = {m.name: m.weights.model_dump(by_alias=True, exclude_none=True) for m in spec.models}
+    groups: list[dict[str, Any]] = []
+    for i, g in enumerate(chosen.result.placement.groups):
+        models = []
+        for name in g.models:
+            cp = problem.profiles[name].get(g.config.pp, g.config.tp)
+            assert cp is not None
+            models.append(
+                {
+                    "name": name,
+                    "sloSeconds": problem.slo[name],
+                    "stageLatencySeconds": {
+                        str(b): [float(x) for x in cp.stage_latency[r]]
+                        for r, b in enumerate(cp.batch_sizes)
+                    },
+                    "weightBytesPerGpu": cp.weight_bytes_per_gpu,
+                    "weights": weights[name],
+                }
+            )
+        groups.append(
+            {
+                "name": f"g{i}",
+                "gpus": g.config.gpus,
+                "pp": g.config.pp,
+                "tp": g.config.tp,
+                "memoryPerGpuBytes": group_memory_per_gpu(g, problem.profiles),
+                "models": models,
+            }
+        )
+    sim = chosen.sim
+    data: dict[str, Any] = {
+        "apiVersion": PLAN_API_VERSION,
+        "kind": "Plan",
+        "modelSet": ms.metadata.name,
+        "policy": chosen.policy,
+        "maxBatchSize": spec.max_batch_size,
+        "cluster": {
+            "gpus": spec.cluster.gpus,
+            "gpuMemoryBytes": spec.cluster.gpu_memory_bytes,
+            "gpusPerNode": spec.cluster.gpus_per_node,
+        },
+        "groups": groups,
+        "predicted": {
+            "attainment": chosen.attainment,
+            "goodput": float(sim.goodput),
+            "latency": latency_percentiles(sim),
+            "perModel": {m: float(a) for m, a in sim.per_model_attainment.items()},
+            "requests": sim.n_requests,
+            "baselines": {b.policy: b.attainment for b in baselines},
+        },
+        "search": {
+            "seconds": round(chosen.seconds, 4),
+            "simulations": chosen.simulations,
+            "placement": chosen.result.placement.describe(),
+        },
+    }
+    data["planHash"] = plan_hash(data)
+    return Plan(data)
+
+
+def latency_percentiles(sim: SimResult) -> dict[str, float]:
+    return {"p50": sim.latency_p50, "p90": sim.latency_p90, "p99": sim.latency_p99}
+
+
+def plan_hash(data: dict[str, Any]) -> str:
+    """A short hash of what the pods need (groups), for rolling updates."""
+    blob = json.dumps(data["groups"], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def evaluate_plan(spec: ModelSetSpec, plan: Plan) -> SimResult:
+    problem = build_problem(spec)
+    placement = plan.placement()
+    for g in placement.groups:
+        for m in g.models:
+            if m not in problem.profiles:
+                raise SpecError(f"the plan places model {m!r}, which the ModelSet does not define")
+    return problem.evaluator().run(placement)
+
+
+def counts_by_model(workload: Workload) -> dict[str, int]:
+    c = request_counts(workload)
+    return {m: int(c[i]) for i, m in enumerate(workload.model_names)}
+
+
+ProgressFn = Callable[[str], None]
+__all__ = ["BASELINES", "Placement", "build_problem", "evaluate_plan", "plan_modelset"]
