@@ -101,7 +101,7 @@ def split_gpus(problem: SearchProblem, clusters: list[list[str]]) -> list[int] |
     if sum(need) > problem.num_gpus:
         return None
     share = demand / demand.sum() * problem.num_gpus
-    alloc = [max(need[i], int(math.floor(share[i]))) for i in range(len(clusters))]
+    alloc = [max(need[i], math.floor(share[i])) for i in range(len(clusters))]
     while sum(alloc) > problem.num_gpus:
         i = max(range(len(alloc)), key=lambda j: alloc[j] - need[j])
         alloc[i] -= 1
@@ -217,7 +217,7 @@ def statmux_policy(problem: SearchProblem, seconds: float = 1.0, beam: int = 2) 
             tops.append((att, p))
         if len(tops) == beam:
             break
-    for i, (att, p) in enumerate(tops):
+    for i, (_att, p) in enumerate(tops):
         if best_att >= 1.0:
             break
         share = Deadline(deadline.left() / (len(tops) - i))

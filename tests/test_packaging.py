@@ -27,7 +27,10 @@ def test_top_level_folders_have_no_init():
 
 
 def test_imports_from_any_directory(tmp_path):
-    code = "import statmux.operator, statmux.placement, statmux.runtime, operator; print(operator.itemgetter)"
+    code = (
+        "import statmux.operator, statmux.placement, statmux.runtime, operator; "
+        "print(operator.itemgetter)"
+    )
     for cwd in (tmp_path, ROOT):
         out = subprocess.run(
             [sys.executable, "-S", "-c", "import site; site.main(); " + code],
