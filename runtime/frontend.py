@@ -1,0 +1,212 @@
+"""What the REST and gRPC servers share: the scheduler, the engine, statistics and metrics.
+
+Both protocol servers are thin: they decode, call `FrontEnd`, and encode. Everything runs on
+one event loop (the servers and the scheduler), so the same queues serve both protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from statmux.runtime.engine import EngineError, GroupEngine, ModelInfo
+from statmux.runtime.metrics import (
+    ModelStats,
+    ServingCollector,
+    StageSeconds,
+    cuda_memory,
+    make_registry,
+    triton_model_stats,
+)
+from statmux.runtime.oip_codec import InferRequest, check_inputs, check_outputs
+from statmux.runtime.scheduler import Clock, Scheduler
+from statmux.runtime.serving_errors import (
+    EngineFailed,
+    ModelNotFound,
+    ServingError,
+    Unavailable,
+)
+
+SERVER_NAME = "statmux"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+OutputTensor = tuple[str, np.ndarray, bool]  # name, array, send as binary
+
+
+class FrontEnd:
+    def __init__(
+        self,
+        engine: GroupEngine,
+        max_in_flight: int = 1,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be positive, got {max_request_bytes}")
+        self.engine = engine
+        self.max_request_bytes = max_request_bytes
+        self.clock = clock
+        self.scheduler = Scheduler(engine, max_in_flight, clock)
+        self.registry: CollectorRegistry = make_registry(
+            ServingCollector(
+                stats=lambda: list(self.scheduler.stats.values()),
+                models_loaded=lambda: len(self.scheduler.loaded),
+                stage_seconds=self._stage_seconds(),
+                gpu_memory=cuda_memory(),
+            )
+        )
+
+    def _stage_seconds(self) -> Any:
+        reader = getattr(self.engine, "stage_seconds", None)
+        if reader is None:
+            return None
+
+        def read() -> list[StageSeconds]:
+            return list(reader())
+
+        return read
+
+    # ----------------------------------------------------------------- health
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return not self.scheduler.closed and self.engine.healthy()
+
+    def model_ready(self, model: str, version: str | None = None) -> bool:
+        self.info(model, version)
+        return self.ready() and model in self.scheduler.loaded
+
+    # ----------------------------------------------------------------- metadata
+    def info(self, model: str, version: str | None = None) -> ModelInfo:
+        info = self.scheduler.info(model)
+        if version and version != info.version:
+            raise ModelNotFound(
+                f"model '{model}' has no version '{version}' (versions: {info.version})"
+            )
+        return info
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
+        info = self.info(model, version)
+        return {
+            "name": info.name,
+            "versions": [info.version],
+            "platform": info.platform,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in info.inputs
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                for s in info.outputs
+            ],
+        }
+
+    def model_config(self, model: str, version: str | None = None) -> dict[str, Any]:
+        """A Triton-shaped model config (what tritonclient's get_model_config reads)."""
+        info = self.info(model, version)
+
+        def tensors(specs: Sequence[Any]) -> list[dict[str, Any]]:
+            return [
+                {"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.shape[1:])}
+                for s in specs
+            ]
+
+        return {
+            "name": info.name,
+            "platform": info.platform,
+            "max_batch_size": info.max_batch_size,
+            "input": tensors(info.inputs),
+            "output": tensors(info.outputs),
+            "parameters": {
+                "slo_seconds": {"string_value": str(info.slo_seconds or "")},
+            },
+        }
+
+    # ----------------------------------------------------------------- inference
+    async def infer(
+        self, model: str, version: str | None, request: InferRequest, arrival: float
+    ) -> tuple[ModelInfo, list[OutputTensor]]:
+        info = self.info(model, version)
+        try:
+            rows = check_inputs(info, request.inputs)
+            check_outputs(info, request.outputs)
+        except ServingError as e:
+            self.record_invalid(model, e, arrival)
+            raise
+        response = await self.scheduler.submit(model, request.inputs, rows, arrival)
+        if request.outputs is None:
+            wanted = [(s.name, request.binary_outputs) for s in info.outputs]
+        else:
+            wanted = [(o.name, o.binary) for o in request.outputs]
+        out: list[OutputTensor] = []
+        for name, binary in wanted:
+            array = response.get(name)
+            if array is None:
+                raise EngineFailed(f"model '{model}' returned no output '{name}'")
+            out.append((name, array, binary))
+        return info, out
+
+    def record_invalid(self, model: str, error: ServingError, arrival: float) -> None:
+        stats = self.scheduler.stats.get(model)
+        if stats is not None:
+            stats.record_failure(error.failure_reason, int((self.clock() - arrival) * 1e9))
+
+    # ----------------------------------------------------------------- repository
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        out = []
+        for name, info in sorted(self.scheduler.infos.items()):
+            loaded = name in self.scheduler.loaded
+            if ready_only and not loaded:
+                continue
+            entry = {"name": name, "version": info.version}
+            entry["state"] = "READY" if loaded else "UNAVAILABLE"
+            entry["reason"] = "" if loaded else "unloaded"
+            out.append(entry)
+        return out
+
+    async def load(self, model: str) -> float:
+        self.info(model)
+        if not self.ready():
+            raise Unavailable("the group is unhealthy; cannot load models")
+        loop = asyncio.get_running_loop()
+        try:
+            seconds = await loop.run_in_executor(None, self.engine.load, model)
+        except EngineError as e:
+            raise Unavailable(f"failed to load model '{model}': {e}") from None
+        finally:
+            self.scheduler.refresh_loaded()
+        self.scheduler.stats[model].record_swap(seconds)
+        return seconds
+
+    async def unload(self, model: str) -> None:
+        self.info(model)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.engine.unload, model)
+        except EngineError as e:
+            raise Unavailable(f"failed to unload model '{model}': {e}") from None
+        finally:
+            self.scheduler.refresh_loaded()
+        self.scheduler.fail_model(model, Unavailable(f"model '{model}' was unloaded"))
+
+    # ----------------------------------------------------------------- statistics
+    def statistics(self, model: str | None = None, version: str | None = None) -> dict[str, Any]:
+        if model:
+            self.info(model, version)
+            stats: list[ModelStats] = [self.scheduler.stats[model]]
+        else:
+            stats = [self.scheduler.stats[m] for m in sorted(self.scheduler.stats)]
+        return {"model_stats": [triton_model_stats(s) for s in stats]}
+
+    def close(self, reason: str = "the server is shutting down") -> None:
+        self.scheduler.close(reason)

@@ -1,0 +1,217 @@
+"""Open Inference Protocol over gRPC (inference.GRPCInferenceService, grpc.aio).
+
+Uses the server stubs and messages shipped in tritonclient's grpc package rather than
+copies of the proto files. ModelInfer always answers with raw_output_contents (the only form
+tritonclient.grpc's `as_numpy` reads). Errors map to status codes via serving_errors:
+NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED (admission, too large), UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from statmux.runtime.frontend import FrontEnd
+from statmux.runtime.oip_codec import (
+    BYTES,
+    InferRequest,
+    RequestedOutput,
+    numpy_dtype,
+    oip_datatype,
+    parse_shape,
+    raw_bytes,
+    tensor_from_raw,
+)
+from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Which InferTensorContents field carries each datatype when raw contents are not used.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+
+
+def decode_grpc_request(req: Any, max_bytes: int) -> InferRequest:
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise InvalidRequest(
+            f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs: give one per input"
+        )
+    total = sum(len(r) for r in raw)
+    if total > max_bytes:
+        raise PayloadTooLarge(
+            f"raw inputs have {total} bytes, more than the maximum request size {max_bytes} bytes"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, t in enumerate(req.inputs):
+        if t.name in inputs:
+            raise InvalidRequest(f"input '{t.name}' is given twice")
+        shape = parse_shape(list(t.shape), t.name)
+        if raw:
+            inputs[t.name] = tensor_from_raw(t.name, t.datatype, shape, raw[i], max_bytes)
+        else:
+            inputs[t.name] = _from_contents(t, shape)
+    if not inputs:
+        raise InvalidRequest("request needs at least one input")
+    outputs = [RequestedOutput(o.name, True) for o in req.outputs] or None
+    return InferRequest(inputs=inputs, id=req.id or None, outputs=outputs, binary_outputs=True)
+
+
+def _from_contents(t: Any, shape: tuple[int, ...]) -> np.ndarray:
+    dtype = numpy_dtype(t.datatype, t.name)
+    field = _CONTENTS_FIELD.get(t.datatype)
+    if field is None:
+        raise InvalidRequest(f"input '{t.name}': {t.datatype} must be sent in raw_input_contents")
+    values = list(getattr(t.contents, field))
+    try:
+        if t.datatype == BYTES:
+            arr = np.empty(len(values), dtype=dtype)
+            arr[:] = values
+        else:
+            arr = np.asarray(values, dtype=dtype)
+    except (OverflowError, ValueError) as e:
+        raise InvalidRequest(f"input '{t.name}': contents do not fit {t.datatype}: {e}") from None
+    count = int(np.prod(shape))
+    if arr.size != count:
+        raise InvalidRequest(
+            f"input '{t.name}': {arr.size} elements in contents.{field}, but shape "
+            f"{list(shape)} needs {count}"
+        )
+    return arr.reshape(shape)
+
+
+class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, front: FrontEnd) -> None:
+        self.front = front
+
+    async def _fail(self, context: grpc.aio.ServicerContext, e: ServingError) -> NoReturn:
+        await context.abort(grpc.StatusCode[e.grpc_code], str(e))
+        raise AssertionError("context.abort returns only by raising")
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerLiveResponse(live=self.front.live())
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return service_pb2.ServerReadyResponse(ready=self.front.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            ready = self.front.model_ready(request.name, request.version or None)
+        except ServingError as e:
+            await self._fail(context, e)
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return json_format.ParseDict(
+            self.front.server_metadata(), service_pb2.ServerMetadataResponse()
+        )
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            doc = self.front.model_metadata(request.name, request.version or None)
+        except ServingError as e:
+            await self._fail(context, e)
+        return json_format.ParseDict(doc, service_pb2.ModelMetadataResponse())
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            doc = self.front.model_config(request.name, request.version or None)
+        except ServingError as e:
+            await self._fail(context, e)
+        return json_format.ParseDict(
+            {"config": doc}, service_pb2.ModelConfigResponse(), ignore_unknown_fields=True
+        )
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        arrival = self.front.clock()
+        model, version = request.model_name, request.model_version or None
+        try:
+            self.front.info(model, version)
+            try:
+                decoded = decode_grpc_request(request, self.front.max_request_bytes)
+            except ServingError as e:
+                self.front.record_invalid(model, e, arrival)
+                raise
+            info, outputs = await self.front.infer(model, version, decoded, arrival)
+            response = service_pb2.ModelInferResponse(
+                model_name=info.name, model_version=info.version, id=request.id
+            )
+            for name, array, _binary in outputs:
+                out = response.outputs.add()
+                out.name = name
+                out.datatype = oip_datatype(array, name)
+                out.shape.extend(array.shape)
+                response.raw_output_contents.append(raw_bytes(array, name))
+            return response
+        except ServingError as e:
+            await self._fail(context, e)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming inference is not supported")
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            doc = self.front.statistics(request.name or None, request.version or None)
+        except ServingError as e:
+            await self._fail(context, e)
+        return json_format.ParseDict(
+            doc, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True
+        )
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return json_format.ParseDict(
+            {"models": self.front.repository_index(request.ready)},
+            service_pb2.RepositoryIndexResponse(),
+        )
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            if any(k == "config" or k.startswith("file:") for k in request.parameters):
+                raise InvalidRequest(
+                    "load parameters config/file: are not supported: statmux loads the models "
+                    "of its Plan"
+                )
+            await self.front.load(request.model_name)
+        except ServingError as e:
+            await self._fail(context, e)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            await self.front.unload(request.model_name)
+        except ServingError as e:
+            await self._fail(context, e)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+
+async def start_grpc(front: FrontEnd, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """Serve on host:port from the running event loop; returns the server and its port."""
+    limit = front.max_request_bytes + 65536
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcServicer(front), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {host}:{port}")
+    await server.start()
+    return server, bound

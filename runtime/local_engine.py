@@ -1,0 +1,231 @@
+"""A single-process GroupEngine (pp1×tp1): real torch modules run on one worker thread.
+
+The serving path for a group of one device, and the engine the front-end tests and
+benchmarks run against. Batches from the scheduler are concatenated along the batch
+dimension, run under `torch.inference_mode()` and split back into one response per request.
+Requests whose non-batch dimensions differ (different sequence lengths) run as separate
+forwards rather than being padded, so results never depend on what they were batched with.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from statmux.runtime.engine import EngineError, ModelInfo, Request, Response, TensorSpec
+from statmux.runtime.metrics import StageSeconds
+
+Forward = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class LocalModel:
+    info: ModelInfo
+    module: torch.nn.Module
+    forward: Forward  # named input tensors -> named output tensors, batch first
+
+
+class LocalEngine:
+    """Runs every batch on one worker thread: one batch in flight, like a pp1 pipeline."""
+
+    def __init__(
+        self, models: Iterable[LocalModel], device: str = "cpu", load_all: bool = True
+    ) -> None:
+        self._models = {m.info.name: m for m in models}
+        self._device = torch.device(device)
+        self._pin = self._device.type == "cuda"
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+        self._unhealthy: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-engine")
+        self._stage: dict[str, list[float]] = {}  # model -> [compute s, transfer s, count]
+        for m in self._models.values():
+            m.module.eval()
+            if self._pin:
+                # A pinned CPU copy makes swap-in copies asynchronous.
+                for p in m.module.parameters():
+                    p.data = p.data.pin_memory()
+        if load_all:
+            for name in self._models:
+                self.load(name)
+
+    # ----------------------------------------------------------------- GroupEngine
+    def model_infos(self) -> dict[str, ModelInfo]:
+        return {name: m.info for name, m in self._models.items()}
+
+    def submit(self, model: str, batch: list[Request]) -> Future[list[Response]]:
+        if self._unhealthy is not None:
+            failed: Future[list[Response]] = Future()
+            failed.set_exception(EngineError(self._unhealthy))
+            return failed
+        return self._executor.submit(self._run, model, batch)
+
+    def load(self, model: str) -> float:
+        m = self._get(model)
+        start = time.perf_counter()
+        with self._lock:
+            if model not in self._loaded:
+                if self._device.type != "cpu":
+                    m.module.to(self._device, non_blocking=True)
+                    torch.cuda.synchronize(self._device)
+                self._loaded.add(model)
+        return time.perf_counter() - start
+
+    def unload(self, model: str) -> None:
+        m = self._get(model)
+        with self._lock:
+            if model in self._loaded:
+                if self._device.type != "cpu":
+                    m.module.to("cpu")
+                    if self._pin:
+                        for p in m.module.parameters():
+                            p.data = p.data.pin_memory()
+                self._loaded.discard(model)
+
+    def loaded(self) -> set[str]:
+        with self._lock:
+            return set(self._loaded)
+
+    def healthy(self) -> bool:
+        return self._unhealthy is None
+
+    def shutdown(self) -> None:
+        self._unhealthy = self._unhealthy or "the engine is shut down"
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # ----------------------------------------------------------------- extras
+    def mark_unhealthy(self, reason: str) -> None:
+        """What a watchdog calls when the device is lost; every later batch fails."""
+        self._unhealthy = reason
+
+    def stage_seconds(self) -> list[StageSeconds]:
+        """Cumulative per-stage timings (one stage here; no transfers in one process)."""
+        with self._lock:
+            return [
+                StageSeconds(model, 0, c, t, int(n)) for model, (c, t, n) in self._stage.items()
+            ]
+
+    # ----------------------------------------------------------------- internals
+    def _get(self, model: str) -> LocalModel:
+        m = self._models.get(model)
+        if m is None:
+            raise EngineError(f"model {model!r} is not hosted by this group")
+        return m
+
+    def _run(self, model: str, batch: list[Request]) -> list[Response]:
+        if self._unhealthy is not None:
+            raise EngineError(self._unhealthy)
+        m = self._get(model)
+        if model not in self._loaded:
+            raise EngineError(f"model {model!r} is not loaded")
+        # Requests that agree on every non-batch dimension share one forward.
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for i, req in enumerate(batch):
+            key = tuple(req[s.name].shape[1:] for s in m.info.inputs if s.name in req)
+            groups.setdefault(key, []).append(i)
+        responses: list[Response] = [{} for _ in batch]
+        t0 = time.perf_counter()
+        transfer = 0.0
+        with torch.inference_mode():
+            for members in groups.values():
+                names = [s.name for s in m.info.inputs if s.name in batch[members[0]]]
+                tensors = {}
+                for name in names:
+                    arrays = [batch[i][name] for i in members]
+                    joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+                    if not joined.flags.writeable:  # decoded straight from the request bytes
+                        joined = joined.copy()
+                    tensors[name] = torch.from_numpy(np.ascontiguousarray(joined)).to(
+                        self._device, non_blocking=True
+                    )
+                out = m.forward(tensors)
+                t1 = time.perf_counter()
+                host = {k: v.detach().to("cpu").numpy() for k, v in out.items()}
+                transfer += time.perf_counter() - t1
+                start = 0
+                for i in members:
+                    rows = batch[i][names[0]].shape[0]
+                    responses[i] = {k: v[start : start + rows] for k, v in host.items()}
+                    start += rows
+        compute = time.perf_counter() - t0 - transfer
+        with self._lock:
+            acc = self._stage.setdefault(model, [0.0, 0.0, 0.0])
+            acc[0] += compute
+            acc[1] += transfer
+            acc[2] += 1
+        return responses
+
+
+# --------------------------------------------------------------------------- demo models
+def tiny_mlp(
+    name: str = "tiny-mlp",
+    features: int = 16,
+    hidden: int = 32,
+    classes: int = 4,
+    max_batch_size: int = 8,
+    slo_seconds: float | None = None,
+    seed: int = 0,
+) -> LocalModel:
+    """FP32 features [-1, features] -> FP32 logits [-1, classes]."""
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
+    )
+
+    def forward(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"OUTPUT0": module(x["INPUT0"])}
+
+    info = ModelInfo(
+        name=name,
+        platform="statmux-torch-mlp",
+        inputs=[TensorSpec("INPUT0", "FP32", (-1, features))],
+        outputs=[TensorSpec("OUTPUT0", "FP32", (-1, classes))],
+        max_batch_size=max_batch_size,
+        slo_seconds=slo_seconds,
+    )
+    return LocalModel(info, module, forward)
+
+
+class _EmbedPool(torch.nn.Module):
+    def __init__(self, vocab: int, dim: int, out: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.proj = torch.nn.Linear(dim, out)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(self.embed(ids).mean(dim=1)))
+
+
+def tiny_embedder(
+    name: str = "tiny-embed",
+    vocab: int = 1000,
+    dim: int = 32,
+    out: int = 8,
+    max_batch_size: int = 8,
+    slo_seconds: float | None = None,
+    seed: int = 1,
+) -> LocalModel:
+    """INT64 input_ids [-1, -1] -> FP32 sentence embedding [-1, out] (mean-pooled)."""
+    torch.manual_seed(seed)
+    module = _EmbedPool(vocab, dim, out)
+
+    def forward(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids = x["input_ids"]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise EngineError(f"input_ids must be in [0, {vocab}) for model {name!r}")
+        return {"embedding": module(ids)}
+
+    info = ModelInfo(
+        name=name,
+        platform="statmux-torch-embedding",
+        inputs=[TensorSpec("input_ids", "INT64", (-1, -1))],
+        outputs=[TensorSpec("embedding", "FP32", (-1, out))],
+        max_batch_size=max_batch_size,
+        slo_seconds=slo_seconds,
+    )
+    return LocalModel(info, module, forward)

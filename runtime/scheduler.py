@@ -1,0 +1,390 @@
+"""Queues, SLO-aware admission, EDF dispatch and dynamic batching for one group.
+
+Everything here runs on the front end's event loop (single-threaded, no locks); the engine's
+futures complete on its own threads and hop back with one `call_soon_threadsafe` per batch.
+
+- One FIFO queue per model; every request of a model has the same SLO, so each queue is
+  also ordered by deadline (deadline = arrival + slo_seconds; no SLO: no deadline).
+- Dispatch: while fewer than `max_in_flight` (the pipeline depth pp) batches are running,
+  pick the model whose head request has the earliest deadline (EDF across models) and take
+  up to its max_batch_size rows that can all still finish by the tightest deadline among them.
+  A request that cannot make its deadline even alone is dropped (reason "deadline").
+- Admission: at arrival, predict when the request would finish given the batches running,
+  the queued requests EDF would serve first and the model's profile; reject it if that is past
+  its deadline (reason "admission"). A pipeline takes the sum of the stages for the first batch
+  and the bottleneck stage for every further one. Requests without an SLO are never rejected.
+- Failures: if the group is unhealthy every queued and running request fails (Unavailable);
+  if a batch of several requests fails on a healthy group, each request is retried alone so
+  one bad request cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from statmux.runtime.engine import GroupEngine, ModelInfo, Request, Response
+from statmux.runtime.metrics import ModelStats
+from statmux.runtime.serving_errors import (
+    InvalidRequest,
+    ModelNotFound,
+    Rejected,
+    ServingError,
+    Unavailable,
+)
+
+Clock = Callable[[], float]
+
+
+class LatencyModel:
+    """A model's per-batch-size, per-stage latency (from the Plan's profile)."""
+
+    def __init__(self, stage_latency_s: dict[int, list[float]]) -> None:
+        rows = sorted((int(b), list(s)) for b, s in stage_latency_s.items() if s)
+        self._sizes = [b for b, _ in rows]
+        self._first = [float(sum(s)) for _, s in rows]
+        self._bottleneck = [float(max(s)) for _, s in rows]
+
+    @property
+    def known(self) -> bool:
+        return bool(self._sizes)
+
+    def first(self, batch: int) -> float:
+        """Latency of a batch through an idle pipeline: the sum of its stages."""
+        return self._lookup(self._first, batch)
+
+    def bottleneck(self, batch: int) -> float:
+        """What each further batch adds once the pipeline is full: its slowest stage."""
+        return self._lookup(self._bottleneck, batch)
+
+    def _lookup(self, values: list[float], batch: int) -> float:
+        if not self._sizes:
+            return 0.0
+        for size, v in zip(self._sizes, values, strict=True):
+            if size >= batch:  # between profiled sizes: the next profiled size (padding)
+                return v
+        return values[-1] * batch / self._sizes[-1]  # past the profile: linear in rows
+
+
+def pack_batches(rows: Iterable[int], max_rows: int) -> list[int]:
+    """Greedy FIFO packing of requests (by rows) into batches of at most max_rows rows."""
+    batches: list[int] = []
+    for r in rows:
+        if batches and batches[-1] + r <= max_rows:
+            batches[-1] += r
+        else:
+            batches.append(r)
+    return batches
+
+
+@dataclass(frozen=True)
+class RunningBatch:
+    start: float
+    latency: LatencyModel
+    rows: int
+
+
+def predict_completion(
+    now: float,
+    running: Iterable[RunningBatch],
+    depth: int,
+    ahead: Iterable[tuple[LatencyModel, int]],
+    own: tuple[LatencyModel, int],
+) -> float:
+    """When a batch `own` would finish behind the running batches and the batches `ahead`.
+
+    The pipeline accepts a new batch once the previous one has left its bottleneck stage, and
+    not before a slot frees when `depth` batches are already running.
+    """
+    running = list(running)
+    t = now
+    for b in running:
+        t = max(t, b.start + b.latency.bottleneck(b.rows))
+    if len(running) >= depth:
+        t = max(t, min(b.start + b.latency.first(b.rows) for b in running))
+    for lm, rows in ahead:
+        t += lm.bottleneck(rows)
+    return t + own[0].first(own[1])
+
+
+@dataclass(eq=False)
+class Pending:
+    model: str
+    request: Request
+    rows: int
+    arrival: float
+    deadline: float  # math.inf without an SLO
+    future: asyncio.Future[Response]
+    solo: bool = False  # retried alone after its batch failed
+
+
+@dataclass(eq=False)
+class _InFlight:
+    model: str
+    members: list[Pending]
+    batch: RunningBatch
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+class Scheduler:
+    def __init__(
+        self, engine: GroupEngine, max_in_flight: int = 1, clock: Clock = time.monotonic
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self.engine = engine
+        self.max_in_flight = max_in_flight
+        self._clock = clock
+        self.infos: dict[str, ModelInfo] = engine.model_infos()
+        self.latency = {n: LatencyModel(i.stage_latency_s) for n, i in self.infos.items()}
+        self.stats = {n: ModelStats(n, i.version) for n, i in self.infos.items()}
+        self._queues: dict[str, deque[Pending]] = {n: deque() for n in self.infos}
+        self._retry: deque[Pending] = deque()
+        self._running: list[_InFlight] = []
+        self.loaded: set[str] = engine.loaded()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed: str | None = None
+
+    # ----------------------------------------------------------------- public
+    def info(self, model: str) -> ModelInfo:
+        info = self.infos.get(model)
+        if info is None:
+            raise ModelNotFound(
+                f"unknown model '{model}' (this group serves: {', '.join(sorted(self.infos))})"
+            )
+        return info
+
+    def refresh_loaded(self) -> None:
+        self.loaded = self.engine.loaded()
+
+    def submit(
+        self, model: str, request: Request, rows: int, arrival: float | None = None
+    ) -> asyncio.Future[Response]:
+        """Queue one (already validated) request; raises Rejected/Unavailable at once."""
+        now = self._clock()
+        arrival = now if arrival is None else arrival
+        info = self.info(model)
+        stats = self.stats[model]
+        if self._closed is not None or not self.engine.healthy():
+            raise Unavailable(self._closed or "the group is unhealthy: a rank is gone")
+        if model not in self.loaded:
+            raise Unavailable(
+                f"model '{model}' is not loaded; POST /v2/repository/models/{model}/load"
+            )
+        slo = info.slo_seconds
+        deadline = math.inf if slo is None else arrival + slo
+        if slo is not None:
+            predicted = self.predict(model, rows, deadline, now)
+            if predicted > deadline:
+                stats.record_rejection("admission", int((now - arrival) * 1e9))
+                raise Rejected(
+                    f"model '{model}': rejected by SLO admission: predicted "
+                    f"{(predicted - arrival) * 1000:.1f} ms > SLO {slo * 1000:.1f} ms"
+                )
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        p = Pending(model, request, rows, arrival, deadline, self._loop.create_future())
+        self._queues[model].append(p)
+        stats.pending += 1
+        self._pump()
+        return p.future
+
+    async def infer(self, model: str, request: Request, rows: int, arrival: float) -> Response:
+        return await self.submit(model, request, rows, arrival)
+
+    def predict(self, model: str, rows: int, deadline: float, now: float) -> float:
+        """Predicted completion time of a new request of `model` arriving now."""
+        ahead: list[tuple[LatencyModel, int]] = []
+        for name, queue in self._queues.items():
+            if not queue:
+                continue
+            if name == model:
+                continue
+            cap = max(self.infos[name].max_batch_size, 1)
+            earlier = [p.rows for p in queue if p.deadline <= deadline and not p.future.done()]
+            ahead.extend((self.latency[name], b) for b in pack_batches(earlier, cap))
+        own_rows = [p.rows for p in self._queues[model] if not p.future.done()]
+        own_rows.append(rows)
+        own = pack_batches(own_rows, max(self.infos[model].max_batch_size, 1))
+        ahead.extend((self.latency[model], b) for b in own[:-1])
+        running = [r.batch for r in self._running]
+        return predict_completion(
+            now, running, self.max_in_flight, ahead, (self.latency[model], own[-1])
+        )
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values()) + len(self._retry)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def fail_model(self, model: str, err: ServingError) -> None:
+        """Fail every queued request of one model (it was unloaded)."""
+        queue = self._queues[model]
+        members = list(queue)
+        queue.clear()
+        self._finish_failed(members, err)
+
+    def close(self, reason: str = "the server is shutting down") -> None:
+        """Refuse new requests and fail every queued one."""
+        self._closed = reason
+        self._fail_queued(Unavailable(reason))
+
+    # ----------------------------------------------------------------- dispatch
+    def _pump(self) -> None:
+        while len(self._running) < self.max_in_flight:
+            if self._retry:
+                p = self._retry.popleft()
+                if p.future.done():
+                    self._drop_cancelled(p)
+                else:
+                    self._dispatch(p.model, [p])
+                continue
+            model = self._earliest_model()
+            if model is None:
+                return
+            batch = self._take_batch(model)
+            if batch:
+                self._dispatch(model, batch)
+
+    def _earliest_model(self) -> str | None:
+        best: str | None = None
+        key = (math.inf, math.inf)
+        for name, queue in self._queues.items():
+            while queue and queue[0].future.done():  # cancelled by a disconnected client
+                self._drop_cancelled(queue.popleft())
+            if queue and (queue[0].deadline, queue[0].arrival) < key:
+                key = (queue[0].deadline, queue[0].arrival)
+                best = name
+        return best
+
+    def _take_batch(self, model: str) -> list[Pending]:
+        queue = self._queues[model]
+        cap = max(self.infos[model].max_batch_size, 1)
+        lm = self.latency[model]
+        now = self._clock()
+        batch: list[Pending] = []
+        rows = 0
+        tightest = math.inf
+        while queue:
+            p = queue[0]
+            if p.future.done():
+                self._drop_cancelled(queue.popleft())
+                continue
+            if now + lm.first(p.rows) > p.deadline:  # too late even alone
+                queue.popleft()
+                self._reject_late(p, now)
+                continue
+            if rows + p.rows > cap or now + lm.first(rows + p.rows) > min(tightest, p.deadline):
+                break
+            queue.popleft()
+            batch.append(p)
+            rows += p.rows
+            tightest = min(tightest, p.deadline)
+        return batch
+
+    def _drop_cancelled(self, p: Pending) -> None:
+        stats = self.stats[p.model]
+        stats.pending -= 1
+        stats.record_failure("CANCELED", int((self._clock() - p.arrival) * 1e9))
+
+    def _reject_late(self, p: Pending, now: float) -> None:
+        stats = self.stats[p.model]
+        stats.pending -= 1
+        stats.record_rejection("deadline", int((now - p.arrival) * 1e9))
+        slo = self.infos[p.model].slo_seconds or 0.0
+        p.future.set_exception(
+            Rejected(
+                f"model '{p.model}': rejected at dispatch: it would finish after its SLO "
+                f"{slo * 1000:.1f} ms ({(now - p.arrival) * 1000:.1f} ms already queued)"
+            )
+        )
+
+    def _dispatch(self, model: str, batch: list[Pending]) -> None:
+        rows = sum(p.rows for p in batch)
+        flight = _InFlight(model, batch, RunningBatch(self._clock(), self.latency[model], rows))
+        self._running.append(flight)
+        loop = self._loop
+        assert loop is not None
+        try:
+            fut = self.engine.submit(model, [p.request for p in batch])
+        except Exception as e:  # the engine refused synchronously: same path as a failure
+            fut = Future()
+            fut.set_exception(e)
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done, flight, f))
+
+    def _done(self, flight: _InFlight, fut: Future[list[Response]]) -> None:
+        self._running.remove(flight)
+        compute_ns = time.perf_counter_ns() - flight.started_ns
+        stats = self.stats[flight.model]
+        exc = fut.exception()
+        results = None if exc is not None else fut.result()
+        if results is not None and len(results) != len(flight.members):
+            exc = RuntimeError(
+                f"engine returned {len(results)} responses for {len(flight.members)} requests"
+            )
+        if exc is None and results is not None:
+            stats.record_batch(flight.batch.rows, compute_ns)
+            now = self._clock()
+            for p, r in zip(flight.members, results, strict=True):
+                stats.pending -= 1
+                duration = now - p.arrival
+                stats.record_success(
+                    int(duration * 1e9),
+                    max(0, int((duration * 1e9) - compute_ns)),
+                    compute_ns,
+                    now <= p.deadline,
+                )
+                if not p.future.done():
+                    p.future.set_result(r)
+        else:
+            self._failed(flight, exc)
+        self._pump()
+
+    def _failed(self, flight: _InFlight, exc: BaseException | None) -> None:
+        model = flight.model
+        if not self.engine.healthy():
+            err: ServingError = Unavailable(f"the group is unhealthy: {exc}")
+            self._finish_failed(flight.members, err)
+            self._fail_queued(err)
+            return
+        self.refresh_loaded()
+        if model not in self.loaded:
+            self._finish_failed(flight.members, Unavailable(f"model '{model}' was unloaded"))
+            return
+        if len(flight.members) > 1:
+            for p in flight.members:
+                p.solo = True
+            self._retry.extend(flight.members)
+            return
+        self._finish_failed(
+            flight.members,
+            InvalidRequest(f"model '{model}' failed on this request: {exc}"),
+            reason="BACKEND",
+        )
+
+    def _finish_failed(
+        self, members: list[Pending], err: ServingError, reason: str | None = None
+    ) -> None:
+        now = self._clock()
+        for p in members:
+            stats = self.stats[p.model]
+            stats.pending -= 1
+            stats.record_failure(reason or err.failure_reason, int((now - p.arrival) * 1e9))
+            if not p.future.done():
+                p.future.set_exception(err)
+
+    def _fail_queued(self, err: ServingError) -> None:
+        for queue in self._queues.values():
+            members = list(queue)
+            queue.clear()
+            self._finish_failed(members, err)
+        members = list(self._retry)
+        self._retry.clear()
+        self._finish_failed(members, err)
