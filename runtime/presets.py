@@ -1,0 +1,274 @@
+"""Model configs: HF config.json fields -> one small dataclass per family, plus named presets.
+
+The runtime's models read their shapes from these dataclasses. They are built either from a
+checkpoint's config.json (source: huggingface) or from a preset whose fields the ModelSet's
+`weights.config` overrides (source: synthetic). Field names follow the HF configs so that a
+user can paste a config.json fragment into `weights.config`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from statmux.placement.spec import WeightSource
+
+ARCHITECTURES = ("bert", "gpt2", "llama")
+
+
+class ModelConfigError(ValueError):
+    """A config or preset the runtime cannot build; the message names the field."""
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_hidden_layers
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int = 50257
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # None: 4 * n_embd, as in HF
+    n_positions: int = 1024
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    pad_token_id: int | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def inner(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    pad_token_id: int | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+ModelConfig = BertConfig | GPT2Config | LlamaConfig
+_CONFIG_CLASSES: dict[str, type[BertConfig] | type[GPT2Config] | type[LlamaConfig]] = {
+    "bert": BertConfig,
+    "gpt2": GPT2Config,
+    "llama": LlamaConfig,
+}
+
+# Named synthetic sizes. `tiny` exists for every architecture (tests); the others mirror the
+# sizes of the AlpaServe evaluation (BERT-1.3B/2.6B/6.7B) and common public models.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bert-tiny": (
+        "bert",
+        dict(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+    ),
+    "bert-small": (
+        "bert",
+        dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, intermediate_size=1024),
+    ),
+    "bert-base": ("bert", {}),
+    "bert-1.3b": (
+        "bert",
+        dict(
+            hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, intermediate_size=8192
+        ),
+    ),
+    "bert-2.6b": (
+        "bert",
+        dict(
+            hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, intermediate_size=10240
+        ),
+    ),
+    "bert-6.7b": (
+        "bert",
+        dict(
+            hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=16384
+        ),
+    ),
+    "gpt2-tiny": (
+        "gpt2",
+        dict(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=64),
+    ),
+    "gpt2": ("gpt2", {}),
+    "gpt2-medium": ("gpt2", dict(n_embd=1024, n_layer=24, n_head=16)),
+    "llama-tiny": (
+        "llama",
+        dict(
+            vocab_size=128,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        ),
+    ),
+    "llama-1b": (
+        "llama",
+        dict(
+            vocab_size=128256,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            rope_theta=500000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-7b": ("llama", {}),
+}
+
+
+def preset_names(architecture: str) -> list[str]:
+    """Names valid for `weights.preset` with this architecture (`tiny` is an alias)."""
+    names = [n for n, (arch, _) in PRESETS.items() if arch == architecture]
+    return ["tiny", *names]
+
+
+def config_from_dict(architecture: str, data: dict[str, Any], where: str) -> ModelConfig:
+    """Build the family config from HF config fields; unknown HF fields are ignored."""
+    if architecture not in _CONFIG_CLASSES:
+        raise ModelConfigError(
+            f"{where}: architecture {architecture!r} is not supported; "
+            f"allowed: {', '.join(ARCHITECTURES)}"
+        )
+    cls = _CONFIG_CLASSES[architecture]
+    if data.get("rope_scaling") is not None:
+        raise ModelConfigError(f"{where}: rope_scaling is not supported (set it to null)")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            continue
+        default = getattr(cls(), key)
+        if value is None and default is None:
+            kwargs[key] = None
+            continue
+        expected = type(default) if default is not None else int
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ModelConfigError(
+                f"{where}: field {key!r} must be {expected.__name__}, got {value!r}"
+            )
+        kwargs[key] = value
+    cfg = cls(**kwargs)
+    validate_config(cfg, where)
+    return cfg
+
+
+def validate_config(cfg: ModelConfig, where: str) -> None:
+    allowed: tuple[str, ...]
+    if isinstance(cfg, GPT2Config):
+        hidden, heads = cfg.n_embd, cfg.n_head
+        act_field, act, allowed = "activation_function", cfg.activation_function, _GPT2_ACTS
+    elif isinstance(cfg, BertConfig):
+        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
+        act_field, act, allowed = "hidden_act", cfg.hidden_act, _BERT_ACTS
+    else:
+        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
+        act_field, act, allowed = "hidden_act", cfg.hidden_act, ("silu",)
+        if cfg.num_attention_heads % cfg.kv_heads:
+            raise ModelConfigError(
+                f"{where}: num_attention_heads ({cfg.num_attention_heads}) must be a "
+                f"multiple of num_key_value_heads ({cfg.kv_heads})"
+            )
+    if act not in allowed:
+        raise ModelConfigError(
+            f"{where}: {act_field} {act!r} is not supported; allowed: {', '.join(allowed)}"
+        )
+    if cfg.num_layers < 1:
+        raise ModelConfigError(f"{where}: the model needs at least one layer")
+    if not isinstance(cfg, LlamaConfig) and hidden % heads:
+        raise ModelConfigError(
+            f"{where}: hidden size ({hidden}) must be a multiple of the head count ({heads})"
+        )
+
+
+_BERT_ACTS = ("gelu", "gelu_new", "relu")
+_GPT2_ACTS = ("gelu_new", "gelu", "relu")
+
+
+def resolve_config(weights: WeightSource, where: str = "weights") -> ModelConfig:
+    """The config of a model: config.json for huggingface, preset + overrides for synthetic."""
+    arch = weights.architecture
+    if weights.source == "huggingface":
+        path = Path(weights.path or "")
+        cfg_file = path / "config.json"
+        try:
+            data = json.loads(cfg_file.read_text())
+        except OSError as err:
+            raise ModelConfigError(
+                f"{where}.path: cannot read {cfg_file}: {err.strerror}"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise ModelConfigError(f"{where}.path: {cfg_file} is not valid JSON: {err}") from None
+        model_type = data.get("model_type")
+        if model_type is not None and model_type != arch:
+            raise ModelConfigError(
+                f"{where}.architecture is {arch!r} but {cfg_file} has model_type {model_type!r}"
+            )
+        return config_from_dict(arch, data, str(cfg_file))
+    base: dict[str, Any] = {}
+    if weights.preset is not None:
+        key = f"{arch}-tiny" if weights.preset == "tiny" else weights.preset
+        if key not in PRESETS or PRESETS[key][0] != arch:
+            raise ModelConfigError(
+                f"{where}.preset {weights.preset!r} is not a {arch} preset; "
+                f"allowed: {', '.join(preset_names(arch))}"
+            )
+        base = dict(PRESETS[key][1])
+    base.update(weights.config or {})
+    return config_from_dict(arch, base, f"{where}.config")
