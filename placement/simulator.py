@@ -167,7 +167,11 @@ class Simulator:
         workload: Workload,
         slo_seconds: dict[str, float],
         max_batch_size: int = 1,
+        event_driven: bool | None = None,
     ) -> None:
+        """event_driven: use the queueing (batching) kernel; default: when max_batch_size > 1.
+        With max_batch_size 1 it serves queues earliest-deadline-first instead of in arrival
+        order, which is the same when all models share one SLO."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
         missing = [m for m in workload.model_names if m not in slo_seconds]
@@ -177,6 +181,7 @@ class Simulator:
         self.workload = workload
         self.model_names = list(workload.model_names)
         self.max_batch_size = max_batch_size
+        self.event_driven = max_batch_size > 1 if event_driven is None else event_driven
         self._index = {n: i for i, n in enumerate(self.model_names)}
         self._slo = np.array([float(slo_seconds[m]) for m in self.model_names])
         self._arrivals = np.ascontiguousarray(workload.arrivals, dtype=np.float64)
@@ -189,9 +194,6 @@ class Simulator:
         # Per config: (M, B, pp) stage latencies per batch size (NaN: model lacks the config)
         # and (M,) usable max batch. Filled lazily, once per config.
         self._tables: dict[ParallelConfig, tuple[np.ndarray, np.ndarray]] = {}
-        configs = {c for p in profiles.values() for c in p.configs}
-        for c in configs:
-            self._table(c)
 
     # ------------------------------------------------------------------ precomputation
     def _table(self, config: ParallelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +226,7 @@ class Simulator:
         groups = placement.groups
         n_groups, n_models = len(groups), len(self.model_names)
         max_pp = max((g.config.pp for g in groups), default=1)
-        batching = self.max_batch_size > 1
+        batching = self.event_driven
         lat = np.zeros((n_groups, n_models, max_pp))
         latb = np.zeros((n_groups, n_models, self.max_batch_size, max_pp)) if batching else None
         maxb = np.zeros((n_groups, n_models), np.int64) if batching else None

@@ -239,7 +239,42 @@ def _fit_from_arrivals(
     return rates, cvs
 
 
-# --------------------------------------------------------------------------- the entry point
+# --------------------------------------------------------------------------- the entry points
+def fit_trace(
+    trace: TraceRef,
+    model_names: list[str],
+    duration: float,
+    azure2019_cv: Azure2019Cv = "alpaserve",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rates, CVs, window edges) fitted per model and window, before rateScale/cvScale.
+
+    rates and CVs have shape (models, windows); edges are relative to startSeconds."""
+    t0, t1 = trace.start_seconds, trace.start_seconds + duration
+    edges = window_edges(duration, trace.window_seconds)
+    n = len(model_names)
+    if trace.format == "azure2019":
+        rates, cvs = _fit_azure2019(trace, n, duration, edges, azure2019_cv)
+        return rates, cvs, edges
+    if trace.format == "csv":
+        times, ids = read_csv_trace(trace.path, model_names)
+        keep = (times >= t0) & (times < t1)
+        times, ids = times[keep] - t0, ids[keep]
+        per_model = [times[ids == m] for m in range(n)]
+    else:
+        _, funcs = read_azure2021(trace.path)
+        sliced = [f[(f >= t0) & (f < t1)] - t0 for f in funcs]
+        sliced = [f for f in sliced if f.size]  # idle functions take no stripe slot
+        to_model = stripe(len(sliced), n)
+        per_model = [
+            np.sort(np.concatenate([f for f, m in zip(sliced, to_model, strict=True) if m == i]))
+            if (to_model == i).any()
+            else np.zeros(0)
+            for i in range(n)
+        ]
+    rates, cvs = _fit_from_arrivals(per_model, edges)
+    return rates, cvs, edges
+
+
 def trace_workload(
     trace: TraceRef,
     model_names: list[str],
@@ -248,31 +283,12 @@ def trace_workload(
     azure2019_cv: Azure2019Cv = "alpaserve",
 ) -> Workload:
     """The workload of `spec.workload.trace`, over [startSeconds, startSeconds + duration)."""
-    t0, t1 = trace.start_seconds, trace.start_seconds + duration
-    edges = window_edges(duration, trace.window_seconds)
-    n = len(model_names)
-    if trace.format == "csv":
+    if trace.format == "csv" and trace.rate_scale == 1.0 and trace.cv_scale == 1.0:
+        t0 = trace.start_seconds
         times, ids = read_csv_trace(trace.path, model_names)
-        keep = (times >= t0) & (times < t1)
-        times, ids = times[keep] - t0, ids[keep]
-        if trace.rate_scale == 1.0 and trace.cv_scale == 1.0:
-            return Workload(list(model_names), times, ids, duration)
-        per_model = [times[ids == m] for m in range(n)]
-        rates, cvs = _fit_from_arrivals(per_model, edges)
-    elif trace.format == "azure2021":
-        _, funcs = read_azure2021(trace.path)
-        sliced = [f[(f >= t0) & (f < t1)] - t0 for f in funcs]
-        sliced = [f for f in sliced if f.size]
-        to_model = stripe(len(sliced), n)
-        per_model = [
-            np.sort(np.concatenate([f for f, m in zip(sliced, to_model, strict=True) if m == i]))
-            if (to_model == i).any()
-            else np.zeros(0)
-            for i in range(n)
-        ]
-        rates, cvs = _fit_from_arrivals(per_model, edges)
-    else:
-        rates, cvs = _fit_azure2019(trace, n, duration, edges, azure2019_cv)
+        keep = (times >= t0) & (times < t0 + duration)
+        return Workload(list(model_names), times[keep] - t0, ids[keep], duration)
+    rates, cvs, edges = fit_trace(trace, model_names, duration, azure2019_cv)
     return regenerate(model_names, rates * trace.rate_scale, cvs * trace.cv_scale, edges, seed)
 
 
