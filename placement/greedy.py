@@ -1,13 +1,19 @@
-"""Simulator-driven greedy model selection (AlpaServe's Algorithm 1, pruned).
+"""Simulator-driven greedy model selection (AlpaServe's Algorithm 1, pruned and localized).
 
 Start from the given (usually empty) groups and repeatedly add the one replica that raises
 simulated SLO attainment the most. AlpaServe tries every (model, group) pair per step; we try
 the `candidates` models with the most missed requests, each on its least-loaded group with
 room, which picks the same replica in the common case at a fraction of the simulations.
+
+Adding model m to group g can only change the outcome of requests whose models share a group
+with m or g, transitively (routing never leaves the groups hosting a request's model). So a
+candidate is scored by simulating just that connected component, before and after: the
+attainment change is exact and the simulation touches a fraction of the requests.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from statmux.placement.plan import Group, Placement
 from statmux.placement.search_space import Deadline, SearchProblem, request_counts
 
@@ -22,54 +28,118 @@ def greedy_select(
     models = list(problem.models if models is None else models)
     sub = None if models == problem.models else models
     placement = Placement([g.copy() for g in groups])
-    index = {m: problem.workload.model_names.index(m) for m in models}
+    names = problem.workload.model_names
+    index = {m: names.index(m) for m in models}
     totals = request_counts(problem.workload)
-    current = problem.attainment(placement, sub)
+    scorer = ComponentScorer(problem)
+    good = problem.simulator(sub).good_per_model(placement).copy()
+    problem.simulations += 1
     while deadline is None or not deadline.expired():
-        good = problem.simulator(sub).good_per_model(placement)
-        problem.simulations += 1
         missed = sorted(
-            (int(totals[index[m]] - good[index[m]]), m) for m in models if totals[index[m]] > 0
+            ((int(totals[index[m]] - good[index[m]]), m) for m in models),
+            reverse=True,
         )
-        missed.reverse()
-        trials: list[tuple[float, str, int]] = []
+        best: tuple[int, int, str, np.ndarray] | None = None  # (gain, -group, model, good)
+        tried = 0
         for miss, m in missed:
-            if len(trials) >= candidates:
+            if tried >= candidates or miss <= 0:
                 break
-            if miss <= 0:
-                continue
-            gi = _least_loaded_group(problem, placement, m)
+            gi = least_loaded_group(problem, placement, m)
             if gi is None:
                 continue
-            placement.groups[gi].models.append(m)
-            trials.append((problem.attainment(placement, sub), m, gi))
-            placement.groups[gi].models.pop()
-        if not trials:
+            tried += 1
+            gain, after = scorer.gain(placement, m, gi)
+            if best is None or (gain, -gi) > best[:2]:
+                best = (gain, -gi, m, after)
+        if best is None or best[0] <= 0:
             break
-        att, m, gi = max(trials, key=lambda t: (t[0], -t[2]))
-        if att <= current + 1e-12:
-            break
-        placement.groups[gi].models.append(m)
-        current = att
+        placement.groups[-best[1]].models.append(best[2])
+        # The component's new per-model counts are exact: no full re-simulation needed.
+        touched = best[3] >= 0
+        good[touched] = best[3][touched]
     return placement
 
 
-def _least_loaded_group(problem: SearchProblem, placement: Placement, model: str) -> int | None:
+class ComponentScorer:
+    """Exact attainment change of adding one replica, by simulating its component only."""
+
+    def __init__(self, problem: SearchProblem) -> None:
+        self.problem = problem
+        self._good: dict[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], np.ndarray] = {}
+
+    def gain(self, placement: Placement, model: str, group_index: int) -> tuple[int, np.ndarray]:
+        """Good requests gained, and the component's per-model good counts afterwards
+        (-1 for models outside the component)."""
+        comp_groups, comp_models = component(
+            placement, {model} | set(placement.groups[group_index].models)
+        )
+        before = Placement([placement.groups[i].copy() for i in sorted(comp_groups)])
+        after = Placement(
+            [
+                Group(g.config, [*g.models, model]) if i == group_index else g.copy()
+                for i, g in ((i, placement.groups[i]) for i in sorted(comp_groups | {group_index}))
+            ]
+        )
+        good_after = self._good_of(after, comp_models)
+        good_before = self._good_of(before, comp_models)
+        mask = self._mask(comp_models, len(good_after))
+        gain = int(good_after[mask].sum() - good_before[mask].sum())
+        return gain, np.where(mask, good_after, -1)
+
+    def _mask(self, models: set[str], n: int) -> np.ndarray:
+        names = self.problem.workload.model_names
+        mask = np.zeros(n, dtype=bool)
+        mask[[names.index(m) for m in models]] = True
+        return mask
+
+    def _good_of(self, placement: Placement, models: set[str]) -> np.ndarray:
+        key = (
+            tuple(sorted(models)),
+            tuple(sorted((*tuple(sorted(g.models)), str(g.config)) for g in placement.groups)),
+        )
+        cached = self._good.get(key)
+        if cached is None:
+            self.problem.simulations += 1
+            sim = self.problem.simulator(sorted(models))
+            cached = sim.good_per_model(placement)
+            if len(self._good) > 4096:
+                self._good.clear()
+            self._good[key] = cached
+        return cached
+
+
+def component(placement: Placement, seed_models: set[str]) -> tuple[set[int], set[str]]:
+    """Groups and models connected to `seed_models` through shared groups."""
+    models = set(seed_models)
+    groups: set[int] = set()
+    frontier = list(models)
+    while frontier:
+        m = frontier.pop()
+        for gi, g in enumerate(placement.groups):
+            if gi not in groups and m in g.models:
+                groups.add(gi)
+                for x in g.models:
+                    if x not in models:
+                        models.add(x)
+                        frontier.append(x)
+    return groups, models
+
+
+def least_loaded_group(problem: SearchProblem, placement: Placement, model: str) -> int | None:
+    """The group with room for `model` whose hosted models bring the least bottleneck load."""
     rates = problem.rates
+    replicas: dict[str, int] = {}
+    for g in placement.groups:
+        for m in g.models:
+            replicas[m] = replicas.get(m, 0) + 1
     best: tuple[float, int] | None = None
     for gi, g in enumerate(placement.groups):
         if not problem.can_add(g, model):
             continue
         load = sum(
-            rates.get(m, 0.0) / max(placement.replicas(m), 1) * _stage(problem, m, g)
+            rates.get(m, 0.0) / replicas[m] * problem.profiles[m].configs[g.config].max_stage(1)
             for m in g.models
         )
         if best is None or (load, gi) < best:
             best = (load, gi)
     return None if best is None else best[1]
-
-
-def _stage(problem: SearchProblem, model: str, group: Group) -> float:
-    cp = problem.profiles[model].get(group.config.pp, group.config.tp)
-    assert cp is not None
-    return cp.max_stage(1)

@@ -19,14 +19,17 @@ def pack(
     groups: list[Group],
     models: list[str] | None = None,
     fill: bool = True,
+    need: dict[str, float] | None = None,
 ) -> Placement:
+    """`need` ranks models for extra replicas (default: demand); e.g. simulated misses."""
     models = list(problem.models if models is None else models)
     placement = Placement([Group(g.config, list(g.models)) for g in groups])
     gs = placement.groups
     used = [sum(problem.bytes_per_gpu(m, g.config) for m in g.models) for g in gs]
     replicas = {m: placement.replicas(m) for m in models}
     # Demand is config-dependent; a group's load sums its models' share of their demand.
-    demand = {(m, gi): problem.demand(m, g.config) for m in models for gi, g in enumerate(gs)}
+    per_config = {(m, c): problem.demand(m, c) for m in models for c in {g.config for g in gs}}
+    demand = {(m, gi): per_config[(m, g.config)] for m in models for gi, g in enumerate(gs)}
     load = [0.0] * len(gs)
 
     def add(m: str, gi: int) -> None:
@@ -60,8 +63,9 @@ def pack(
     if not fill:
         return placement
 
-    # Max-heap on demand per replica; a model leaves the heap once no group can take it.
-    heap = [(-mean_demand[m] / max(replicas[m], 1), m) for m in models if replicas[m] > 0]
+    weight = need if need is not None else mean_demand
+    # Max-heap on need per replica; a model leaves the heap once no group can take it.
+    heap = [(-weight.get(m, 0.0) / max(replicas[m], 1), m) for m in models if replicas[m] > 0]
     heapq.heapify(heap)
     while heap:
         _, m = heapq.heappop(heap)
@@ -69,5 +73,5 @@ def pack(
         if gi is None:
             continue
         add(m, gi)
-        heapq.heappush(heap, (-mean_demand[m] / replicas[m], m))
+        heapq.heappush(heap, (-weight.get(m, 0.0) / replicas[m], m))
     return placement

@@ -172,60 +172,69 @@ def alpaserve_policy(problem: SearchProblem, split: bool = True) -> PolicyResult
 
 
 # ---------------------------------------------------------------------------- statmux
-def statmux_policy(problem: SearchProblem, seconds: float = 1.0, beam: int = 2) -> PolicyResult:
-    deadline = Deadline(seconds)
-    candidates: list[tuple[float, Placement]] = []
+def statmux_policy(
+    problem: SearchProblem, refine_seconds: float = 0.3, close: float = 0.01
+) -> PolicyResult:
+    """Screen every config with one cheap packing each, run the localized greedy on the best
+    (and on any runner-up within `close` of it), then refine the winner with local search
+    for `refine_seconds`."""
 
-    def screen(models: list[str], gpus: int, label: str) -> list[tuple[float, Placement]]:
-        """Packing (filled and one replica each) for every config: cheap, one sim each."""
+    def screen(models: list[str], gpus: int) -> list[tuple[float, ParallelConfig]]:
+        """One packing per config (one sim each), best first."""
         sub = None if models == problem.models else models
-        found: list[tuple[float, Placement]] = []
+        found = []
         for cfg in _configs_up_to(problem, models, gpus):
-            if not all(problem.fits_alone(m, cfg) for m in models):
-                continue
-            for fill in (True, False):
-                p = pack(problem, uniform_groups(gpus, cfg), models, fill=fill)
-                found.append((problem.attainment(p, sub), p))
-        found.sort(key=lambda c: -c[0])
-        if found:
-            problem.say(f"{label}: best {found[0][1].describe()} → {found[0][0]:.4f}")
-        return found
+            if all(problem.fits_alone(m, cfg) for m in models):
+                p = pack(problem, uniform_groups(gpus, cfg), models)
+                found.append((problem.attainment(p, sub), cfg))
+        return sorted(found, key=lambda c: (-c[0], c[1]))
 
-    candidates += screen(problem.models, problem.num_gpus, "statmux")
+    def search(models: list[str], gpus: int, label: str) -> Placement | None:
+        sub = None if models == problem.models else models
+        ranked = screen(models, gpus)
+        best: tuple[float, Placement] | None = None
+        for screened, cfg in ranked[:2]:
+            if screened < ranked[0][0] - close:
+                break
+            p = greedy_select(problem, uniform_groups(gpus, cfg), models)
+            p = pack(problem, p.groups, models, fill=False)  # models the greedy left out
+            att = problem.attainment(p, sub)
+            problem.say(f"{label}: {p.describe()} → {att:.4f}")
+            if best is None or att > best[0]:
+                best = (att, p)
+        return None if best is None else best[1]
+
+    candidates: list[Placement] = []
+    whole = search(problem.models, problem.num_gpus, "statmux")
+    if whole is not None:
+        candidates.append(whole)
     clusters = latency_clusters(problem)
     alloc = split_gpus(problem, clusters) if len(clusters) > 1 else None
     if alloc is not None:
         merged = Placement([])
         for models, gpus in zip(clusters, alloc, strict=True):
-            part = screen(models, gpus, f"statmux[{len(models)} models]")
-            if part:
-                merged.groups.extend(part[0][1].groups)
-        candidates.append((problem.attainment(merged), merged))
+            part = search(models, gpus, f"statmux[{len(models)} models]")
+            if part is not None:
+                merged.groups.extend(part.groups)
+        candidates.append(merged)
     if not candidates:
         groups = [Group(ParallelConfig(1, 1)) for _ in range(problem.num_gpus)]
-        p = pack(problem, groups)
-        candidates.append((problem.attainment(p), p))
-    candidates.sort(key=lambda c: -c[0])
-    best_att, best = candidates[0]
-    # Refine the few best distinct candidates, sharing what is left of the time budget.
-    seen: set[str] = set()
-    tops = []
-    for att, p in candidates:
-        key = repr(sorted((g.config, tuple(sorted(g.models))) for g in p.groups))
-        if key not in seen:
-            seen.add(key)
-            tops.append((att, p))
-        if len(tops) == beam:
-            break
-    for i, (_att, p) in enumerate(tops):
-        if best_att >= 1.0:
-            break
-        share = Deadline(deadline.left() / (len(tops) - i))
-        refined, refined_att = improve(problem, p, share)
-        problem.say(f"statmux local search: {refined.describe()} → {refined_att:.4f}")
-        if refined_att > best_att:
-            best, best_att = refined, refined_att
+        candidates.append(pack(problem, groups))
+    scored = sorted(((problem.attainment(p), i) for i, p in enumerate(candidates)), reverse=True)
+    best_att, best = scored[0][0], candidates[scored[0][1]]
+    if best_att < 1.0:
+        best, best_att = improve(problem, best, Deadline(refine_seconds))
+        problem.say(f"statmux local search: {best.describe()} → {best_att:.4f}")
     return PolicyResult(best)
+
+
+def _missed(problem: SearchProblem, placement: Placement, models: list[str]) -> dict[str, float]:
+    sub = None if models == problem.models else models
+    good = problem.simulator(sub).good_per_model(placement)
+    problem.simulations += 1
+    totals = request_counts(problem.workload)
+    names = problem.workload.model_names
+    return {m: float(totals[names.index(m)] - good[names.index(m)]) for m in models}
 
 
 # ---------------------------------------------------------------------------- manual
