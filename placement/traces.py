@@ -15,9 +15,9 @@ Azure traces are converted the way AlpaServe does: functions with invocations in
 slice [startSeconds, startSeconds + durationSeconds) are striped onto the models
 (function i -> model i mod n, in order of first appearance in the file); the slice is cut
 into windows of windowSeconds; per model and window a Gamma process is fitted
-(rate = count / window length; CV from the inter-arrival times for 2021, fewer than 3
-arrivals -> CV 1); rate and CV are multiplied by rateScale and cvScale and arrivals are
-re-drawn from those Gamma processes with the workload seed (one stream per model and
+(rate = count / window length; CV = std / mean of the inter-arrival times for 2021, fewer
+than 3 arrivals -> CV 1, at least MIN_CV); rate and CV are multiplied by rateScale and
+cvScale and arrivals are re-drawn from those Gamma processes with the workload seed (one stream per model and
 window). The 2019 trace only has per-minute counts: like AlpaServe, its base CV is 1 (so
 the CV is cvScale), unless `azure2019_cv="counts"`, which estimates the CV from the
 dispersion of the per-minute counts (CV² ≈ variance / mean for a renewal process).
@@ -182,6 +182,10 @@ def window_edges(duration: float, window_seconds: float) -> np.ndarray:
     return np.append(edges, duration)
 
 
+# A fitted CV of 0 (perfectly regular arrivals) would be a Gamma of infinite shape.
+MIN_CV = 0.01
+
+
 def fit_gamma_arrivals(arrivals: np.ndarray, length: float) -> tuple[float, float]:
     """(rate, CV) of one window's sorted arrivals; CV 1 when too few to estimate."""
     rate = arrivals.size / length
@@ -189,8 +193,9 @@ def fit_gamma_arrivals(arrivals: np.ndarray, length: float) -> tuple[float, floa
         return rate, 1.0
     gaps = np.diff(arrivals)
     mean = float(gaps.mean())
-    cv = float(gaps.std()) / mean if mean > 0 else 1.0
-    return rate, cv if cv > 0 else 1.0
+    if mean <= 0:
+        return rate, 1.0  # all at one instant: no shape information
+    return rate, max(float(gaps.std()) / mean, MIN_CV)
 
 
 def fit_gamma_counts(counts: np.ndarray) -> float:
@@ -199,7 +204,7 @@ def fit_gamma_counts(counts: np.ndarray) -> float:
     if counts.size < 2 or mean <= 0:
         return 1.0
     dispersion = float(counts.var(ddof=1)) / mean
-    return float(np.sqrt(dispersion)) if dispersion > 0 else 1.0
+    return max(float(np.sqrt(dispersion)), MIN_CV)
 
 
 def regenerate(

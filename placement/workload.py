@@ -97,7 +97,7 @@ def merge_arrivals(
     model_names: list[str], per_model: Sequence[np.ndarray], duration: float, start: float = 0.0
 ) -> Workload:
     """Merge per-model arrival arrays into one time-sorted Workload."""
-    arrivals = np.concatenate([np.asarray(a, dtype=np.float64) for a in per_model] or [[]])
+    arrivals = np.concatenate([np.asarray(a, dtype=np.float64) for a in per_model] or [np.zeros(0)])
     ids = np.concatenate(
         [np.full(len(a), i, dtype=np.int32) for i, a in enumerate(per_model)]
         or [np.zeros(0, np.int32)]
@@ -143,6 +143,7 @@ def split_rates(
     """Per-model rates summing to `total`; powerLaw: rate_i ∝ (i+1)^-exponent."""
     if n < 1:
         raise ValueError(f"need at least one model (got {n})")
+    weights: np.ndarray
     if split == "uniform":
         weights = np.ones(n)
     elif split == "powerLaw":
