@@ -17,8 +17,8 @@ slice [startSeconds, startSeconds + durationSeconds) are striped onto the models
 into windows of windowSeconds; per model and window a Gamma process is fitted
 (rate = count / window length; CV = std / mean of the inter-arrival times for 2021, fewer
 than 3 arrivals -> CV 1, at least MIN_CV); rate and CV are multiplied by rateScale and
-cvScale and arrivals are re-drawn from those Gamma processes with the workload seed (one stream per model and
-window). The 2019 trace only has per-minute counts: like AlpaServe, its base CV is 1 (so
+cvScale and arrivals are re-drawn from those Gamma processes with the workload seed (one
+stream per model and window). The 2019 trace only has per-minute counts: like AlpaServe, its base CV is 1 (so
 the CV is cvScale), unless `azure2019_cv="counts"`, which estimates the CV from the
 dispersion of the per-minute counts (CV² ≈ variance / mean for a renewal process).
 
