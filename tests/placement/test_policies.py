@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sim_profiles import bert_like_profile, make_profile
+from statmux.placement.synthetic_profiles import bert_like_profile, make_profile
 from statmux.placement.packing import pack
 from statmux.placement.plan import Group, Placement
 from statmux.placement.policies import (
@@ -24,7 +24,7 @@ GiB = 2**30
 def problem(n=8, gpus=8, rate=20.0, cv=4.0, duration=300.0, budget=13 * GiB, slow=(), seed=1):
     names = [f"m{i}" for i in range(n)]
     profiles = {
-        m: bert_like_profile(m, base=0.3 if i in slow else 0.1) for i, m in enumerate(names)
+        m: bert_like_profile(m, latency=0.3 if i in slow else 0.1) for i, m in enumerate(names)
     }
     wl = gamma_workload(names, split_rates(rate, n, "powerLaw", 0.5), cv, duration, seed)
     slo = {m: 5 * profiles[m].single_device_latency for m in names}
