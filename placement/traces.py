@@ -14,13 +14,15 @@ Formats (`spec.workload.trace.format`):
 Azure traces are converted the way AlpaServe does: functions with invocations in the chosen
 slice [startSeconds, startSeconds + durationSeconds) are striped onto the models
 (function i -> model i mod n, in order of first appearance in the file); the slice is cut
-into windows of windowSeconds; per model and window a Gamma process is fitted
-(rate = count / window length; CV = std / mean of the inter-arrival times for 2021, fewer
-than 3 arrivals -> CV 1, at least MIN_CV); rate and CV are multiplied by rateScale and
-cvScale and arrivals are re-drawn from those Gamma processes with the workload seed (one
-stream per model and window). The 2019 trace only has per-minute counts: like AlpaServe, its base CV is 1 (so
-the CV is cvScale), unless `azure2019_cv="counts"`, which estimates the CV from the
-dispersion of the per-minute counts (CV² ≈ variance / mean for a renewal process).
+into windows of windowSeconds; per model and window a Gamma process is fitted; rate and CV
+are multiplied by rateScale and cvScale; arrivals are re-drawn from those Gamma processes
+with the workload seed (one random stream per model and window).
+- rate = count / window length.
+- 2021 (and re-fitted csv): CV = std / mean of the inter-arrival times (CV 1 with fewer
+  than 3 arrivals; at least MIN_CV).
+- 2019 has only per-minute counts: like AlpaServe, the base CV is 1 (so the CV is cvScale),
+  unless `azure2019_cv="counts"`, which estimates it from the dispersion of the per-minute
+  counts (CV² ≈ variance / mean for a renewal process).
 
 All returned workloads are rebased so that startSeconds becomes time 0.
 """
