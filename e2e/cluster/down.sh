@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Stop the local cluster started by up.sh and remove its run dir ($STATMUX_CLUSTER_DIR).
+# Only processes named in up.sh's pid files are signalled, and only if the pid still runs the
+# binary up.sh started (recorded in pids/<name>.exe), so a reused pid is never hit.
+# Env: STATMUX_CLUSTER_DIR, STATMUX_KEEP_DIR=1 (stop processes, keep the dir for debugging).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+
+DIR="$STATMUX_CLUSTER_DIR"
+if [[ "${STATMUX_DOWN_NO_LOCK:-0}" != 1 ]]; then
+  mkdir -p "$(dirname "$DIR")"
+  exec 9>"$DIR.lock"
+  flock -w 120 9 || die "another up.sh/down.sh holds $DIR.lock"
+fi
+
+if [[ ! -d "$DIR" ]]; then log "nothing to do: $DIR does not exist"; exit 0; fi
+[[ -f "$DIR/.statmux-cluster" ]] || die "$DIR has no .statmux-cluster marker; not touching it"
+
+ours() { # ours <component> -> prints pid if it still runs the binary we started
+  local f="$DIR/pids/$1.pid" pid exe
+  [[ -s "$f" && -s "$DIR/pids/$1.exe" ]] || return 1
+  pid="$(cat "$f")"; exe="$(cat "$DIR/pids/$1.exe")"
+  [[ "$pid" =~ ^[0-9]+$ && -d "/proc/$pid" ]] || return 1
+  [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]] || return 1
+  echo "$pid"
+}
+
+# Clients first, etcd last.
+for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  pid="$(ours "$c")" || continue
+  log "stopping $c (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do [[ -d "/proc/$pid" ]] || break; sleep 0.1; done
+  if [[ -d "/proc/$pid" ]] && ours "$c" >/dev/null; then
+    log "$c did not stop in 10s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do [[ -d "/proc/$pid" ]] || break; sleep 0.1; done
+  fi
+done
+
+if [[ "${STATMUX_KEEP_DIR:-0}" == 1 ]]; then
+  rm -f "$DIR"/pids/*.pid
+  log "stopped; kept $DIR"
+else
+  rm -rf "$DIR"
+  log "stopped; removed $DIR"
+fi
