@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
+
 from statmux.runtime.engine import EngineError, GroupEngine, ModelInfo
 from statmux.runtime.metrics import (
     ModelStats,

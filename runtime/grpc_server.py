@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.oip_codec import (
     BYTES,
@@ -26,7 +28,6 @@ from statmux.runtime.oip_codec import (
     tensor_from_raw,
 )
 from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.oip_codec import decode_rest_request, encode_rest_response
 from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
@@ -188,7 +189,7 @@ async def _optional_json(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidRequest(f"body is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("body must be a JSON object")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from statmux.runtime.engine import EngineError, ModelInfo, Request, Response, TensorSpec
 from statmux.runtime.metrics import StageSeconds
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from statmux.runtime.engine import NUMPY_TO_OIP, OIP_TO_NUMPY, ModelInfo
 from statmux.runtime.serving_errors import EngineFailed, InvalidRequest, PayloadTooLarge
 
@@ -169,7 +170,7 @@ def tensor_from_json(
     else:
         try:
             parsed = np.asarray(data)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError, OverflowError) as e:
             raise InvalidRequest(f"tensor '{name}': data is not a regular array: {e}") from None
         _check_json_kind(name, datatype, dtype, parsed)
         arr = parsed.astype(dtype, copy=False)
@@ -243,7 +244,7 @@ def decode_rest_request(body: bytes, header_length: int | None, max_bytes: int) 
         )
     try:
         header = json.loads(body[:header_length])
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidRequest(f"request header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise InvalidRequest("request body must be a JSON object with an 'inputs' list")

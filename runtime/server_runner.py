@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
+
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.grpc_server import start_grpc
 from statmux.runtime.http_server import bound_port, start_http

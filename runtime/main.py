@@ -1,0 +1,196 @@
+"""`statmux runtime`: run one rank of a Plan's group; rank 0 also serves OIP REST + gRPC.
+
+    statmux runtime --plan plan.json --group g0 [--http-port 8000] [--grpc-port 8001]
+                    [--device cpu|cuda] [--memory-budget BYTES] [--max-request-bytes N]
+
+Every rank runs the same command; where a rank sits in its group comes from the environment
+only (torch's MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE or LeaderWorkerSet's LWS_* variables),
+so local processes and Kubernetes pods launch it the same way. A group of one rank (pp1×tp1)
+needs no variables at all. The group's models and (pp, tp) come from the Plan. Rank 0 serves
+/v2 and /metrics on --http-port and gRPC on --grpc-port until SIGTERM/SIGINT; the other ranks
+run the worker loop and exit when the leader shuts the group down.
+
+User mistakes (missing plan, unknown group, bad environment, bad flags) exit with status 2
+and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from statmux.placement.plan import Plan
+from statmux.runtime.frontend import DEFAULT_MAX_REQUEST_BYTES, FrontEnd
+from statmux.runtime.server_runner import serve
+
+log = logging.getLogger("statmux.runtime")
+
+RENDEZVOUS_VARS = ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE")
+
+
+class UsageError(Exception):
+    """A mistake in the command line, the Plan or the environment (exit status 2)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="statmux runtime",
+        description="Run one rank of a Plan's serving group (rank 0 serves the Open "
+        "Inference Protocol over REST and gRPC, and Prometheus metrics on /metrics).",
+    )
+    p.add_argument("--plan", required=True, help="the Plan JSON (from `statmux plan`)")
+    p.add_argument("--group", required=True, help="the name of this process's group, e.g. g0")
+    p.add_argument("--host", default="0.0.0.0", help="address to serve on (default 0.0.0.0)")
+    p.add_argument("--http-port", type=_port, default=8000, help="REST + /metrics port")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port")
+    p.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--memory-budget",
+        type=_positive_int,
+        default=None,
+        metavar="BYTES",
+        help="per-device bytes for resident weights; models beyond it are swapped",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help=f"largest accepted request body (default {DEFAULT_MAX_REQUEST_BYTES})",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def find_group(plan_path: str, name: str) -> tuple[dict[str, Any], Plan]:
+    try:
+        plan = Plan.read(plan_path)
+    except FileNotFoundError:
+        raise UsageError(f"plan file {plan_path!r} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"plan file {plan_path!r} is a directory") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"plan file {plan_path!r} is not a statmux Plan: {e}") from None
+    groups = plan.data.get("groups")
+    if not isinstance(groups, list):
+        raise UsageError(f"plan file {plan_path!r} has no 'groups' list")
+    for g in groups:
+        if isinstance(g, dict) and g.get("name") == name:
+            return g, plan
+    names = ", ".join(str(g.get("name")) for g in groups if isinstance(g, dict))
+    raise UsageError(f"plan {plan_path!r} has no group {name!r} (groups: {names or 'none'})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank_of(group: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """This process's DistInfo; a one-rank group needs no rendezvous variables."""
+    from statmux.runtime.dist_env import DistEnvError, DistInfo, dist_info_from_env
+
+    world = group.get("pp", 0) * group.get("tp", 0) if _sizes_ok(group) else None
+    if world == 1 and not any(k in env for k in RENDEZVOUS_VARS):
+        return DistInfo(0, 1, "127.0.0.1", _free_port())
+    try:
+        return dist_info_from_env(env)
+    except DistEnvError as e:
+        raise UsageError(f"bad environment: {e}") from None
+
+
+def _sizes_ok(group: Mapping[str, Any]) -> bool:
+    return all(isinstance(group.get(k), int) and group[k] > 0 for k in ("pp", "tp"))
+
+
+def runtime_main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))  # exits 2 with usage on bad flags
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"statmux runtime: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    group, plan = find_group(args.plan, args.group)
+    dist_info = rank_of(group, os.environ)
+    from statmux.runtime.group import GroupSpecError, start_group
+
+    max_batch = plan.data.get("maxBatchSize")
+    try:
+        engine = start_group(
+            group,
+            dist_info,
+            args.device,
+            memory_budget_bytes=args.memory_budget,
+            max_batch_size=max_batch if isinstance(max_batch, int) and max_batch > 0 else None,
+        )
+    except GroupSpecError as e:
+        raise UsageError(f"plan group {args.group!r}: {e}") from None
+    if engine is None:  # a worker rank: the leader has shut the group down
+        log.info("rank %d of group %s finished", dist_info.rank, args.group)
+        return 0
+    try:
+        front = FrontEnd(
+            engine, max_in_flight=int(group["pp"]), max_request_bytes=args.max_request_bytes
+        )
+        asyncio.run(_serve_until_signal(front, args))
+    finally:
+        engine.shutdown()
+    return 0
+
+
+async def _serve_until_signal(front: FrontEnd, args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    grpc_port = None if args.no_grpc else args.grpc_port
+    log.info(
+        "group %s serving %s on http %s:%d%s",
+        args.group,
+        ", ".join(sorted(front.scheduler.infos)),
+        args.host,
+        args.http_port,
+        "" if grpc_port is None else f", grpc {args.host}:{grpc_port}",
+    )
+    try:
+        await serve(front, args.host, args.http_port, grpc_port, stop)
+    except OSError as e:
+        raise UsageError(f"cannot serve: {e}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(runtime_main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""`statmux runtime`: clear exit-2 errors, and real groups served end to end in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from prometheus_client.parser import text_string_to_metric_families
+
+from statmux.runtime.main import runtime_main
+
+BERT = {"source": "synthetic", "architecture": "bert", "preset": "tiny", "dtype": "float32"}
+
+
+def plan_doc() -> dict:
+    def model(stages: int) -> dict:
+        return {
+            "name": "bert-a",
+            "sloSeconds": 30.0,
+            "stageLatencySeconds": {"1": [0.01] * stages, "4": [0.02] * stages},
+            "weightBytesPerGpu": 1e6,
+            "weights": BERT,
+        }
+
+    return {
+        "apiVersion": "statmux.io/v1alpha1",
+        "kind": "Plan",
+        "modelSet": "test",
+        "policy": "manual",
+        "maxBatchSize": 4,
+        "cluster": {"gpus": 3, "gpuMemoryBytes": 1e9, "gpusPerNode": 8},
+        "groups": [
+            {"name": "g0", "gpus": 1, "pp": 1, "tp": 1, "models": [model(1)]},
+            {"name": "g1", "gpus": 2, "pp": 2, "tp": 1, "models": [model(2)]},
+        ],
+        "predicted": {"attainment": 1.0, "goodput": 1.0, "perModel": {}, "baselines": {}},
+        "search": {"seconds": 0, "simulations": 0},
+    }
+
+
+@pytest.fixture()
+def plan_file(tmp_path: Path) -> Path:
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(plan_doc()))
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- usage errors
+def test_missing_plan_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert runtime_main(["--plan", str(tmp_path / "nope.json"), "--group", "g0"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json' does not exist" in err and "Traceback" not in err
+
+
+def test_not_a_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "Deployment"}')
+    assert runtime_main(["--plan", str(bad), "--group", "g0"]) == 2
+    assert "is not a statmux Plan" in capsys.readouterr().err
+
+
+def test_unknown_group(capsys: pytest.CaptureFixture[str], plan_file: Path) -> None:
+    assert runtime_main(["--plan", str(plan_file), "--group", "g9"]) == 2
+    assert "has no group 'g9' (groups: g0, g1)" in capsys.readouterr().err
+
+
+def test_bad_environment(
+    capsys: pytest.CaptureFixture[str], plan_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LWS_LEADER_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    # a two-rank group needs rendezvous variables
+    assert runtime_main(["--plan", str(plan_file), "--group", "g1"]) == 2
+    assert "bad environment: no rendezvous variables" in capsys.readouterr().err
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "two")
+    assert runtime_main(["--plan", str(plan_file), "--group", "g1"]) == 2
+    assert "RANK='two' is not an integer" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")  # the plan says pp2 x tp1
+    assert runtime_main(["--plan", str(plan_file), "--group", "g1"]) == 2
+    assert "world size is 3" in capsys.readouterr().err
+
+
+def test_bad_flags_exit_2(plan_file: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        runtime_main(["--plan", str(plan_file), "--group", "g0", "--http-port", "70000"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        runtime_main(["--plan", str(plan_file), "--group", "g0", "--device", "tpu"])
+    assert e.value.code == 2
+
+
+# --------------------------------------------------------------------------- real groups
+def launch(plan: Path, group: str, http: int, grpc: int, env: dict[str, str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "statmux.runtime.main", "--plan", str(plan), "--group", group]
+    cmd += ["--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc)]
+    return subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def wait_ready(client: th.InferenceServerClient, procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                out = p.stdout.read().decode() if p.stdout else ""
+                raise AssertionError(f"rank exited with {p.returncode}:\n{out}")
+        try:
+            if client.is_server_ready():
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("the group did not become ready")
+
+
+def stop(procs: list[subprocess.Popen]) -> list[int | None]:
+    procs[0].send_signal(signal.SIGTERM)
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(60))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(None)
+    return codes
+
+
+IDS = np.array([[101, 7, 42, 99, 5, 102], [101, 8, 8, 8, 3, 102]], dtype=np.int64)
+
+
+def serve_and_query(plan: Path, group: str, ranks: int) -> np.ndarray:
+    http, grpc_port, master = free_port(), free_port(), free_port()
+    procs = []
+    for rank in range(ranks):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master)}
+        env |= {"RANK": str(rank), "WORLD_SIZE": str(ranks)}
+        procs.append(launch(plan, group, http, grpc_port, env if ranks > 1 else {}))
+    client = th.InferenceServerClient(f"127.0.0.1:{http}")
+    try:
+        wait_ready(client, procs)
+        inp = th.InferInput("input_ids", list(IDS.shape), "INT64")
+        inp.set_data_from_numpy(IDS)
+        rest = client.infer("bert-a", [inp]).as_numpy("last_hidden_state")
+        g = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        ginp = tg.InferInput("input_ids", list(IDS.shape), "INT64")
+        ginp.set_data_from_numpy(IDS)
+        via_grpc = g.infer("bert-a", [ginp]).as_numpy("last_hidden_state")
+        g.close()
+        np.testing.assert_array_equal(rest, via_grpc)
+        metrics = client._get("metrics", None, None).read().decode()
+        samples = {
+            (s.name, s.labels.get("model"))
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
+        }
+        assert ("nv_inference_request_success", "bert-a") in samples
+    finally:
+        client.close()
+        codes = stop(procs)
+    assert codes == [0] * ranks
+    return rest
+
+
+def test_single_rank_group_serves_without_rendezvous_env(plan_file: Path) -> None:
+    out = serve_and_query(plan_file, "g0", 1)
+    assert out.shape == (2, 6, 32) and np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_two_stage_pipeline_group_matches_single_rank(plan_file: Path) -> None:
+    single = serve_and_query(plan_file, "g0", 1)
+    piped = serve_and_query(plan_file, "g1", 2)
+    np.testing.assert_allclose(piped, single, rtol=1e-4, atol=1e-5)
