@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from torch import nn
+
 from statmux.placement.spec import WeightSource
 from statmux.runtime.model_base import StageModel, stage_layers
 from statmux.runtime.model_bert import BertModel
@@ -37,7 +39,6 @@ from statmux.runtime.tensor_parallel import (
     apply_tp_llama,
     shard_of,
 )
-from torch import nn
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from statmux.runtime.model_base import StageModel
 from statmux.runtime.presets import BertConfig
-from torch import Tensor, nn
 
 _ACTS = {
     "gelu": F.gelu,

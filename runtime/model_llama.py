@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from statmux.runtime.model_base import StageModel
 from statmux.runtime.presets import LlamaConfig
-from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from statmux.placement.spec import WeightSource
 from statmux.runtime.checkpoint import build_full_model
 from statmux.runtime.presets import resolve_config

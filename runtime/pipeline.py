@@ -1,0 +1,189 @@
+"""Stage-to-stage messages: a small int64 header, then the tensors it describes.
+
+Every message travels as one header tensor (op, batch id, model index, and for each tensor its
+dtype code, ndim and shape) followed by its tensors, so the receiver allocates exactly the
+right buffers for any batch size and sequence length (torch.distributed.pipelining fixes
+its buffers at the first step and cannot serve variable shapes). Control messages (load,
+unload, ping, shutdown) ride the same path, so every rank sees one ordered stream of work.
+
+Rank layout: rank = stage * tp + tp_rank. TP rank r of stage s receives from rank r of
+stage s-1 (whose output is replicated after the row-parallel all-reduce) and sends to rank
+r of stage s+1; the stage-0 peers of the leader get the input by a broadcast over their TP
+group. The last stage's TP rank 0 returns results to the leader over a dedicated two-rank
+process group that the leader reads on its own thread: the forward path never waits on the
+return path, so sends never block in a cycle however many batches are in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import torch
+import torch.distributed as dist
+
+
+class Op(IntEnum):
+    RUN = 1  # run the batch through model `model`
+    LOAD = 2  # swap model `model` in (then all ranks all-reduce an ok flag)
+    UNLOAD = 3  # drop model `model`'s device copy
+    PING = 4  # keep-alive: idle receives must not hit the process-group timeout
+    SHUTDOWN = 5
+
+
+# what the last stage hands back to the leader (loads are acknowledged by an all-reduce)
+_RETURNED = (Op.RUN, Op.PING, Op.SHUTDOWN)
+
+MAX_TENSORS = 4
+MAX_NDIM = 4
+_FIXED = 4  # op, batch id, model, tensor count
+HEADER_LEN = _FIXED + MAX_TENSORS * (2 + MAX_NDIM)
+
+DTYPE_CODES: dict[torch.dtype, int] = {
+    torch.float32: 0,
+    torch.float16: 1,
+    torch.bfloat16: 2,
+    torch.int64: 3,
+    torch.int32: 4,
+    torch.bool: 5,
+}
+CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+@dataclass
+class Message:
+    op: Op
+    batch_id: int = 0
+    model: int = 0
+    tensors: list[torch.Tensor] = field(default_factory=list)
+
+
+def pack_header(msg: Message) -> torch.Tensor:
+    if len(msg.tensors) > MAX_TENSORS:
+        raise ValueError(f"a message carries at most {MAX_TENSORS} tensors")
+    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
+    header[:_FIXED] = torch.tensor([int(msg.op), msg.batch_id, msg.model, len(msg.tensors)])
+    for i, t in enumerate(msg.tensors):
+        if t.dim() > MAX_NDIM:
+            raise ValueError(f"tensors have at most {MAX_NDIM} dimensions, got {t.dim()}")
+        base = _FIXED + i * (2 + MAX_NDIM)
+        header[base] = DTYPE_CODES[t.dtype]
+        header[base + 1] = t.dim()
+        header[base + 2 : base + 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
+    return header
+
+
+def unpack_header(header: torch.Tensor) -> tuple[Message, list[tuple[torch.dtype, list[int]]]]:
+    h = header.tolist()
+    specs = []
+    for i in range(h[3]):
+        base = _FIXED + i * (2 + MAX_NDIM)
+        specs.append((CODE_DTYPES[h[base]], h[base + 2 : base + 2 + h[base + 1]]))
+    return Message(Op(h[0]), h[1], h[2]), specs
+
+
+@dataclass(frozen=True)
+class Topology:
+    pp: int
+    tp: int
+    rank: int
+
+    @property
+    def stage(self) -> int:
+        return self.rank // self.tp
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.pp - 1
+
+    @property
+    def prev_rank(self) -> int:
+        return self.rank - self.tp
+
+    @property
+    def next_rank(self) -> int:
+        return self.rank + self.tp
+
+    @property
+    def last_leader(self) -> int:
+        """The rank that returns results to the leader: TP rank 0 of the last stage."""
+        return (self.pp - 1) * self.tp
+
+    def stage_ranks(self, stage: int) -> list[int]:
+        return [stage * self.tp + r for r in range(self.tp)]
+
+
+class Links:
+    """This rank's message channels. `device` is where tensors travel (cuda for NCCL)."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        device: torch.device,
+        tp_group: dist.ProcessGroup | None,
+        return_group: dist.ProcessGroup | None,
+    ) -> None:
+        self.topo = topo
+        self.device = device
+        self.tp_group = tp_group
+        self.return_group = return_group
+
+    # point to point -------------------------------------------------------------------
+    def send(self, msg: Message, dst: int, group: dist.ProcessGroup | None = None) -> None:
+        dist.send(pack_header(msg).to(self.device), dst, group=group)
+        for t in msg.tensors:
+            dist.send(t.to(self.device).contiguous(), dst, group=group)
+
+    def recv(self, src: int, group: dist.ProcessGroup | None = None) -> Message:
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        dist.recv(header, src, group=group)
+        msg, specs = unpack_header(header)
+        for dtype, shape in specs:
+            t = torch.empty(shape, dtype=dtype, device=self.device)
+            dist.recv(t, src, group=group)
+            msg.tensors.append(t)
+        return msg
+
+    # the pipeline's paths ------------------------------------------------------------
+    def broadcast_input(self, msg: Message | None) -> Message:
+        """Stage 0: the leader (msg given) hands the same message to its TP peers."""
+        src = 0
+        if msg is not None:
+            if self.topo.tp > 1:
+                dist.broadcast(pack_header(msg).to(self.device), src, group=self.tp_group)
+                for t in msg.tensors:
+                    dist.broadcast(t.to(self.device).contiguous(), src, group=self.tp_group)
+            return msg
+        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        dist.broadcast(header, src, group=self.tp_group)
+        got, specs = unpack_header(header)
+        for dtype, shape in specs:
+            t = torch.empty(shape, dtype=dtype, device=self.device)
+            dist.broadcast(t, src, group=self.tp_group)
+            got.tensors.append(t)
+        return got
+
+    def receive_work(self) -> Message:
+        """A worker's next message, from the previous stage (or the leader's broadcast)."""
+        if self.topo.is_first:
+            return self.broadcast_input(None)
+        return self.recv(self.topo.prev_rank)
+
+    def forward(self, msg: Message) -> None:
+        """Pass a message on to the next stage, or back to the leader from the last one."""
+        if not self.topo.is_last:
+            self.send(msg, self.topo.next_rank)
+        elif self.topo.tp_rank == 0 and self.topo.pp > 1 and msg.op in _RETURNED:
+            self.send(msg, 0, group=self.return_group)
+
+    def receive_result(self) -> Message:
+        """Leader: the next message the last stage returned."""
+        return self.recv(self.topo.last_leader, group=self.return_group)

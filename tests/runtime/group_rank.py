@@ -1,0 +1,189 @@
+"""One rank of a test group (run as a script by the test_parallel_* tests, not collected).
+
+usage: group_rank.py RANK WORLD PORT SCENARIO WORKDIR
+WORKDIR holds group.json (the Plan group entry and start options); rank 0 runs SCENARIO
+against the engine and writes result.json (errors as a traceback string).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from statmux.placement.spec import WeightSource
+from statmux.runtime.checkpoint import build_full_model, build_stage, load_state, state_bytes
+from statmux.runtime.dist_env import DistInfo
+from statmux.runtime.engine import EngineError
+from statmux.runtime.group import PipelineEngine, start_group
+from statmux.runtime.presets import resolve_config
+
+
+def _reference(entry: dict[str, Any]) -> torch.nn.Module:
+    ws = WeightSource.model_validate(entry["weights"])
+    return build_full_model(resolve_config(ws), ws)
+
+
+def _request(arch: str, rows: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    ids = rng.integers(0, 128, (rows, length), dtype=np.int64)
+    req = {"input_ids": ids}
+    if arch == "bert":
+        mask = np.ones_like(ids)
+        if length > 2:
+            mask[0, length - 1 :] = 0  # a request with its own padding
+        req["attention_mask"] = mask
+        req["token_type_ids"] = rng.integers(0, 2, ids.shape, dtype=np.int64)
+    return req
+
+
+def _expected(model: torch.nn.Module, arch: str, req: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.inference_mode():
+        ids = torch.from_numpy(req["input_ids"])
+        if arch == "bert":
+            xs = [
+                ids,
+                torch.from_numpy(req["attention_mask"]),
+                torch.from_numpy(req["token_type_ids"]),
+            ]
+        else:
+            xs = [ids]
+        return model(xs)[0].numpy()
+
+
+def scenario_exact(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, Any]:
+    """Many batches in flight, variable batch sizes and lengths; max error per model."""
+    rng = np.random.default_rng(0)
+    refs = {m["name"]: (_reference(m), m["weights"]["architecture"]) for m in group["models"]}
+    jobs = []
+    shapes = [(1, 1), (2, 7), (1, 13), (3, 4), (1, 9)]
+    for rounds in range(2):
+        for name, (_, arch) in refs.items():
+            for k in range(len(shapes)):
+                # a batch of 1-3 requests with different lengths, padded together
+                batch = [
+                    _request(arch, *shapes[(k + j + rounds) % len(shapes)], rng)
+                    for j in range(1 + k % 3)
+                ]
+                jobs.append((name, batch, engine.submit(name, batch)))
+    errors: dict[str, float] = {}
+    for name, batch, fut in jobs:
+        model, arch = refs[name]
+        responses = fut.result(timeout=120)
+        assert len(responses) == len(batch)
+        for req, resp in zip(batch, responses, strict=True):
+            (out,) = resp.values()
+            want = _expected(model, arch, req)
+            assert out.shape == want.shape, (out.shape, want.shape)
+            err = float(np.abs(out - want).max())
+            errors[name] = max(errors.get(name, 0.0), err)
+    infos = {
+        n: {
+            "inputs": [t.name for t in i.inputs],
+            "outputs": [(t.name, t.shape) for t in i.outputs],
+            "slo": i.slo_seconds,
+            "stage_latency": {str(k): v for k, v in i.stage_latency_s.items()},
+        }
+        for n, i in engine.model_infos().items()
+    }
+    return {"errors": errors, "batches": len(jobs), "infos": infos, "healthy": engine.healthy()}
+
+
+def scenario_swap(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, Any]:
+    names = [m["name"] for m in group["models"]]
+    refs = {m["name"]: _reference(m) for m in group["models"]}
+    rng = np.random.default_rng(1)
+    out: dict[str, Any] = {"initial": sorted(engine.loaded())}
+    errors = []
+
+    def run(name: str) -> None:
+        req = _request("bert", 2, 6, rng)
+        (resp,) = engine.submit(name, [req]).result(timeout=60)
+        errors.append(
+            float(np.abs(resp["last_hidden_state"] - _expected(refs[name], "bert", req)).max())
+        )
+
+    run(names[0])  # names[0] becomes most recently used
+    run(names[2])  # not resident: swaps in, evicting the LRU (names[1])
+    out["after_submit"] = sorted(engine.loaded())
+    out["load_seconds"] = engine.load(names[1])  # evicts names[0] (LRU now)
+    out["after_load"] = sorted(engine.loaded())
+    engine.unload(names[2])
+    out["after_unload"] = sorted(engine.loaded())
+    run(names[0])
+    out["final"] = sorted(engine.loaded())
+    out["errors"] = errors
+    return out
+
+
+def scenario_failure(
+    engine: PipelineEngine, group: dict[str, Any], workdir: Path
+) -> dict[str, Any]:
+    name = group["models"][0]["name"]
+    req = {"input_ids": np.ones((1, 4), dtype=np.int64)}
+    engine.submit(name, [req]).result(timeout=60)  # the group works
+    (workdir / "ready").touch()
+    while not (workdir / "killed").exists():
+        time.sleep(0.05)
+    start = time.monotonic()
+    in_flight = engine.submit(name, [req])
+    outcome = "result"
+    try:
+        in_flight.result(timeout=60)
+    except EngineError as err:
+        outcome = f"EngineError: {err}"
+    deadline = time.monotonic() + 60
+    while engine.healthy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    later = engine.submit(name, [req])
+    try:
+        later.result(timeout=5)
+        later_outcome = "result"
+    except EngineError as err:
+        later_outcome = f"EngineError: {err}"
+    return {
+        "in_flight": outcome,
+        "healthy": engine.healthy(),
+        "later": later_outcome,
+        "seconds": time.monotonic() - start,
+    }
+
+
+def main() -> None:
+    rank, world, port = (int(a) for a in sys.argv[1:4])
+    scenario, workdir = sys.argv[4], Path(sys.argv[5])
+    torch.set_num_threads(1)
+    spec = json.loads((workdir / "group.json").read_text())
+    group, options = spec["group"], spec.get("options", {})
+    if "budget_models" in options:  # a budget that fits this many of the (equal) models
+        ws = WeightSource.model_validate(group["models"][0]["weights"])
+        cfg = resolve_config(ws)
+        largest = max(
+            state_bytes(load_state(build_stage(cfg, s, group["pp"]), ws))
+            for s in range(group["pp"])
+        )
+        options["memory_budget_bytes"] = int(largest * options.pop("budget_models"))
+    engine = start_group(group, DistInfo(rank, world, "127.0.0.1", port), "cpu", **options)
+    if rank != 0:
+        return
+    assert engine is not None
+    try:
+        if scenario == "exact":
+            result = scenario_exact(engine, group)
+        elif scenario == "swap":
+            result = scenario_swap(engine, group)
+        else:
+            result = scenario_failure(engine, group, workdir)
+    except BaseException:
+        result = {"error": traceback.format_exc()}
+    engine.shutdown()
+    (workdir / "result.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Real multi-process groups on CPU (gloo): pipeline + tensor parallel outputs equal the
+single-process model, swapping follows LRU under a byte budget, a dead rank fails futures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RANK_SCRIPT = Path(__file__).with_name("group_rank.py")
+TOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _model(name: str, arch: str, **config: Any) -> dict[str, Any]:
+    weights: dict[str, Any] = {
+        "source": "synthetic",
+        "architecture": arch,
+        "preset": "tiny",
+        "dtype": "float32",
+    }
+    if config:
+        weights["config"] = config
+    return {
+        "name": name,
+        "sloSeconds": 0.5,
+        "stageLatencySeconds": {"1": [0.01], "4": [0.02]},
+        "weights": weights,
+    }
+
+
+def _launch(
+    tmp: Path,
+    pp: int,
+    tp: int,
+    models: list[dict[str, Any]],
+    scenario: str,
+    options: dict[str, Any] | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    group = {"name": "g0", "pp": pp, "tp": tp, "models": models}
+    (tmp / "group.json").write_text(json.dumps({"group": group, "options": options or {}}))
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return [
+        subprocess.Popen(
+            [sys.executable, str(RANK_SCRIPT), str(r), str(pp * tp), str(port), scenario, str(tmp)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(pp * tp)
+    ]
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], tmp: Path, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    logs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(
+                "the group hung: "
+                + b"".join(q.communicate()[0] or b"" for q in procs).decode()[-3000:]
+            )
+        logs.append(out.decode())
+    result_file = tmp / "result.json"
+    assert result_file.exists(), "rank 0 wrote no result:\n" + "\n".join(logs)[-4000:]
+    result = json.loads(result_file.read_text())
+    assert "error" not in result, result["error"]
+    return result
+
+
+ALL_MODELS = [_model("bert-a", "bert"), _model("gpt2-a", "gpt2"), _model("llama-a", "llama")]
+
+
+@pytest.mark.parametrize(("pp", "tp"), [(1, 1), (2, 1), (4, 1), (1, 2), (2, 2)])
+def test_group_output_equals_single_process(tmp_path: Path, pp: int, tp: int) -> None:
+    result = _wait(_launch(tmp_path, pp, tp, ALL_MODELS, "exact"), tmp_path)
+    assert set(result["errors"]) == {"bert-a", "gpt2-a", "llama-a"}
+    for name, err in result["errors"].items():
+        assert err <= TOL, f"pp{pp} tp{tp} {name}: max abs error {err}"
+    assert result["healthy"]
+    infos = result["infos"]
+    assert infos["bert-a"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert infos["bert-a"]["outputs"] == [["last_hidden_state", [-1, -1, 32]]]
+    assert infos["gpt2-a"]["outputs"] == [["logits", [-1, -1, 128]]]
+    assert infos["llama-a"]["slo"] == 0.5
+    assert infos["llama-a"]["stage_latency"] == {"1": [0.01], "4": [0.02]}
+
+
+def test_swapping_is_lru_under_a_byte_budget(tmp_path: Path) -> None:
+    models = [_model(f"bert-{c}", "bert") for c in "abc"]
+    result = _wait(_launch(tmp_path, 2, 1, models, "swap", {"budget_models": 2.5}), tmp_path)
+    assert result["initial"] == ["bert-a", "bert-b"]  # plan order, while it fits
+    assert result["after_submit"] == ["bert-a", "bert-c"]  # bert-b was least recently used
+    assert result["load_seconds"] > 0
+    assert result["after_load"] == ["bert-b", "bert-c"]
+    assert result["after_unload"] == ["bert-b"]
+    assert result["final"] == ["bert-a", "bert-b"]
+    assert max(result["errors"]) <= TOL
+
+
+def test_a_dead_rank_fails_futures_and_health(tmp_path: Path) -> None:
+    procs = _launch(
+        tmp_path, 2, 1, [_model("gpt2-a", "gpt2")], "failure", {"heartbeat_timeout_s": 2.0}
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline, "the group never became ready"
+        assert procs[0].poll() is None, procs[0].communicate()[0].decode()[-3000:]
+        time.sleep(0.05)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    procs[1].wait()
+    (tmp_path / "killed").touch()
+    result = _wait(procs[:1], tmp_path)
+    assert result["in_flight"].startswith("EngineError")
+    assert result["later"].startswith("EngineError")
+    assert not result["healthy"]
