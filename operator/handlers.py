@@ -1,0 +1,122 @@
+"""kopf handlers: thin adapters from kopf's arguments to statmux.operator.reconcile.
+
+Importing this module registers the handlers with kopf's default registry;
+statmux.operator.main imports it and runs the operator.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from statmux.operator import metrics
+from statmux.operator import reconcile as rc
+from statmux.operator.config import OperatorConfig
+from statmux.operator.crd import GROUP, PLURAL, VERSION
+from statmux.operator.kube import KubeApi
+from statmux.operator.resources import L_COMPONENT, MANAGED_BY, MANAGER, Owner
+
+# Read at import: kopf takes the timer interval when the decorator runs.
+CONFIG = OperatorConfig.from_env()
+ANNOTATION_PREFIX = "statmux.io"
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Keep kopf's bookkeeping in annotations: the CRD's status schema is ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    memo["api"] = KubeApi()
+    memo["cfg"] = CONFIG
+
+
+def _owner(name: str, namespace: str | None, meta: Any) -> Owner:
+    # ModelSets are namespaced, so kopf always passes a namespace.
+    return Owner(name=name, namespace=namespace or "default", uid=str(meta["uid"]))
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    return copy.deepcopy(dict(value or {}))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def reconcile_modelset(
+    name: str,
+    namespace: str | None,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: Any,
+    logger: Logger,
+    **_: Any,
+) -> None:
+    started = time.perf_counter()
+    result = rc.reconcile(
+        memo["api"],
+        memo["cfg"],
+        _owner(name, namespace, meta),
+        int(meta.get("generation") or 0),
+        _plain(spec),
+        _plain(status),
+    )
+    patch.status.update(result.status)
+    metrics.observe_reconcile(time.perf_counter() - started, "invalid" if result.error else "ok")
+    if result.error:
+        # A user mistake: report it in status and as an event, do not retry.
+        raise kopf.PermanentError(result.error)
+    logger.info(
+        "planned %s groups on %s GPUs (attainment %.3f)",
+        result.status.get("groupCount"),
+        result.status.get("gpus"),
+        result.status.get("predictedAttainment") or 0.0,
+    )
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, initial_delay=1.0)
+def resync_modelset(
+    name: str,
+    namespace: str | None,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    memo: Any,
+    **_: Any,
+) -> None:
+    result = rc.resync(
+        memo["api"],
+        memo["cfg"],
+        _owner(name, namespace, meta),
+        int(meta.get("generation") or 0),
+        _plain(spec),
+        _plain(status),
+    )
+    if result is not None and _changed(status, result.status):
+        patch.status.update(result.status)
+
+
+def _changed(old: Any, new: dict[str, Any]) -> bool:
+    return any(dict(old or {}).get(k) != v for k, v in new.items())
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: MANAGER, L_COMPONENT: "group"})
+def gang_restart(event: kopf.RawEvent, memo: Any, logger: Logger, **_: Any) -> None:
+    deleted = rc.handle_pod_event(memo["api"], str(event.get("type")), dict(event["object"]))
+    if deleted:
+        metrics.GANG_RESTARTS.inc()
+        logger.info("gang restart: deleted %s", ", ".join(deleted))

@@ -1,0 +1,456 @@
+"""Reconcile one ModelSet: plan, apply the desired objects, roll groups, report status.
+
+Plain functions over the `Api` protocol (statmux.operator.kube); the kopf handlers in
+statmux.operator.handlers only unpack kopf's arguments and call these.
+
+Idempotence: every object has a deterministic name and is written with server-side apply,
+so re-running after a crash converges to the same objects; objects labelled for this
+ModelSet that the current plan does not name are deleted (old groups only once the new
+groups are ready, see `converge`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from statmux.operator.config import OperatorConfig
+from statmux.operator.kinds import (
+    CONFIGMAP,
+    DEPLOYMENT,
+    LEADERWORKERSET,
+    MANAGED,
+    POD,
+    STATEFULSET,
+    kind_of,
+)
+from statmux.operator.kube import Api
+from statmux.operator.planning import plan_for
+from statmux.operator.resources import (
+    A_GANG_EPOCH,
+    L_COMPONENT,
+    L_MODELSET,
+    L_WORKLOAD,
+    MANAGED_BY,
+    MANAGER,
+    PLAN_KEY,
+    GroupWorkload,
+    Obj,
+    Owner,
+    WorkloadKind,
+    desired_objects,
+    group_workloads,
+    plan_configmap_name,
+    plan_hash,
+    selector_for,
+)
+from statmux.operator.status import (
+    PLAN_READY,
+    Readiness,
+    condition_status,
+    invalid_spec_conditions,
+    merge_conditions,
+    now_iso,
+    plan_status,
+    planned_conditions,
+    readiness_conditions,
+)
+from statmux.placement.spec import ModelSetSpec, SpecError, parse_spec
+
+log = logging.getLogger("statmux.operator")
+
+A_SPEC_HASH = "statmux.io/spec-hash"  # on the plan ConfigMap: the spec it was planned from
+
+Planner = Callable[[str, str, ModelSetSpec], Obj]
+
+
+# --------------------------------------------------------------------------- helpers
+def spec_hash(spec: Obj) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def choose_workload_kind(api: Api, cfg: OperatorConfig) -> WorkloadKind:
+    if cfg.workload == "statefulset":
+        return "StatefulSet"
+    if cfg.workload == "leaderworkerset" or api.served(LEADERWORKERSET):
+        return "LeaderWorkerSet"
+    return "StatefulSet"
+
+
+def gang_epoch(obj: Obj | None) -> str:
+    """The gang epoch of a StatefulSet's template or of a pod ("0" when never bumped)."""
+    if not obj:
+        return "0"
+    if obj.get("kind") == "StatefulSet":
+        template = (obj.get("spec") or {}).get("template") or {}
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+    else:
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(A_GANG_EPOCH, "0"))
+
+
+def workload_ready(obj: Obj | None, gw: GroupWorkload) -> tuple[bool, int]:
+    """(ready, ready pods) of a group's StatefulSet or LeaderWorkerSet."""
+    if not obj:
+        return False, 0
+    st = obj.get("status") or {}
+    if obj.get("kind") == "LeaderWorkerSet":
+        ready = int(st.get("readyReplicas") or 0) >= 1
+        return ready, gw.pods if ready else 0
+    ready_pods = int(st.get("readyReplicas") or 0)
+    current = int(st.get("observedGeneration") or 0) >= int(obj["metadata"].get("generation", 1))
+    return current and ready_pods >= gw.pods, ready_pods
+
+
+def deployment_available(obj: Obj | None) -> bool:
+    st = (obj or {}).get("status") or {}
+    return int(st.get("availableReplicas") or 0) >= 1
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- converge
+@dataclass
+class Outcome:
+    readiness: Readiness
+    groups: list[Obj]
+    rollout: Obj | None
+    deleted: list[str] = field(default_factory=list)
+
+
+def _delete_workload_objects(
+    api: Api, namespace: str, by_workload: dict[str, list[Obj]], name: str
+) -> list[str]:
+    gone = []
+    # Workloads first (their pods stop), then the Service, ConfigMap and PodGroup.
+    objs = sorted(
+        by_workload[name], key=lambda o: o["kind"] not in ("StatefulSet", "LeaderWorkerSet")
+    )
+    for obj in objs:
+        if api.delete(kind_of(obj), namespace, obj["metadata"]["name"]):
+            gone.append(f"{obj['kind']}/{obj['metadata']['name']}")
+    return gone
+
+
+def _workload_gpus(objs: list[Obj]) -> int:
+    for o in objs:
+        if o["kind"] == "StatefulSet":
+            spec = o.get("spec", {})
+            res = spec["template"]["spec"]["containers"][0].get("resources", {})
+            per_pod = int(res.get("limits", {}).get("nvidia.com/gpu", 0))
+            return per_pod * int(spec.get("replicas", 0))
+    return 0
+
+
+def converge(
+    api: Api,
+    owner: Owner,
+    plan: Obj,
+    cfg: OperatorConfig,
+    kind: WorkloadKind,
+    gpu_product: str | None,
+    rollout: Obj | None,
+    now: datetime | None = None,
+    spec_digest: str | None = None,
+) -> Outcome:
+    """Make the cluster hold exactly this plan's objects, rolling groups safely.
+
+    Rollout: new groups get new names (their hash), so they are created next to the old
+    ones. Old groups are deleted only when every new group is ready; if that takes longer
+    than `rollout_timeout_seconds` (e.g. no free GPUs for both), old groups retire one per
+    call, largest first, so the new ones can schedule — never all capacity at once.
+    """
+    now = now or datetime.now(UTC)
+    ns = owner.namespace
+    ph = plan_hash(plan)
+    desired = desired_objects(owner, plan, cfg, kind, gpu_product)
+    if spec_digest:
+        # Marks which spec this plan answers, so a resume does not search again.
+        desired[0]["metadata"]["annotations"] = {A_SPEC_HASH: spec_digest}
+    applied: dict[tuple[str, str], Obj] = {}
+    for obj in desired:
+        applied[(obj["kind"], obj["metadata"]["name"])] = api.apply(obj)
+
+    gws = group_workloads(owner, plan, cfg, kind, gpu_product)
+    groups_status: list[Obj] = []
+    not_ready: list[str] = []
+    for gw in gws:
+        ready, ready_pods = workload_ready(applied.get((kind, gw.name)), gw)
+        if not ready:
+            not_ready.append(gw.group)
+        groups_status.append(
+            {
+                "name": gw.group,
+                "gpus": gw.gpus,
+                "pp": gw.pp,
+                "tp": gw.tp,
+                "models": list(gw.models),
+                "workload": gw.name,
+                "pods": gw.pods,
+                "readyPods": ready_pods,
+                "ready": ready,
+            }
+        )
+        if kind == "StatefulSet":
+            _delete_stale_gang_pods(api, ns, owner, gw.name, applied.get((kind, gw.name)))
+    router = applied.get((DEPLOYMENT.kind, f"{owner.name}-router"))
+
+    # Everything labelled for this ModelSet that the plan does not name.
+    wanted = set(applied)
+    by_workload: dict[str, list[Obj]] = {}
+    deleted: list[str] = []
+    for k in MANAGED:
+        if k.group not in ("", "apps") and not api.served(k):
+            continue
+        for obj in api.list(k, ns, selector_for(owner)):
+            key = (obj["kind"], obj["metadata"]["name"])
+            if key in wanted or obj["metadata"].get("deletionTimestamp"):
+                continue
+            labels = obj["metadata"].get("labels") or {}
+            if labels.get(L_COMPONENT) == "group" and labels.get(L_WORKLOAD):
+                by_workload.setdefault(labels[L_WORKLOAD], []).append(obj)
+            elif api.delete(k, ns, obj["metadata"]["name"]):
+                deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
+
+    retiring = sorted(by_workload)
+    new_rollout: Obj | None = None
+    if retiring:
+        if not not_ready:
+            for name in retiring:
+                deleted += _delete_workload_objects(api, ns, by_workload, name)
+            retiring = []
+        else:
+            same = rollout is not None and rollout.get("planHash") == ph
+            started = (_parse_time(rollout.get("startedAt")) if same and rollout else None) or now
+            if (now - started).total_seconds() >= cfg.rollout_timeout_seconds:
+                # Stuck (likely no room for old and new): free the largest old group.
+                victim = max(retiring, key=lambda n: (_workload_gpus(by_workload[n]), n))
+                log.info("rollout of %s/%s stuck; retiring %s", ns, owner.name, victim)
+                deleted += _delete_workload_objects(api, ns, by_workload, victim)
+                retiring.remove(victim)
+                started = now  # give the freed GPUs a full timeout before the next one
+            if retiring:
+                new_rollout = {"planHash": ph, "startedAt": now_iso(started), "retiring": retiring}
+
+    readiness = Readiness(
+        groups=len(gws),
+        ready_groups=len(gws) - len(not_ready),
+        router_ready=deployment_available(router),
+        not_ready=tuple(not_ready),
+        retiring=tuple(retiring),
+    )
+    return Outcome(readiness, groups_status, new_rollout, deleted)
+
+
+# --------------------------------------------------------------------------- gang restarts
+def _delete_stale_gang_pods(
+    api: Api, ns: str, owner: Owner, workload: str, sts: Obj | None
+) -> list[str]:
+    """Finish an interrupted gang restart: pods of an older epoch must not keep running."""
+    if not sts:
+        return []
+    epoch = gang_epoch(sts)
+    gone = []
+    for pod in api.list(POD, ns, {L_MODELSET: owner.name, L_WORKLOAD: workload}):
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        if gang_epoch(pod) != epoch and api.delete(POD, ns, pod["metadata"]["name"]):
+            gone.append(pod["metadata"]["name"])
+    return gone
+
+
+def gang_failure(event_type: str, pod: Obj) -> str | None:
+    """Why this pod event breaks its group (None when it does not)."""
+    if event_type == "DELETED" or pod.get("metadata", {}).get("deletionTimestamp"):
+        return "a member pod was deleted"
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return "a member pod failed"
+    for c in status.get("containerStatuses") or []:
+        if int(c.get("restartCount") or 0) > 0:
+            return f"container {c.get('name')} of a member pod restarted"
+    return None
+
+
+def _owning_statefulset(pod: Obj) -> str | None:
+    for ref in pod.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "StatefulSet":
+            return str(ref.get("name"))
+    return None
+
+
+def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
+    """Gang semantics for StatefulSet groups: one broken member recreates the whole group.
+
+    Bumps the StatefulSet's gang epoch (pods are recreated from the template, OnDelete)
+    and deletes every pod of the old epoch. Events of pods from an older epoch are the
+    restart itself and are ignored, which makes this safe to re-run. Returns the deleted
+    pod names.
+    """
+    meta = pod.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if labels.get(MANAGED_BY) != MANAGER or labels.get(L_COMPONENT) != "group":
+        return []
+    sts_name = _owning_statefulset(pod)
+    reason = gang_failure(event_type, pod)
+    if sts_name is None or reason is None:
+        return []
+    ns = meta["namespace"]
+    sts = api.get(STATEFULSET, ns, sts_name)
+    if not sts or sts["metadata"].get("deletionTimestamp"):
+        return []  # the group itself is going away (rollout or ModelSet deletion)
+    epoch = gang_epoch(sts)
+    if gang_epoch(pod) != epoch:
+        return []
+    new_epoch = str(int(epoch) + 1 if epoch.isdigit() else 1)
+    log.info("gang restart of %s/%s (epoch %s): %s", ns, sts_name, new_epoch, reason)
+    patched = api.merge_patch(
+        STATEFULSET,
+        ns,
+        sts_name,
+        {"spec": {"template": {"metadata": {"annotations": {A_GANG_EPOCH: new_epoch}}}}},
+    )
+    if patched is None:
+        return []
+    return _delete_stale_gang_pods(
+        api, ns, Owner(labels.get(L_MODELSET, ""), ns, ""), labels.get(L_WORKLOAD, ""), patched
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+@dataclass
+class Result:
+    status: Obj  # the new .status (merge into the object's status)
+    error: str | None = None  # a user mistake: report it, do not retry
+
+
+def _owner(name: str, namespace: str, uid: str) -> Owner:
+    return Owner(name=name, namespace=namespace, uid=uid)
+
+
+def current_plan(api: Api, owner: Owner) -> tuple[Obj | None, str | None]:
+    """The plan in `<ms>-plan` and the spec hash it was planned from."""
+    cm = api.get(CONFIGMAP, owner.namespace, plan_configmap_name(owner.name))
+    if not cm or PLAN_KEY not in (cm.get("data") or {}):
+        return None, None
+    annotations = cm["metadata"].get("annotations") or {}
+    try:
+        return json.loads(cm["data"][PLAN_KEY]), annotations.get(A_SPEC_HASH)
+    except json.JSONDecodeError:
+        return None, None
+
+
+def reconcile(
+    api: Api,
+    cfg: OperatorConfig,
+    owner: Owner,
+    generation: int,
+    spec: Obj,
+    status: Obj | None,
+    planner: Planner = plan_for,
+    now: datetime | None = None,
+) -> Result:
+    """Create/update/resume: validate, plan (reusing the stored plan if the spec is the
+    same), converge, and compute the status."""
+    status = dict(status or {})
+    conditions = status.get("conditions")
+    try:
+        parsed = parse_spec(spec)
+        digest = spec_hash(spec)
+        plan, planned_from = current_plan(api, owner)
+        if plan is None or planned_from != digest:
+            plan = planner(owner.name, owner.namespace, parsed)
+            plan["modelSet"] = owner.name
+    except SpecError as err:
+        message = str(err)
+        return Result(
+            {
+                "observedGeneration": generation,
+                "conditions": merge_conditions(
+                    conditions, invalid_spec_conditions(message), generation, now
+                ),
+            },
+            error=message,
+        )
+    return _converge_status(
+        api, cfg, owner, generation, plan, digest, parsed.cluster.gpu_product, status, now
+    )
+
+
+def resync(
+    api: Api,
+    cfg: OperatorConfig,
+    owner: Owner,
+    generation: int,
+    spec: Obj,
+    status: Obj | None,
+    now: datetime | None = None,
+) -> Result | None:
+    """The periodic pass: re-apply the stored plan (heals deleted objects, finishes
+    rollouts and gang restarts) and refresh readiness. None when a create/update handler
+    still owns this generation or the spec is invalid (nothing new to say)."""
+    status = dict(status or {})
+    if status.get("observedGeneration") != generation:
+        return None
+    plan, digest = current_plan(api, owner)
+    if plan is None or digest is None or digest != spec_hash(spec):
+        return None
+    try:
+        gpu_product = parse_spec(spec).cluster.gpu_product
+    except SpecError:
+        gpu_product = None
+    return _converge_status(api, cfg, owner, generation, plan, digest, gpu_product, status, now)
+
+
+def _converge_status(
+    api: Api,
+    cfg: OperatorConfig,
+    owner: Owner,
+    generation: int,
+    plan: Obj,
+    digest: str,
+    gpu_product: str | None,
+    status: Obj,
+    now: datetime | None,
+) -> Result:
+    kind = choose_workload_kind(api, cfg)
+    ph = plan_hash(plan)
+    cm_name = plan_configmap_name(owner.name)
+    outcome = converge(
+        api,
+        owner,
+        plan,
+        cfg,
+        kind,
+        gpu_product,
+        status.get("rollout"),
+        now,
+        spec_digest=digest,
+    )
+    conditions = merge_conditions(
+        status.get("conditions"), planned_conditions(plan), generation, now
+    )
+    plan_ok = condition_status(conditions, PLAN_READY) == "True"
+    conditions = merge_conditions(
+        conditions, readiness_conditions(outcome.readiness, plan_ok), generation, now
+    )
+    new = plan_status(plan, ph, cm_name) | {
+        "observedGeneration": generation,
+        "workloadKind": kind,
+        "readyGroups": outcome.readiness.ready_groups,
+        "groups": outcome.groups,
+        "rollout": outcome.rollout,
+        "conditions": conditions,
+    }
+    return Result(new)

@@ -1,0 +1,505 @@
+"""Build the manifests (plain dicts) the operator applies for one ModelSet and its Plan.
+
+Objects per ModelSet `<ms>` (all in its namespace, all owned by it):
+- ConfigMap `<ms>-plan` (key plan.json): the current Plan, read by the router.
+- per plan group, the workload `<ms>-<group>-<hash>` where hash covers everything its pods
+  run (the group's slice of the Plan, images, ports, scheduling): a StatefulSet (or a
+  LeaderWorkerSet), a headless Service of the same name (StatefulSet path; LWS makes its
+  own), a ConfigMap `<workload>-plan` with the Plan the group was made from (so a pod that
+  restarts mid-rollout reads its own group, not whatever the new plan calls by that name),
+  and with STATMUX_GANG=volcano a Volcano PodGroup of the same name.
+- Deployment and Service `<ms>-router`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from statmux.operator.config import OperatorConfig
+from statmux.operator.kinds import (
+    CONFIGMAP,
+    DEPLOYMENT,
+    LEADERWORKERSET,
+    MODELSET,
+    SERVICE,
+    STATEFULSET,
+    VOLCANO_PODGROUP,
+)
+
+Obj = dict[str, Any]
+WorkloadKind = Literal["StatefulSet", "LeaderWorkerSet"]
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "statmux"
+L_NAME = "app.kubernetes.io/name"
+L_INSTANCE = "app.kubernetes.io/instance"
+L_COMPONENT = "statmux.io/component"  # plan | group | router
+L_MODELSET = "statmux.io/modelset"
+L_GROUP = "statmux.io/group"
+L_WORKLOAD = "statmux.io/workload"
+L_GROUP_HASH = "statmux.io/group-hash"
+L_PLAN_HASH = "statmux.io/plan-hash"
+A_GANG_EPOCH = "statmux.io/gang-epoch"  # bumped to recreate a whole group (gang restart)
+L_POD_INDEX = "apps.kubernetes.io/pod-index"  # set by the StatefulSet controller
+
+PLAN_KEY = "plan.json"
+PLAN_DIR = "/etc/statmux"
+PLAN_PATH = f"{PLAN_DIR}/{PLAN_KEY}"
+GPU = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+MAX_WORKLOAD_NAME = 52  # StatefulSet names leave room for "-<ordinal>" and the revision hash
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelSet that owns everything built here."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def owner_reference(owner: Owner) -> Obj:
+    return {
+        "apiVersion": MODELSET.api_version,
+        "kind": MODELSET.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def base_labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        MANAGED_BY: MANAGER,
+        L_NAME: "statmux",
+        L_INSTANCE: owner.name,
+        L_MODELSET: owner.name,
+        L_COMPONENT: component,
+    }
+
+
+def selector_for(owner: Owner) -> dict[str, str]:
+    """The labels that find every object the operator made for this ModelSet."""
+    return {MANAGED_BY: MANAGER, L_MODELSET: owner.name}
+
+
+def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> Obj:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def _hash(value: Any, length: int = 10) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def plan_hash(plan: Obj) -> str:
+    """The planner's hash when present, else one over the groups (what the pods run)."""
+    given = plan.get("planHash")
+    return str(given) if given else _hash(plan["groups"])
+
+
+def plan_configmap_name(owner_name: str) -> str:
+    return f"{owner_name}-plan"
+
+
+def router_name(owner_name: str) -> str:
+    return f"{owner_name}-router"
+
+
+def _dns_label(text: str) -> str:
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return label or "g"
+
+
+# --------------------------------------------------------------------------- group layout
+@dataclass(frozen=True)
+class GroupWorkload:
+    """Everything derived for one placement group."""
+
+    group: str  # the Plan's group name, e.g. g0
+    name: str  # workload, Service and PodGroup name
+    hash: str
+    pp: int
+    tp: int
+    gpus: int
+    pods: int
+    gpus_per_pod: int
+    models: tuple[str, ...]
+
+    @property
+    def configmap(self) -> str:
+        return f"{self.name}-plan"
+
+
+def pod_layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
+    """(pods, GPUs per pod): the fewest pods that fit on nodes of `gpus_per_node` GPUs
+    with the same GPU count each (a StatefulSet has one pod template)."""
+    if gpus < 1 or gpus_per_node < 1:
+        raise ValueError(f"gpus ({gpus}) and gpus_per_node ({gpus_per_node}) must be >= 1")
+    pods = -(-gpus // gpus_per_node)
+    while gpus % pods:
+        pods += 1
+    return pods, gpus // pods
+
+
+def group_workloads(
+    owner: Owner,
+    plan: Obj,
+    cfg: OperatorConfig,
+    kind: WorkloadKind,
+    gpu_product: str | None = None,
+) -> list[GroupWorkload]:
+    gpus_per_node = int(plan["cluster"]["gpusPerNode"])
+    out = []
+    for g in plan["groups"]:
+        gpus = int(g["pp"]) * int(g["tp"])
+        pods, per_pod = pod_layout(gpus, gpus_per_node)
+        # Anything that changes what the pods run changes the hash, hence the name.
+        digest = _hash(
+            {
+                "group": g,
+                "maxBatchSize": plan.get("maxBatchSize"),
+                "gpusPerNode": gpus_per_node,
+                "gpuProduct": gpu_product,
+                "image": cfg.runtime_image,
+                "ports": [cfg.master_port, cfg.serve_port],
+                "gang": [cfg.gang, cfg.kueue_queue],
+                "kind": kind,
+            },
+            8,
+        )
+        room = MAX_WORKLOAD_NAME - len(owner.name) - len(digest) - 2
+        label = _dns_label(str(g["name"]))[: max(room, 1)].strip("-") or "g"
+        out.append(
+            GroupWorkload(
+                group=str(g["name"]),
+                name=f"{owner.name}-{label}-{digest}",
+                hash=digest,
+                pp=int(g["pp"]),
+                tp=int(g["tp"]),
+                gpus=gpus,
+                pods=pods,
+                gpus_per_pod=per_pod,
+                models=tuple(str(m["name"]) for m in g["models"]),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- ConfigMaps
+def plan_configmap(
+    owner: Owner, plan: Obj, name: str | None = None, component: str = "plan"
+) -> Obj:
+    labels = base_labels(owner, component) | {L_PLAN_HASH: plan_hash(plan)}
+    return {
+        "apiVersion": CONFIGMAP.api_version,
+        "kind": CONFIGMAP.kind,
+        "metadata": _metadata(owner, name or plan_configmap_name(owner.name), labels),
+        "data": {PLAN_KEY: json.dumps(plan, indent=1, sort_keys=True)},
+    }
+
+
+# --------------------------------------------------------------------------- group pods
+def group_labels(owner: Owner, gw: GroupWorkload) -> dict[str, str]:
+    return base_labels(owner, "group") | {
+        L_GROUP: _dns_label(gw.group)[:63],
+        L_WORKLOAD: gw.name,
+        L_GROUP_HASH: gw.hash,
+    }
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def runtime_env(
+    owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, kind: WorkloadKind
+) -> list[Obj]:
+    """The env each group pod gets (torch.distributed and LWS conventions).
+
+    One pod per node-sized chunk: NPROC_PER_NODE processes per pod, global rank of a
+    process = NODE_RANK * NPROC_PER_NODE + local rank (the runtime launcher sets RANK per
+    process; the operator sets RANK itself only when a pod runs a single process).
+    """
+    pod_index = f"metadata.labels['{L_POD_INDEX}']"
+    env: list[Obj] = []
+    if kind == "StatefulSet":
+        leader = f"{gw.name}-0.{gw.name}.{owner.namespace}.svc.{cfg.cluster_domain}"
+        env += [
+            {"name": "LWS_LEADER_ADDRESS", "value": leader},
+            {"name": "LWS_GROUP_SIZE", "value": str(gw.pods)},
+            _field_env("LWS_WORKER_INDEX", pod_index),
+            {"name": "MASTER_ADDR", "value": leader},
+            _field_env("NODE_RANK", pod_index),
+        ]
+        if gw.gpus_per_pod == 1:
+            env.append(_field_env("RANK", pod_index))
+    else:
+        # The LWS controller injects LWS_LEADER_ADDRESS, LWS_GROUP_SIZE, LWS_WORKER_INDEX.
+        env += [
+            {"name": "MASTER_ADDR", "value": "$(LWS_LEADER_ADDRESS)"},
+            {"name": "NODE_RANK", "value": "$(LWS_WORKER_INDEX)"},
+        ]
+        if gw.gpus_per_pod == 1:
+            env.append({"name": "RANK", "value": "$(LWS_WORKER_INDEX)"})
+    env += [
+        {"name": "MASTER_PORT", "value": str(cfg.master_port)},
+        {"name": "WORLD_SIZE", "value": str(gw.gpus)},
+        {"name": "NNODES", "value": str(gw.pods)},
+        {"name": "NPROC_PER_NODE", "value": str(gw.gpus_per_pod)},
+        {"name": "STATMUX_PLAN", "value": PLAN_PATH},
+        {"name": "STATMUX_GROUP", "value": gw.group},
+        {"name": "STATMUX_MODELSET", "value": owner.name},
+        {"name": "STATMUX_PP", "value": str(gw.pp)},
+        {"name": "STATMUX_TP", "value": str(gw.tp)},
+        {"name": "STATMUX_SERVE_PORT", "value": str(cfg.serve_port)},
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+    ]
+    return env
+
+
+def pod_template(
+    owner: Owner,
+    gw: GroupWorkload,
+    cfg: OperatorConfig,
+    kind: WorkloadKind,
+    gpu_product: str | None,
+    role: str | None = None,
+) -> Obj:
+    labels = group_labels(owner, gw)
+    annotations: dict[str, str] = {}
+    if role:
+        labels["statmux.io/role"] = role
+    if cfg.gang == "kueue":
+        labels["kueue.x-k8s.io/pod-group-name"] = gw.name
+        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(gw.pods)
+        if cfg.kueue_queue:
+            labels["kueue.x-k8s.io/queue-name"] = cfg.kueue_queue
+    elif cfg.gang == "volcano":
+        annotations["scheduling.k8s.io/group-name"] = gw.name
+    gpus = str(gw.gpus_per_pod)
+    container = {
+        "name": "runtime",
+        "image": cfg.runtime_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["statmux", "runtime", "serve", "--plan", PLAN_PATH, "--group", gw.group],
+        "env": runtime_env(owner, gw, cfg, kind),
+        "ports": [
+            {"name": "http", "containerPort": cfg.serve_port, "protocol": "TCP"},
+            {"name": "dist", "containerPort": cfg.master_port, "protocol": "TCP"},
+        ],
+        "resources": {"requests": {GPU: gpus}, "limits": {GPU: gpus}},
+        "volumeMounts": [{"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    spec: Obj = {
+        "containers": [container],
+        "volumes": [{"name": "plan", "configMap": {"name": gw.configmap}}],
+        "terminationGracePeriodSeconds": 30,
+    }
+    if gpu_product:
+        spec["nodeSelector"] = {GPU_PRODUCT_LABEL: gpu_product}
+    if cfg.gang == "volcano":
+        spec["schedulerName"] = "volcano"
+    meta: Obj = {"labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"metadata": meta, "spec": spec}
+
+
+def group_statefulset(
+    owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_hash_: str, gpu_product: str | None
+) -> Obj:
+    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    return {
+        "apiVersion": STATEFULSET.api_version,
+        "kind": STATEFULSET.kind,
+        "metadata": _metadata(owner, gw.name, labels),
+        "spec": {
+            "serviceName": gw.name,
+            "replicas": gw.pods,
+            # All ranks start together; the leader is pod 0 (its DNS name is MASTER_ADDR).
+            "podManagementPolicy": "Parallel",
+            # Pods never roll in place: new content gets a new workload, and a gang restart
+            # bumps the epoch annotation and deletes the old epoch's pods.
+            "updateStrategy": {"type": "OnDelete"},
+            "selector": {"matchLabels": {L_MODELSET: owner.name, L_WORKLOAD: gw.name}},
+            "template": pod_template(owner, gw, cfg, "StatefulSet", gpu_product),
+        },
+    }
+
+
+def group_leaderworkerset(
+    owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_hash_: str, gpu_product: str | None
+) -> Obj:
+    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    return {
+        "apiVersion": LEADERWORKERSET.api_version,
+        "kind": LEADERWORKERSET.kind,
+        "metadata": _metadata(owner, gw.name, labels),
+        "spec": {
+            "replicas": 1,
+            "startupPolicy": "LeaderCreated",
+            "leaderWorkerTemplate": {
+                "size": gw.pods,
+                # LWS's own gang semantics: any pod restart recreates the whole group.
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": pod_template(
+                    owner, gw, cfg, "LeaderWorkerSet", gpu_product, role="leader"
+                ),
+                "workerTemplate": pod_template(
+                    owner, gw, cfg, "LeaderWorkerSet", gpu_product, role="worker"
+                ),
+            },
+        },
+    }
+
+
+def group_service(owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_hash_: str) -> Obj:
+    """Headless Service: stable DNS names <pod>.<workload> for rendezvous."""
+    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    return {
+        "apiVersion": SERVICE.api_version,
+        "kind": SERVICE.kind,
+        "metadata": _metadata(owner, gw.name, labels),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks must resolve each other before any of them is ready.
+            "publishNotReadyAddresses": True,
+            "selector": {L_MODELSET: owner.name, L_WORKLOAD: gw.name},
+            "ports": [
+                {"name": "dist", "port": cfg.master_port, "targetPort": cfg.master_port},
+                {"name": "http", "port": cfg.serve_port, "targetPort": cfg.serve_port},
+            ],
+        },
+    }
+
+
+def volcano_podgroup(owner: Owner, gw: GroupWorkload, plan_hash_: str) -> Obj:
+    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    return {
+        "apiVersion": VOLCANO_PODGROUP.api_version,
+        "kind": VOLCANO_PODGROUP.kind,
+        "metadata": _metadata(owner, gw.name, labels),
+        "spec": {"minMember": gw.pods, "minResources": {GPU: str(gw.gpus)}},
+    }
+
+
+def group_objects(
+    owner: Owner,
+    plan: Obj,
+    gw: GroupWorkload,
+    cfg: OperatorConfig,
+    kind: WorkloadKind,
+    gpu_product: str | None,
+) -> list[Obj]:
+    """The objects of one group, in the order they must exist (config before pods)."""
+    ph = plan_hash(plan)
+    cm = plan_configmap(owner, plan, gw.configmap, component="group")
+    cm["metadata"]["labels"] |= {k: v for k, v in group_labels(owner, gw).items()}
+    out = [cm]
+    if cfg.gang == "volcano":
+        out.append(volcano_podgroup(owner, gw, ph))
+    if kind == "StatefulSet":
+        out.append(group_service(owner, gw, cfg, ph))
+        out.append(group_statefulset(owner, gw, cfg, ph, gpu_product))
+    else:
+        out.append(group_leaderworkerset(owner, gw, cfg, ph, gpu_product))
+    return out
+
+
+# --------------------------------------------------------------------------- router
+def router_deployment(owner: Owner, plan: Obj, cfg: OperatorConfig) -> Obj:
+    name = router_name(owner.name)
+    labels = base_labels(owner, "router")
+    ph = plan_hash(plan)
+    return {
+        "apiVersion": DEPLOYMENT.api_version,
+        "kind": DEPLOYMENT.kind,
+        "metadata": _metadata(owner, name, labels | {L_PLAN_HASH: ph}),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {L_MODELSET: owner.name, L_COMPONENT: "router"}},
+            "template": {
+                # The plan hash in the template restarts the router on a new plan.
+                "metadata": {"labels": labels, "annotations": {L_PLAN_HASH: ph}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "router",
+                            "image": cfg.router_image,
+                            "imagePullPolicy": cfg.image_pull_policy,
+                            "command": [
+                                "statmux",
+                                "router",
+                                "--plan",
+                                PLAN_PATH,
+                                "--port",
+                                str(cfg.serve_port),
+                            ],
+                            "env": [
+                                {"name": "STATMUX_PLAN", "value": PLAN_PATH},
+                                {"name": "STATMUX_MODELSET", "value": owner.name},
+                                _field_env("POD_NAMESPACE", "metadata.namespace"),
+                            ],
+                            "ports": [
+                                {"name": "http", "containerPort": cfg.serve_port, "protocol": "TCP"}
+                            ],
+                            "volumeMounts": [
+                                {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}
+                            ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                            },
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "plan", "configMap": {"name": plan_configmap_name(owner.name)}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def router_service(owner: Owner, cfg: OperatorConfig) -> Obj:
+    name = router_name(owner.name)
+    return {
+        "apiVersion": SERVICE.api_version,
+        "kind": SERVICE.kind,
+        "metadata": _metadata(owner, name, base_labels(owner, "router")),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {L_MODELSET: owner.name, L_COMPONENT: "router"},
+            "ports": [{"name": "http", "port": cfg.serve_port, "targetPort": cfg.serve_port}],
+        },
+    }
+
+
+def desired_objects(
+    owner: Owner,
+    plan: Obj,
+    cfg: OperatorConfig,
+    kind: WorkloadKind,
+    gpu_product: str | None = None,
+) -> list[Obj]:
+    """Everything the ModelSet should own for this Plan, in apply order."""
+    out = [plan_configmap(owner, plan)]
+    for gw in group_workloads(owner, plan, cfg, kind, gpu_product):
+        out += group_objects(owner, plan, gw, cfg, kind, gpu_product)
+    out += [router_service(owner, cfg), router_deployment(owner, plan, cfg)]
+    return out

@@ -1,0 +1,151 @@
+"""Status conditions and the `.status` block the operator writes on a ModelSet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+PLAN_READY = "PlanReady"
+GROUPS_READY = "GroupsReady"
+READY = "Ready"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (PLAN_READY, GROUPS_READY, READY, DEGRADED)
+
+
+def now_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+    @property
+    def status_text(self) -> str:
+        return "True" if self.status else "False"
+
+
+def merge_conditions(
+    previous: list[dict[str, Any]] | None,
+    updates: list[Condition],
+    generation: int | None = None,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Apply `updates` to `previous`; lastTransitionTime changes only when status flips.
+
+    Conditions not in `updates` are kept as they were; the result is ordered as
+    CONDITION_TYPES (others after), so reconciling twice writes identical status.
+    """
+    by_type = {c["type"]: dict(c) for c in previous or [] if "type" in c}
+    for u in updates:
+        old = by_type.get(u.type)
+        changed = old is None or old.get("status") != u.status_text
+        cond: dict[str, Any] = {
+            "type": u.type,
+            "status": u.status_text,
+            "reason": u.reason,
+            "message": u.message,
+            "lastTransitionTime": now_iso(now)
+            if changed
+            else old.get("lastTransitionTime", now_iso(now)),  # type: ignore[union-attr]
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        by_type[u.type] = cond
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(by_type.values(), key=lambda c: (order.get(c["type"], 99), c["type"]))
+
+
+def condition_status(conditions: list[dict[str, Any]] | None, type_: str) -> str | None:
+    for c in conditions or []:
+        if c.get("type") == type_:
+            return str(c.get("status"))
+    return None
+
+
+def invalid_spec_conditions(message: str) -> list[Condition]:
+    """The spec failed validation or planning: say so, keep serving what runs already."""
+    return [
+        Condition(PLAN_READY, False, "InvalidSpec", message),
+        Condition(READY, False, "InvalidSpec", "the spec is invalid; see PlanReady"),
+        Condition(DEGRADED, True, "InvalidSpec", message),
+    ]
+
+
+def planned_conditions(plan: dict[str, Any]) -> list[Condition]:
+    groups = plan["groups"]
+    gpus = sum(int(g["pp"]) * int(g["tp"]) for g in groups)
+    attainment = float(plan["predicted"]["attainment"])
+    return [
+        Condition(
+            PLAN_READY,
+            True,
+            "Planned",
+            f"policy {plan.get('policy')}: {len(groups)} groups on {gpus} GPUs, "
+            f"predicted SLO attainment {attainment:.3f}",
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the reconciler observed about the current plan's workloads."""
+
+    groups: int
+    ready_groups: int
+    router_ready: bool
+    not_ready: tuple[str, ...] = ()
+    retiring: tuple[str, ...] = ()
+
+
+def readiness_conditions(r: Readiness, plan_ready: bool) -> list[Condition]:
+    all_groups = r.ready_groups == r.groups
+    if all_groups:
+        groups = Condition(GROUPS_READY, True, "AllGroupsReady", f"{r.groups} groups ready")
+    else:
+        waiting = ", ".join(r.not_ready[:8]) + (" ..." if len(r.not_ready) > 8 else "")
+        groups = Condition(
+            GROUPS_READY,
+            False,
+            "GroupsNotReady",
+            f"{r.ready_groups}/{r.groups} groups ready; waiting for {waiting}",
+        )
+    ready = plan_ready and all_groups and r.router_ready
+    if ready:
+        msg = "serving the current plan"
+        if r.retiring:
+            msg += f"; retiring {len(r.retiring)} old groups"
+        top = Condition(READY, True, "Ready", msg)
+    elif not plan_ready:
+        top = Condition(READY, False, "PlanNotReady", "no valid plan; see PlanReady")
+    elif not all_groups:
+        top = Condition(READY, False, "GroupsNotReady", groups.message)
+    else:
+        top = Condition(READY, False, "RouterNotReady", "the router Deployment is not available")
+    out = [groups, top]
+    if plan_ready:
+        out.append(Condition(DEGRADED, False, "AsExpected", "the spec is valid"))
+    return out
+
+
+def plan_status(plan: dict[str, Any], plan_hash: str, configmap: str) -> dict[str, Any]:
+    """The printer-column fields and the plan summary for `.status`."""
+    groups = plan["groups"]
+    predicted = plan["predicted"]
+    return {
+        "policy": plan.get("policy"),
+        "planHash": plan_hash,
+        "planConfigMap": configmap,
+        "gpus": sum(int(g["pp"]) * int(g["tp"]) for g in groups),
+        "groupCount": len(groups),
+        "predictedAttainment": float(predicted["attainment"]),
+        "predicted": {
+            "attainment": float(predicted["attainment"]),
+            "perModel": {k: float(v) for k, v in predicted.get("perModel", {}).items()},
+            **({"goodput": float(predicted["goodput"])} if "goodput" in predicted else {}),
+        },
+    }
