@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from statmux.placement.plan import Placement
 from statmux.placement.profile import ModelProfile, ParallelConfig
 from statmux.placement.sim_kernels import run_batched, run_unbatched
@@ -244,8 +245,11 @@ class Simulator:
                             f"the workload nor in the profiles"
                         )
                     continue  # a model without requests: hosting it changes nothing
-                if hosts[mi] and hosts[mi][-1] == gi:
-                    continue  # listed twice in one group
+                if self._requests[mi] == 0 or (hosts[mi] and hosts[mi][-1] == gi):
+                    # No requests: hosting it changes nothing (this also lets a simulator
+                    # over a subset of the models take a placement of all of them).
+                    # Listed twice in one group: it is one replica.
+                    continue
                 if usable[mi] == 0:
                     raise ValueError(
                         f"group {gi} hosts {name!r} with config {group.config}, but its "
