@@ -1,8 +1,9 @@
 """One rank of a test group (run as a script by the test_parallel_* tests, not collected).
 
-usage: group_rank.py RANK WORLD PORT SCENARIO WORKDIR
+usage: group_rank.py RANK WORLD PORT SCENARIO WORKDIR (or runpy with RANK_ARGV in globals)
 WORKDIR holds group.json (the Plan group entry and start options); rank 0 runs SCENARIO
-against the engine and writes result.json (errors as a traceback string).
+against the engine and writes result.json (errors as a traceback string); a rank that fails
+writes its traceback to rank<N>.err.
 """
 
 from __future__ import annotations
@@ -154,9 +155,18 @@ def scenario_failure(
     }
 
 
-def main() -> None:
-    rank, world, port = (int(a) for a in sys.argv[1:4])
-    scenario, workdir = sys.argv[4], Path(sys.argv[5])
+def main(argv: list[str]) -> None:
+    rank = int(argv[0])
+    try:
+        run(argv)
+    except BaseException:
+        (Path(argv[4]) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+def run(argv: list[str]) -> None:
+    rank, world, port = (int(a) for a in argv[0:3])
+    scenario, workdir = argv[3], Path(argv[4])
     torch.set_num_threads(1)
     spec = json.loads((workdir / "group.json").read_text())
     group, options = spec["group"], spec.get("options", {})
@@ -186,4 +196,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(globals().get("RANK_ARGV") or sys.argv[1:])
