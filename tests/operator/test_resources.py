@@ -1,0 +1,198 @@
+"""Manifest builders: names, labels, owner references, GPU counts, env, gang hooks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from statmux.operator.config import OperatorConfig
+from statmux.operator.resources import (
+    GPU,
+    L_GROUP_HASH,
+    L_MODELSET,
+    L_PLAN_HASH,
+    L_WORKLOAD,
+    MANAGED_BY,
+    MAX_WORKLOAD_NAME,
+    PLAN_PATH,
+    Owner,
+    desired_objects,
+    group_workloads,
+    pod_layout,
+)
+
+OWNER = Owner(name="a" * 36, namespace="ns", uid="u-1")
+CFG = OperatorConfig(runtime_image="rt:1", router_image="router:1")
+
+
+def plan(groups: list[tuple[int, int, list[str]]], gpus_per_node: int = 8) -> dict:
+    return {
+        "apiVersion": "statmux.io/v1alpha1",
+        "kind": "Plan",
+        "policy": "manual",
+        "maxBatchSize": 1,
+        "cluster": {"gpus": 64, "gpuMemoryBytes": 1, "gpusPerNode": gpus_per_node},
+        "groups": [
+            {"name": f"g{i}", "pp": pp, "tp": tp, "gpus": pp * tp, "models": [{"name": m}]}
+            for i, (pp, tp, ms) in enumerate(groups)
+            for m in ms[:1]
+        ],
+        "predicted": {"attainment": 0.5},
+    }
+
+
+def env_of(container: dict) -> dict[str, object]:
+    return {
+        e["name"]: e.get("value", e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath"))
+        for e in container["env"]
+    }
+
+
+@given(st.integers(1, 512), st.integers(1, 64))
+def test_pod_layout_covers_the_group_with_equal_pods(gpus: int, per_node: int) -> None:
+    pods, per_pod = pod_layout(gpus, per_node)
+    assert pods * per_pod == gpus
+    assert per_pod <= per_node
+    assert pods >= -(-gpus // per_node)  # never fewer pods than nodes needed
+
+
+def test_every_object_is_owned_and_labelled() -> None:
+    objs = desired_objects(OWNER, plan([(2, 2, ["a"]), (1, 1, ["b"])]), CFG, "StatefulSet")
+    kinds = [o["kind"] for o in objs]
+    assert kinds.count("StatefulSet") == 2 and kinds.count("Deployment") == 1
+    assert kinds.count("Service") == 3 and kinds.count("ConfigMap") == 3
+    for o in objs:
+        meta = o["metadata"]
+        ref = meta["ownerReferences"][0]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "ModelSet",
+            OWNER.name,
+            "u-1",
+            True,
+        )
+        assert meta["labels"][MANAGED_BY] == "statmux"
+        assert meta["labels"][L_MODELSET] == OWNER.name
+        assert meta["namespace"] == "ns"
+        assert len(meta["name"]) <= MAX_WORKLOAD_NAME + len("-plan")
+    names = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names))
+    assert ("ConfigMap", f"{OWNER.name}-plan") in names
+    assert ("Deployment", f"{OWNER.name}-router") in names
+
+
+def test_statefulset_gpus_env_and_rendezvous() -> None:
+    p = plan([(4, 4, ["a"])], gpus_per_node=8)  # 16 GPUs -> 2 pods x 8
+    objs = desired_objects(OWNER, p, CFG, "StatefulSet", gpu_product="H100")
+    sts = next(o for o in objs if o["kind"] == "StatefulSet")
+    svc = next(
+        o
+        for o in objs
+        if o["kind"] == "Service" and o["metadata"]["name"] == sts["metadata"]["name"]
+    )
+    name = sts["metadata"]["name"]
+    assert len(name) <= MAX_WORKLOAD_NAME
+    assert sts["spec"]["replicas"] == 2
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["serviceName"] == name
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
+    pod = sts["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in sts["spec"]["selector"]["matchLabels"].items())
+    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    assert labels[L_WORKLOAD] == name and L_PLAN_HASH not in labels
+    c = pod["spec"]["containers"][0]
+    assert c["resources"]["requests"][GPU] == c["resources"]["limits"][GPU] == "8"
+    assert c["image"] == "rt:1"
+    env = env_of(c)
+    assert env["MASTER_ADDR"] == f"{name}-0.{name}.ns.svc.cluster.local"
+    assert env["LWS_LEADER_ADDRESS"] == env["MASTER_ADDR"]
+    assert env["WORLD_SIZE"] == "16" and env["NNODES"] == "2" and env["NPROC_PER_NODE"] == "8"
+    assert env["LWS_GROUP_SIZE"] == "2"
+    assert (
+        env["NODE_RANK"]
+        == env["LWS_WORKER_INDEX"]
+        == "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert "RANK" not in env  # 8 processes per pod: the runtime sets RANK per process
+    assert env["STATMUX_PLAN"] == PLAN_PATH and env["STATMUX_GROUP"] == "g0"
+    assert env["MASTER_PORT"] == str(CFG.master_port)
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    vol = pod["spec"]["volumes"][0]["configMap"]["name"]
+    assert vol == f"{name}-plan" and any(o["metadata"]["name"] == vol for o in objs)
+
+
+def test_single_gpu_pods_get_rank() -> None:
+    objs = desired_objects(OWNER, plan([(1, 1, ["a"])]), CFG, "StatefulSet")
+    sts = next(o for o in objs if o["kind"] == "StatefulSet")
+    env = env_of(sts["spec"]["template"]["spec"]["containers"][0])
+    assert env["RANK"] == env["NODE_RANK"] and env["WORLD_SIZE"] == "1"
+
+
+def test_group_hash_tracks_group_content_only() -> None:
+    a = group_workloads(OWNER, plan([(2, 1, ["a"]), (1, 1, ["b"])]), CFG, "StatefulSet")
+    b = group_workloads(OWNER, plan([(2, 1, ["a"]), (1, 2, ["b"])]), CFG, "StatefulSet")
+    assert a[0].name == b[0].name  # untouched group keeps its workload
+    assert a[1].name != b[1].name  # changed group rolls
+    img = group_workloads(
+        OWNER, plan([(2, 1, ["a"])]), replace(CFG, runtime_image="rt:2"), "StatefulSet"
+    )
+    assert img[0].hash != a[0].hash
+    sts = desired_objects(OWNER, plan([(2, 1, ["a"])]), CFG, "StatefulSet")
+    assert {
+        o["metadata"]["labels"].get(L_GROUP_HASH) for o in sts if o["kind"] == "StatefulSet"
+    } == {a[0].hash}
+
+
+def test_leaderworkerset_path() -> None:
+    objs = desired_objects(OWNER, plan([(2, 8, ["a"])]), CFG, "LeaderWorkerSet")
+    kinds = [o["kind"] for o in objs]
+    assert "StatefulSet" not in kinds and kinds.count("LeaderWorkerSet") == 1
+    # LWS creates the headless Service itself: only the router Service is ours
+    assert kinds.count("Service") == 1
+    lws = next(o for o in objs if o["kind"] == "LeaderWorkerSet")
+    t = lws["spec"]["leaderWorkerTemplate"]
+    assert t["size"] == 2 and t["restartPolicy"] == "RecreateGroupOnPodRestart"
+    for tpl, role in ((t["leaderTemplate"], "leader"), (t["workerTemplate"], "worker")):
+        assert tpl["metadata"]["labels"]["statmux.io/role"] == role
+        c = tpl["spec"]["containers"][0]
+        assert c["resources"]["limits"][GPU] == "8"
+        assert env_of(c)["MASTER_ADDR"] == "$(LWS_LEADER_ADDRESS)"
+
+
+def test_gang_hooks() -> None:
+    kueue = desired_objects(
+        OWNER, plan([(2, 8, ["a"])]), replace(CFG, gang="kueue", kueue_queue="q"), "StatefulSet"
+    )
+    sts = next(o for o in kueue if o["kind"] == "StatefulSet")
+    meta = sts["spec"]["template"]["metadata"]
+    assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == sts["metadata"]["name"]
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "q"
+    assert meta["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "2"
+    volcano = desired_objects(
+        OWNER, plan([(2, 8, ["a"])]), replace(CFG, gang="volcano"), "StatefulSet"
+    )
+    pg = next(o for o in volcano if o["kind"] == "PodGroup")
+    sts = next(o for o in volcano if o["kind"] == "StatefulSet")
+    assert pg["metadata"]["name"] == sts["metadata"]["name"]
+    assert pg["spec"]["minMember"] == 2 and pg["spec"]["minResources"][GPU] == "16"
+    assert sts["spec"]["template"]["spec"]["schedulerName"] == "volcano"
+    none = desired_objects(OWNER, plan([(2, 8, ["a"])]), CFG, "StatefulSet")
+    assert all(o["kind"] != "PodGroup" for o in none)
+
+
+def test_router_objects() -> None:
+    objs = desired_objects(OWNER, plan([(1, 1, ["a"])]), CFG, "StatefulSet")
+    dep = next(o for o in objs if o["kind"] == "Deployment")
+    svc = next(
+        o for o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-router")
+    )
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "router:1"
+    assert c["command"][:4] == ["statmux", "router", "--plan", PLAN_PATH]
+    assert GPU not in str(c.get("resources"))
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert (
+        dep["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == f"{OWNER.name}-plan"
+    )
