@@ -262,7 +262,7 @@ def test_deleted_member_recreates_the_whole_group(api: Any, owner: Owner, helper
 def test_failed_member_recreates_the_group(
     api: Any, owner: Owner, helpers: Any, status: dict
 ) -> None:
-    sts, pods = _group(api, owner, helpers)
+    _sts, pods = _group(api, owner, helpers)
     bad = dict(pods[1], status=status)
     deleted = rc.handle_pod_event(api, "MODIFIED", bad)
     assert sorted(deleted) == sorted(p["metadata"]["name"] for p in pods)
