@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -148,6 +149,7 @@ class Scheduler:
         self._running: list[_InFlight] = []
         self.loaded: set[str] = engine.loaded()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._closed: str | None = None
 
     # ----------------------------------------------------------------- public
@@ -188,6 +190,7 @@ class Scheduler:
                 )
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
         p = Pending(model, request, rows, arrival, deadline, self._loop.create_future())
         self._queues[model].append(p)
         stats.pending += 1
@@ -317,7 +320,16 @@ class Scheduler:
         except Exception as e:  # the engine refused synchronously: same path as a failure
             fut = Future()
             fut.set_exception(e)
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._done, flight, f))
+        fut.add_done_callback(lambda f: self._hop_back(loop, flight, f))
+
+    def _hop_back(
+        self, loop: asyncio.AbstractEventLoop, flight: _InFlight, fut: Future[list[Response]]
+    ) -> None:
+        # An engine that finished inline completes on the loop's own thread: no wake-up needed.
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(self._done, flight, fut)
+        else:
+            loop.call_soon_threadsafe(self._done, flight, fut)
 
     def _done(self, flight: _InFlight, fut: Future[list[Response]]) -> None:
         self._running.remove(flight)
