@@ -181,3 +181,92 @@ def test_api_server_accepts_the_crd(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
+
+
+_VALID = {
+    "apiVersion": "statmux.io/v1alpha1",
+    "kind": "ModelSet",
+    "metadata": {"name": "crd-check", "namespace": "default"},
+    "spec": {
+        "models": [{"name": "a", "profile": {"builtin": "bert-1.3b"}}],
+        "workload": {"total": {"rate": 5}},
+        "cluster": {"gpus": 8},
+    },
+}
+_ONE_GROUP = [{"pipelineStages": 1, "tensorParallel": 1, "models": ["a"]}]
+# (case, change to the spec, text the API server's message must contain)
+_INVALID = [
+    ("two workloads", {"workload": {"total": {"rate": 5}, "perModel": []}}, "spec.workload"),
+    (
+        "two profiles",
+        {"models": [{"name": "a", "profile": {"builtin": "x", "file": "y"}}]},
+        "profile",
+    ),
+    ("slo both", {"slo": {"sloScale": 2, "latencySeconds": 1}}, "spec.slo"),
+    ("manual without groups", {"placement": {"policy": "manual"}}, "needs groups"),
+    ("groups without manual", {"placement": {"groups": _ONE_GROUP}}, "only allowed with policy"),
+    (
+        "groups over budget",
+        {"placement": {"policy": "manual", "groups": _ONE_GROUP * 9}},
+        "cluster.gpus",
+    ),
+    (
+        "hf without path",
+        {
+            "models": [
+                {"name": "a", "profile": {"builtin": "x"}, "weights": {"source": "huggingface"}}
+            ]
+        },
+        "weights",
+    ),
+    ("zero gpus", {"cluster": {"gpus": 0}}, "spec.cluster.gpus"),
+    ("zero rate", {"workload": {"total": {"rate": 0}}}, "spec.workload.total.rate"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("case", "change", "text"), _INVALID, ids=[c[0] for c in _INVALID])
+def test_api_server_and_pydantic_reject_the_same_specs(
+    case: str, change: dict, text: str, tmp_path: Path
+) -> None:
+    from statmux.placement.spec import SpecError, parse_spec
+
+    cfg = _live_kubeconfig()
+    if cfg is None:
+        pytest.skip("no local control plane (make cluster-up)")
+    kubectl = shutil.which("kubectl") or str(cfg.parent / "bin" / "kubectl")
+    subprocess.run(
+        [kubectl, f"--kubeconfig={cfg}", "apply", "--server-side", "-f", "-"],
+        input=crd.render_crd(),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            kubectl,
+            f"--kubeconfig={cfg}",
+            "wait",
+            "--for=condition=Established",
+            "crd/modelsets.statmux.io",
+            "--timeout=60s",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    def dry_run(obj: dict) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [kubectl, f"--kubeconfig={cfg}", "apply", "--dry-run=server", "-f", "-"],
+            input=yaml.safe_dump(obj),
+            text=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    assert dry_run(_VALID).returncode == 0
+    bad = {**_VALID, "spec": {**_VALID["spec"], **change}}
+    out = dry_run(bad)
+    assert out.returncode != 0 and text in out.stderr, out.stderr
+    with pytest.raises(SpecError):
+        parse_spec(bad["spec"])
