@@ -26,18 +26,28 @@ ours() { # ours <component> -> prints pid if it still runs the binary we started
   echo "$pid"
 }
 
-# Clients first, etcd last.
-for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-  pid="$(ours "$c")" || continue
-  log "stopping $c (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do [[ -d "/proc/$pid" ]] || break; sleep 0.1; done
-  if [[ -d "/proc/$pid" ]] && ours "$c" >/dev/null; then
-    log "$c did not stop in 10s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do [[ -d "/proc/$pid" ]] || break; sleep 0.1; done
-  fi
-done
+stop() { # stop <component...>: SIGTERM them together, wait up to 15s, then SIGKILL leftovers
+  local c pid pids=() names=() i
+  for c in "$@"; do
+    pid="$(ours "$c")" || continue
+    log "stopping $c (pid $pid)"; kill -TERM "$pid" 2>/dev/null || true
+    pids+=("$pid"); names+=("$c")
+  done
+  for _ in $(seq 150); do
+    local left=0; for pid in ${pids[@]+"${pids[@]}"}; do [[ -d "/proc/$pid" ]] && left=1; done
+    (( left )) || return 0; sleep 0.1
+  done
+  for i in "${!names[@]}"; do
+    if ours "${names[$i]}" >/dev/null; then
+      log "${names[$i]} did not stop in 15s: SIGKILL"; kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+  done
+  sleep 0.5
+}
+# Clients first, then the apiserver, etcd last.
+stop kwok kube-scheduler kube-controller-manager
+stop kube-apiserver
+stop etcd
 
 if [[ "${STATMUX_KEEP_DIR:-0}" == 1 ]]; then
   rm -f "$DIR"/pids/*.pid
