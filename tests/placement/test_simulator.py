@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from statmux.placement.plan import Group, Placement
 from statmux.placement.profile import ParallelConfig
 from statmux.placement.simulator import SimResult, Simulator
@@ -254,3 +255,15 @@ def test_batching_never_does_worse_than_single_requests_under_load():
     assert batched.n_good > single.n_good
     assert batched.latencies.max() <= 0.3 + 1e-12
     assert batched.n_good + batched.n_rejected + batched.n_dropped == len(work)
+
+
+def test_models_without_requests_may_be_hosted_without_a_profile():
+    # A simulator over a subset of the models takes a placement of all of them: hosting a
+    # model that has no requests (and here no profile) changes nothing.
+    profiles = {"a": make_profile("a", {(1, 1): [0.1]})}
+    work = wl(["a", "b"], [(0.0, "a"), (0.05, "a")])
+    sim = Simulator(profiles, work, {"a": 1.0, "b": 1.0})
+    with_b = sim.run(Placement([group(1, "a", "b")]))
+    without_b = sim.run(Placement([group(1, "a")]))
+    assert list(with_b.good) == list(without_b.good) == [2, 0]
+    assert with_b.per_model_attainment["b"] == 1.0  # no requests, nothing missed
