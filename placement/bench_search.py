@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
 from statmux.placement.planner import build_problem, run_policy
 from statmux.placement.scenarios import BERT_MIX, mixed, modelset
 

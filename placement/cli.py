@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
 from statmux.placement.plan import Plan
 from statmux.placement.planner import latency_percentiles
 from statmux.placement.simulator import SimResult

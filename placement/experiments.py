@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: write PNG files only
 import matplotlib.pyplot as plt
+
 from statmux.placement.plan import Group, Placement
 from statmux.placement.planner import build_problem, run_policy
 from statmux.placement.profile import ParallelConfig

@@ -14,6 +14,7 @@ attainment change is exact and the simulation touches a fraction of the requests
 from __future__ import annotations
 
 import numpy as np
+
 from statmux.placement.plan import Group, Placement
 from statmux.placement.search_space import Deadline, SearchProblem, request_counts
 

@@ -14,6 +14,7 @@ First improvement wins; the search stops at the deadline or when no move helps.
 from __future__ import annotations
 
 import numpy as np
+
 from statmux.placement.plan import Group, Placement
 from statmux.placement.search_space import (
     Deadline,

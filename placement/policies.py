@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from statmux.placement.greedy import greedy_select
 from statmux.placement.local_search import improve
 from statmux.placement.packing import pack

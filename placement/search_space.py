@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
 from statmux.placement.plan import Group, Placement
 from statmux.placement.profile import ModelProfile, ParallelConfig
 from statmux.placement.simulator import Simulator

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from statmux.placement.synthetic_profiles import bert_like_profile, make_profile
+
 from statmux.placement.packing import pack
 from statmux.placement.plan import Group, Placement
 from statmux.placement.policies import (
@@ -16,6 +16,7 @@ from statmux.placement.policies import (
 )
 from statmux.placement.profile import ParallelConfig
 from statmux.placement.search_space import SearchProblem, sample_workload, uniform_groups
+from statmux.placement.synthetic_profiles import bert_like_profile, make_profile
 from statmux.placement.workload import gamma_workload, split_rates
 
 GiB = 2**30

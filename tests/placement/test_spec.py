@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from statmux.placement.spec import SpecError, load_modelset, parse_modelset, parse_quantity
 
 ROOT = Path(__file__).resolve().parents[2]
