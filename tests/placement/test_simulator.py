@@ -267,3 +267,110 @@ def test_models_without_requests_may_be_hosted_without_a_profile():
     without_b = sim.run(Placement([group(1, "a")]))
     assert list(with_b.good) == list(without_b.good) == [2, 0]
     assert with_b.per_model_attainment["b"] == 1.0  # no requests, nothing missed
+
+
+def reference_batched(profiles, work, slo, placement, max_batch):
+    """Plain-Python transcription of the documented batching semantics."""
+    names = work.model_names
+    arr, mids = work.arrivals.tolist(), work.model_ids.tolist()
+    dl = [t + slo[names[m]] for t, m in zip(arr, mids, strict=True)]
+    groups = placement.groups
+    hosted = [[names.index(n) for n in dict.fromkeys(g.models)] for g in groups]
+
+    def stage_lat(g, m, b):
+        cp = profiles[names[m]].get(groups[g].config.pp, groups[g].config.tp)
+        row = next(i for i, s in enumerate(cp.batch_sizes) if s >= b)
+        return [float(x) for x in cp.stage_latency[row]]
+
+    def cap(g, m):
+        cp = profiles[names[m]].get(groups[g].config.pp, groups[g].config.tp)
+        return min(max_batch, max(cp.batch_sizes))
+
+    def chain(t, fr, lat, commit=False):
+        e = t
+        for k in range(len(lat)):
+            e = max(e, fr[k]) + lat[k]
+            if commit:
+                fr[k] = e
+        return e
+
+    free = [[0.0] * g.config.pp for g in groups]
+    est = [[0.0] * g.config.pp for g in groups]
+    queues = [{m: [] for m in range(len(names))} for _ in groups]
+    good, rejected, dropped = [0] * len(names), [0] * len(names), [0] * len(names)
+    lat_out = {}
+    for i in range(len(arr) + 1):
+        t = arr[i] if i < len(arr) else math.inf
+        for g in range(len(groups)):
+            q = queues[g]
+            while any(q.values()):
+                tau = max(free[g][0], min(arr[v[0]] for v in q.values() if v))
+                if tau >= t:
+                    break
+                for m, v in q.items():
+                    alone = chain(tau, free[g], stage_lat(g, m, 1)) if v else 0.0
+                    while v and alone > dl[v[0]]:
+                        dropped[m] += 1
+                        v.pop(0)
+                heads = [(dl[v[0]], m) for m, v in q.items() if v]
+                if heads:
+                    _, m = min(heads)
+                    v = q[m]
+                    limit, b = min(cap(g, m), len(v)), 1
+                    while b < limit and chain(tau, free[g], stage_lat(g, m, b + 1)) <= dl[v[0]]:
+                        b += 1
+                    end = chain(tau, free[g], stage_lat(g, m, b), commit=True)
+                    for j in v[:b]:
+                        lat_out[j] = end - arr[j]
+                    good[m] += b
+                    del v[:b]
+                est[g] = list(free[g])
+                for m, v in q.items():
+                    for j in v:
+                        chain(arr[j], est[g], stage_lat(g, m, 1), commit=True)
+        if i == len(arr):
+            break
+        m = mids[i]
+        best, best_g = math.inf, -1
+        for g in range(len(groups)):
+            if m in hosted[g]:
+                e = chain(t, est[g], stage_lat(g, m, 1))
+                if e < best:
+                    best, best_g = e, g
+        if best_g < 0 or best > dl[i]:
+            rejected[m] += 1
+            continue
+        queues[best_g][m].append(i)
+        chain(t, est[best_g], stage_lat(best_g, m, 1), commit=True)
+    return good, rejected, dropped, [lat_out[j] for j in sorted(lat_out)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batching_kernel_matches_reference(seed):
+    rng = np.random.default_rng(1000 + seed)
+    names = [f"m{i}" for i in range(int(rng.integers(1, 4)))]
+    configs = [(1, 1), (2, 1), (3, 1)]
+    sizes = [1, 2, 4]
+
+    def batch_rows(pp):
+        base = rng.uniform(0.01, 0.1, size=pp).round(3)
+        return [base * f for f in (1.0, rng.uniform(1.0, 1.8), rng.uniform(1.8, 3.0))]
+
+    profiles = {
+        n: make_profile(n, {c: batch_rows(c[0]) for c in configs}, batch_sizes=sizes) for n in names
+    }
+    groups = [
+        group(int(pp), *[n for n in names if rng.random() < 0.7])
+        for pp in rng.choice([1, 2, 3], size=int(rng.integers(1, 4)))
+    ]
+    work = gamma_workload(names, rng.uniform(5, 40, len(names)), 3.0, 10.0, seed=seed)
+    slo = {n: float(rng.uniform(0.1, 0.6)) for n in names}
+    max_batch = int(rng.choice([2, 3, 8]))
+    ref_good, ref_rej, ref_drop, ref_lat = reference_batched(
+        profiles, work, slo, Placement(groups), max_batch
+    )
+    res = Simulator(profiles, work, slo, max_batch_size=max_batch).run(Placement(groups))
+    assert list(res.good) == ref_good
+    assert list(res.rejected) == ref_rej
+    assert list(res.dropped) == ref_drop
+    assert res.latencies.tolist() == ref_lat
