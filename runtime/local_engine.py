@@ -155,10 +155,10 @@ class LocalEngine:
         if model not in self._loaded:
             raise EngineError(f"model {model!r} is not loaded")
         # Requests that agree on every non-batch dimension share one forward.
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
         if len(batch) == 1:
-            groups = {(): [0]}
+            groups[()] = [0]
         else:
-            groups = {}
             for i, req in enumerate(batch):
                 key = tuple(req[s.name].shape[1:] for s in m.info.inputs if s.name in req)
                 groups.setdefault(key, []).append(i)
@@ -191,8 +191,8 @@ class LocalEngine:
                     start += rows
         elapsed = time.perf_counter() - t0
         compute = elapsed - transfer
-        key = (model, _rows(batch))
-        self._fastest_s[key] = min(elapsed, self._fastest_s.get(key, elapsed))
+        size = (model, _rows(batch))
+        self._fastest_s[size] = min(elapsed, self._fastest_s.get(size, elapsed))
         with self._lock:
             acc = self._stage.setdefault(model, [0.0, 0.0, 0.0])
             acc[0] += compute
