@@ -223,7 +223,7 @@ def run(argv: list[str]) -> int:
         return int(args.func(args))
     except (SpecError, UsageError) as e:
         err.print("[bold red]error:[/bold red] ", end="")
-        err.print(str(e), markup=False, highlight=False)
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,150 @@
+"""The `statmux` CLI end to end: plan, simulate, errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "demo.yaml"
+
+
+def statmux(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "statmux", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def small_modelset(tmp_path: Path, **spec_changes) -> Path:
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"]["durationSeconds"] = 120
+    doc["spec"].update(spec_changes)
+    path = tmp_path / "ms.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_plan_writes_a_valid_plan_and_simulate_agrees(tmp_path):
+    ms = small_modelset(tmp_path)
+    plan_path = tmp_path / "plan.json"
+    res = statmux("plan", str(ms), "-o", str(plan_path), "--no-baselines", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "Plan for demo" in res.stdout and "Predicted SLO attainment" in res.stdout
+    plan = json.loads(plan_path.read_text())
+    assert plan["kind"] == "Plan" and plan["policy"] == "statmux"
+    spec = yaml.safe_load(ms.read_text())["spec"]
+    names = {m["name"] for m in spec["models"]}
+    placed = {m["name"] for g in plan["groups"] for m in g["models"]}
+    assert placed == names
+    assert sum(g["gpus"] for g in plan["groups"]) <= spec["cluster"]["gpus"]
+    for g in plan["groups"]:
+        assert g["gpus"] == g["pp"] * g["tp"]
+        assert g["memoryPerGpuBytes"] <= 13 * 2**30
+        for m in g["models"]:
+            assert all(len(v) == g["pp"] for v in m["stageLatencySeconds"].values())
+    assert 0.0 <= plan["predicted"]["attainment"] <= 1.0
+
+    sim = statmux("simulate", str(ms), "--plan", str(plan_path), "--json")
+    assert sim.returncode == 0, sim.stderr
+    summary = json.loads(sim.stdout)
+    assert summary["attainment"] == pytest.approx(plan["predicted"]["attainment"])
+
+
+def test_plan_prints_baselines(tmp_path):
+    ms = small_modelset(tmp_path)
+    res = statmux("plan", str(ms), "--json", "-q")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert set(plan["predicted"]["baselines"]) == {"sr", "clockwork++", "alpaserve"}
+
+
+def test_manual_placement_is_used_verbatim(tmp_path):
+    ms = small_modelset(
+        tmp_path,
+        placement={
+            "policy": "manual",
+            "groups": [
+                {"pipelineStages": 4, "tensorParallel": 1, "models": ["bert-a", "bert-e"]},
+                {"pipelineStages": 2, "tensorParallel": 2, "models": ["bert-b"]},
+            ],
+        },
+    )
+    res = statmux("plan", str(ms), "--json", "--no-baselines", "-q")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert [(g["pp"], g["tp"], [m["name"] for m in g["models"]]) for g in plan["groups"]] == [
+        (4, 1, ["bert-a", "bert-e"]),
+        (2, 2, ["bert-b"]),
+    ]
+    # models without a replica miss all their requests
+    assert plan["predicted"]["perModel"]["bert-c"] == 0.0
+
+
+def assert_user_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    for n in needles:
+        assert n in res.stderr, (n, res.stderr)
+
+
+def test_unknown_profile(tmp_path):
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["models"][0]["profile"] = {"builtin": "gpt-17"}
+    p = tmp_path / "ms.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    assert_user_error(statmux("plan", str(p), "-q"), "gpt-17", "bert-1.3b")
+
+
+def test_model_that_fits_nowhere(tmp_path):
+    ms = small_modelset(tmp_path, cluster={"gpus": 2, "gpuMemory": "512Mi"})
+    assert_user_error(statmux("plan", str(ms), "-q"), "bert-a", "smallest per-GPU footprint")
+
+
+def test_empty_workload(tmp_path):
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"] = {
+        "durationSeconds": 60,
+        "perModel": [{"model": m["name"], "rate": 0} for m in doc["spec"]["models"]],
+    }
+    p = tmp_path / "ms.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    assert_user_error(statmux("plan", str(p), "-q"), "workload")
+
+
+def test_malformed_trace(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,model\n0.5,bert-a\nsoon,bert-b\n")
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"] = {"trace": {"path": "trace.csv", "format": "csv"}}
+    p = tmp_path / "ms.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    assert_user_error(statmux("plan", str(p), "-q"), "trace.csv:3", "soon")
+
+
+def test_invalid_manifest_names_field(tmp_path):
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["placement"]["policy"] = "random"
+    p = tmp_path / "ms.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    assert_user_error(statmux("plan", str(p)), "spec.placement.policy", "clockwork++")
+
+
+def test_missing_plan_file(tmp_path):
+    assert_user_error(
+        statmux("simulate", str(DEMO), "--plan", str(tmp_path / "nope.json")), "nope.json"
+    )
+
+
+def test_runs_from_any_directory(tmp_path):
+    ms = small_modelset(tmp_path)
+    res = statmux("plan", "ms.yaml", "--no-baselines", "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
