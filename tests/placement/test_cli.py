@@ -145,6 +145,6 @@ def test_missing_plan_file(tmp_path):
 
 
 def test_runs_from_any_directory(tmp_path):
-    ms = small_modelset(tmp_path)
+    small_modelset(tmp_path)
     res = statmux("plan", "ms.yaml", "--no-baselines", "-q", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
