@@ -57,7 +57,7 @@ class FrontEnd:
         self.registry: CollectorRegistry = make_registry(
             ServingCollector(
                 stats=lambda: list(self.scheduler.stats.values()),
-                models_loaded=lambda: len(self.scheduler.loaded),
+                models_loaded=lambda: len(self.engine.loaded()),
                 stage_seconds=self._stage_seconds(),
                 gpu_memory=cuda_memory(),
             )
@@ -82,7 +82,7 @@ class FrontEnd:
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         self.info(model, version)
-        return self.ready() and model in self.scheduler.loaded
+        return self.ready() and model not in self.scheduler.unloaded
 
     # ----------------------------------------------------------------- metadata
     def info(self, model: str, version: str | None = None) -> ModelInfo:
@@ -166,7 +166,7 @@ class FrontEnd:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         out = []
         for name, info in sorted(self.scheduler.infos.items()):
-            loaded = name in self.scheduler.loaded
+            loaded = name not in self.scheduler.unloaded
             if ready_only and not loaded:
                 continue
             entry = {"name": name, "version": info.version}
@@ -184,20 +184,18 @@ class FrontEnd:
             seconds = await loop.run_in_executor(None, self.engine.load, model)
         except EngineError as e:
             raise Unavailable(f"failed to load model '{model}': {e}") from None
-        finally:
-            self.scheduler.refresh_loaded()
+        self.scheduler.unloaded.discard(model)
         self.scheduler.stats[model].record_swap(seconds)
         return seconds
 
     async def unload(self, model: str) -> None:
         self.info(model)
         loop = asyncio.get_running_loop()
+        self.scheduler.unloaded.add(model)  # refuse new requests from now on
         try:
             await loop.run_in_executor(None, self.engine.unload, model)
         except EngineError as e:
             raise Unavailable(f"failed to unload model '{model}': {e}") from None
-        finally:
-            self.scheduler.refresh_loaded()
         self.scheduler.fail_model(model, Unavailable(f"model '{model}' was unloaded"))
 
     # ----------------------------------------------------------------- statistics

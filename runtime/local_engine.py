@@ -152,8 +152,8 @@ class LocalEngine:
         if self._unhealthy is not None:
             raise EngineError(self._unhealthy)
         m = self._get(model)
-        if model not in self._loaded:
-            raise EngineError(f"model {model!r} is not loaded")
+        if model not in self._loaded:  # swap in on demand, as the group engine does
+            self.load(model)
         # Requests that agree on every non-batch dimension share one forward.
         groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
         if len(batch) == 1:

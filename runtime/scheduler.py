@@ -147,7 +147,9 @@ class Scheduler:
         self._queues: dict[str, deque[Pending]] = {n: deque() for n in self.infos}
         self._retry: deque[Pending] = deque()
         self._running: list[_InFlight] = []
-        self.loaded: set[str] = engine.loaded()
+        # Models unloaded through the repository API: refused until loaded again. Every other
+        # hosted model is served even when not resident; the engine swaps it in on demand.
+        self.unloaded: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._closed: str | None = None
@@ -161,9 +163,6 @@ class Scheduler:
             )
         return info
 
-    def refresh_loaded(self) -> None:
-        self.loaded = self.engine.loaded()
-
     def submit(
         self, model: str, request: Request, rows: int, arrival: float | None = None
     ) -> asyncio.Future[Response]:
@@ -174,7 +173,7 @@ class Scheduler:
         stats = self.stats[model]
         if self._closed is not None or not self.engine.healthy():
             raise Unavailable(self._closed or "the group is unhealthy: a rank is gone")
-        if model not in self.loaded:
+        if model in self.unloaded:
             raise Unavailable(
                 f"model '{model}' is not loaded; POST /v2/repository/models/{model}/load"
             )
@@ -366,8 +365,7 @@ class Scheduler:
             self._finish_failed(flight.members, err)
             self._fail_queued(err)
             return
-        self.refresh_loaded()
-        if model not in self.loaded:
+        if model in self.unloaded:
             self._finish_failed(flight.members, Unavailable(f"model '{model}' was unloaded"))
             return
         if len(flight.members) > 1:

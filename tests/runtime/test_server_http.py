@@ -426,3 +426,28 @@ def test_unhealthy_engine_is_not_ready_and_fails_requests() -> None:
     finally:
         srv.stop()
         engine.shutdown()
+
+
+def test_non_resident_model_is_served_by_swapping_in_on_demand(
+    models: dict[str, LocalModel],
+) -> None:
+    engine = LocalEngine([tiny_mlp()], load_all=False)
+    srv = BackgroundServer(FrontEnd(engine), grpc_port=None)
+    try:
+        assert engine.loaded() == set()
+        client = th.InferenceServerClient(srv.http_url)
+        assert client.is_model_ready("tiny-mlp")  # servable: the engine swaps it in
+        x = np.ones((1, 16), np.float32)
+        inp = th.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_allclose(
+            client.infer("tiny-mlp", [inp]).as_numpy("OUTPUT0"),
+            expected_mlp(models, x),
+            rtol=1e-5,
+        )
+        assert engine.loaded() == {"tiny-mlp"}
+        assert scrape(srv)[("statmux_models_loaded", ())] == 1
+        client.close()
+    finally:
+        srv.stop()
+        engine.shutdown()
