@@ -445,7 +445,8 @@ def start_group(
         dist_info.master_port,
         dist_info.world_size,
         is_master=dist_info.is_leader,
-        timeout=timedelta(seconds=collective_timeout_s),
+        # the rendezvous waits for pods that may start minutes apart
+        timeout=timedelta(seconds=max(collective_timeout_s, 600.0)),
         wait_for_workers=False,
     )
     dist.init_process_group(

@@ -100,6 +100,8 @@ def scenario_swap(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, An
     refs = {m["name"]: _reference(m) for m in group["models"]}
     rng = np.random.default_rng(1)
     out: dict[str, Any] = {"initial": sorted(engine.loaded())}
+    # idle past the collective timeout: keep-alive pings must keep the receives from expiring
+    time.sleep(float(group.get("idleSeconds", 0)))
     errors = []
 
     def run(name: str) -> None:

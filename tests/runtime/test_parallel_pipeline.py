@@ -52,8 +52,9 @@ def _launch(
     models: list[dict[str, Any]],
     scenario: str,
     options: dict[str, Any] | None = None,
+    idle_seconds: float = 0.0,
 ) -> list[Proc]:
-    group = {"name": "g0", "pp": pp, "tp": tp, "models": models}
+    group = {"name": "g0", "pp": pp, "tp": tp, "models": models, "idleSeconds": idle_seconds}
     (tmp / "group.json").write_text(json.dumps({"group": group, "options": options or {}}))
     port = _free_port()
     procs = []
@@ -108,7 +109,9 @@ def test_group_output_equals_single_process(tmp_path: Path, pp: int, tp: int) ->
 
 def test_swapping_is_lru_under_a_byte_budget(tmp_path: Path) -> None:
     models = [_model(f"bert-{c}", "bert") for c in "abc"]
-    result = _wait(_launch(tmp_path, 2, 1, models, "swap", {"budget_models": 2.5}), tmp_path)
+    # a 3 s collective timeout and 4 s idle: only the keep-alive pings keep the group alive
+    options = {"budget_models": 2.5, "collective_timeout_s": 3.0}
+    result = _wait(_launch(tmp_path, 2, 1, models, "swap", options, idle_seconds=4.0), tmp_path)
     assert result["initial"] == ["bert-a", "bert-b"]  # plan order, while it fits
     assert result["after_submit"] == ["bert-a", "bert-c"]  # bert-b was least recently used
     assert result["load_seconds"] > 0
