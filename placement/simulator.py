@@ -32,11 +32,12 @@ and per-group utilization = busy time of the group's busiest stage / duration.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from statmux.placement.plan import Placement
+from statmux.placement.plan import Group, Placement
 from statmux.placement.profile import ModelProfile, ParallelConfig
 from statmux.placement.sim_kernels import run_batched, run_unbatched
 from statmux.placement.workload import Workload
@@ -192,17 +193,31 @@ class Simulator:
             np.int64
         )
         self._n = int(self._arrivals.size)
-        # Per config: (M, B, pp) stage latencies per batch size (NaN: model lacks the config)
-        # and (M,) usable max batch. Filled lazily, once per config.
+        self._has_requests = (self._requests > 0).tolist()
+        # Batch sizes the tables cover: 1 without queueing, else up to the largest profiled.
+        largest = max(
+            (max(c.batch_sizes) for p in profiles.values() for c in p.configs.values()),
+            default=1,
+        )
+        self._b_dim = min(max_batch_size, largest) if self.event_driven else 1
+        # Per config: (M, b_dim, pp) stage latencies (NaN: model lacks the config) and (M,)
+        # usable max batch; filled lazily, once per config. Configs get small integer ids;
+        # the stacked tables (all configs, padded to the largest pp) let _prepare fill a
+        # placement's arrays with one fancy-indexing operation.
         self._tables: dict[ParallelConfig, tuple[np.ndarray, np.ndarray]] = {}
+        self._config_ids: dict[tuple[int, int], int] = {}
+        self._configs: list[ParallelConfig] = []
+        self._stacked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._members: dict[tuple[int, int, tuple[str, ...]], tuple[int, np.ndarray]] = {}
+        self._all_configs = False  # every profiled config has an id (see restricted)
 
     # ------------------------------------------------------------------ precomputation
     def _table(self, config: ParallelConfig) -> tuple[np.ndarray, np.ndarray]:
         cached = self._tables.get(config)
         if cached is not None:
             return cached
-        b_max, m_count = self.max_batch_size, len(self.model_names)
-        table = np.full((m_count, b_max, config.pp), np.nan)
+        b_dim, m_count = self._b_dim, len(self.model_names)
+        table = np.full((m_count, b_dim, config.pp), np.nan)
         maxb = np.zeros(m_count, np.int64)
         for i, name in enumerate(self.model_names):
             prof = self.profiles.get(name)
@@ -210,60 +225,114 @@ class Simulator:
             if cp is None:
                 continue
             lat = np.asarray(cp.stage_latency, dtype=np.float64)
-            if lat.ndim != 2 or lat.shape[1] != config.pp:
+            if lat.ndim != 2 or lat.shape[1] != config.pp or lat.shape[0] != len(cp.batch_sizes):
                 raise ValueError(
                     f"profile {name!r} config {config}: stage_latency has shape {lat.shape}, "
-                    f"expected (batch sizes, {config.pp})"
+                    f"expected ({len(cp.batch_sizes)} batch sizes, {config.pp} stages)"
                 )
             sizes = np.asarray(cp.batch_sizes)
-            usable = min(b_max, int(sizes.max()))
-            rows = np.searchsorted(sizes, np.arange(1, usable + 1), side="left")
-            table[i, :usable] = lat[rows]
+            usable = min(self.max_batch_size, int(sizes.max()))
+            rows = np.searchsorted(sizes, np.arange(1, min(usable, b_dim) + 1), side="left")
+            table[i, : rows.size] = lat[rows]
             maxb[i] = usable
         self._tables[config] = (table, maxb)
         return table, maxb
 
+    def _config_id(self, config: ParallelConfig) -> int:
+        ci = self._config_ids.get((config.pp, config.tp))
+        if ci is None:
+            self._table(config)
+            ci = self._config_ids[(config.pp, config.tp)] = len(self._configs)
+            self._configs.append(config)
+            self._stacked = None
+        return ci
+
+    def _stack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(C, M, b_dim, P) latencies (0 where missing) and (C, M) usable max batch."""
+        if self._stacked is None:
+            p_max = max(c.pp for c in self._configs)
+            shape = (len(self._configs), len(self.model_names), self._b_dim, p_max)
+            lat = np.zeros(shape)
+            maxb = np.zeros(shape[:2], np.int64)
+            for ci, c in enumerate(self._configs):
+                table, usable = self._tables[c]
+                lat[ci, :, :, : c.pp] = np.nan_to_num(table)
+                maxb[ci] = usable
+            self._stacked = (lat, np.ascontiguousarray(lat[:, :, 0, :]), maxb)
+        return self._stacked
+
+    def _group_members(self, gi: int, group: Group) -> tuple[int, list[int]]:
+        """(config id, indices of the models the group serves, those with requests);
+        checked once per (config, model list) and cached: the search repeats groups."""
+        ci = self._config_id(group.config)
+        _, usable = self._tables[group.config]
+        members = []
+        for name in dict.fromkeys(group.models):  # listed twice in one group: one replica
+            mi = self._index.get(name)
+            if mi is None:
+                if name not in self.profiles:
+                    raise ValueError(
+                        f"group {gi} ({group.config}) hosts {name!r}, which is neither in "
+                        f"the workload nor in the profiles"
+                    )
+                continue
+            if not self._has_requests[mi]:
+                # Hosting a model without requests changes nothing (this also lets a
+                # simulator over a subset of the models take a placement of all of them).
+                continue
+            if usable[mi] == 0:
+                raise ValueError(
+                    f"group {gi} hosts {name!r} with config {group.config}, but its "
+                    f"profile has no such config"
+                    + ("" if name in self.profiles else " (no profile at all)")
+                )
+            members.append(mi)
+        return ci, members
+
     def _prepare(self, placement: Placement) -> _Prepared:
         groups = placement.groups
         n_groups, n_models = len(groups), len(self.model_names)
-        max_pp = max((g.config.pp for g in groups), default=1)
-        batching = self.event_driven
-        lat = np.zeros((n_groups, n_models, max_pp))
-        latb = np.zeros((n_groups, n_models, self.max_batch_size, max_pp)) if batching else None
-        maxb = np.zeros((n_groups, n_models), np.int64) if batching else None
-        npp = np.array([g.config.pp for g in groups], dtype=np.int64)
-        hosts: list[list[int]] = [[] for _ in range(n_models)]
+        ci_list: list[int] = []
+        member_arrays: list[np.ndarray] = []
+        max_pp = 1
         for gi, group in enumerate(groups):
-            pp = group.config.pp
-            table, usable = self._table(group.config)
-            for name in group.models:
-                mi = self._index.get(name)
-                if mi is None:
-                    if name not in self.profiles:
-                        raise ValueError(
-                            f"group {gi} ({group.config}) hosts {name!r}, which is neither in "
-                            f"the workload nor in the profiles"
-                        )
-                    continue  # a model without requests: hosting it changes nothing
-                if self._requests[mi] == 0 or (hosts[mi] and hosts[mi][-1] == gi):
-                    # No requests: hosting it changes nothing (this also lets a simulator
-                    # over a subset of the models take a placement of all of them).
-                    # Listed twice in one group: it is one replica.
-                    continue
-                if usable[mi] == 0:
-                    raise ValueError(
-                        f"group {gi} hosts {name!r} with config {group.config}, but its "
-                        f"profile has no such config"
-                        + ("" if name in self.profiles else " (no profile at all)")
-                    )
-                hosts[mi].append(gi)
-                lat[gi, mi, :pp] = table[mi, 0]
-                if latb is not None and maxb is not None:
-                    latb[gi, mi, :, :pp] = np.nan_to_num(table[mi])
-                    maxb[gi, mi] = usable[mi]
+            cfg = group.config
+            max_pp = max(max_pp, cfg.pp)
+            key = (cfg.pp, cfg.tp, tuple(group.models))
+            entry = self._members.get(key)
+            if entry is None:
+                ci, members = self._group_members(gi, group)
+                entry = (ci, np.asarray(members, dtype=np.int64))
+                if len(self._members) > 65536:
+                    self._members.clear()
+                self._members[key] = entry
+            ci_list.append(entry[0])
+            member_arrays.append(entry[1])
+        npp = np.fromiter((g.config.pp for g in groups), dtype=np.int64, count=n_groups)
+        counts = np.fromiter((a.size for a in member_arrays), dtype=np.int64, count=n_groups)
+        mi = np.concatenate(member_arrays) if member_arrays else np.zeros(0, np.int64)
+        lat = np.zeros((n_groups, n_models, max_pp))
+        latb = maxb = None
+        if mi.size:
+            gi_a = np.repeat(np.arange(n_groups), counts)
+            ci_a = np.repeat(np.asarray(ci_list, dtype=np.int64), counts)
+            stack_b, stack_1, stack_maxb = self._stack()
+            lat[gi_a, mi] = stack_1[ci_a, mi, :max_pp]
+            if self.event_driven:
+                latb = np.zeros((n_groups, n_models, self._b_dim, max_pp))
+                maxb = np.zeros((n_groups, n_models), np.int64)
+                latb[gi_a, mi] = stack_b[ci_a, mi, :, :max_pp]
+                maxb[gi_a, mi] = stack_maxb[ci_a, mi]
+            # CSR of hosting groups per model; the stable sort keeps each model's groups
+            # ascending, so routing ties go to the lowest group index.
+            host_groups = gi_a[np.argsort(mi, kind="stable")]
+        else:
+            host_groups = np.zeros(0, np.int64)
+        if self.event_driven and latb is None:
+            latb = np.zeros((n_groups, n_models, self._b_dim, max_pp))
+            maxb = np.zeros((n_groups, n_models), np.int64)
         host_ptr = np.zeros(n_models + 1, np.int64)
-        host_ptr[1:] = np.cumsum([len(h) for h in hosts])
-        host_groups = np.array([g for h in hosts for g in h], dtype=np.int64)
+        np.cumsum(np.bincount(mi, minlength=n_models), out=host_ptr[1:])
         return _Prepared(host_ptr, host_groups, npp, lat, latb, maxb)
 
     # ------------------------------------------------------------------ simulation
@@ -310,6 +379,33 @@ class Simulator:
         if self._n == 0:
             return 1.0
         return int(self.good_per_model(placement).sum()) / self._n
+
+    def restricted(self, models: Sequence[str]) -> Simulator:
+        """This simulator over only the requests of `models` (model ids unchanged, so
+        per-model arrays line up). It shares the placement-independent tables, so making
+        one costs a pass over the request ids: the search builds many, one per component."""
+        # Register every config first so the shared config ids and stacked tables never
+        # change after the copy.
+        if not self._all_configs:
+            for c in {c for p in self.profiles.values() for c in p.configs}:
+                self._config_id(c)
+            self._stack()
+            self._all_configs = True
+        member = np.zeros(len(self.model_names), dtype=bool)
+        member[[self._index[m] for m in models if m in self._index]] = True
+        rows = np.flatnonzero(member[self._model_ids])
+        sub = copy.copy(self)
+        sub._arrivals = self._arrivals[rows]
+        sub._model_ids = self._model_ids[rows]
+        sub._deadlines = self._deadlines[rows]
+        sub._requests = np.where(member, self._requests, 0)
+        sub._n = int(rows.size)
+        sub._has_requests = (sub._requests > 0).tolist()
+        sub._members = {}  # which group members count depends on who has requests
+        sub.workload = replace(
+            self.workload, arrivals=sub._arrivals, model_ids=self.workload.model_ids[rows]
+        )
+        return sub
 
     @property
     def requests_per_model(self) -> np.ndarray:
