@@ -128,7 +128,6 @@ def component(placement: Placement, seed_models: set[str]) -> tuple[set[int], se
 
 def least_loaded_group(problem: SearchProblem, placement: Placement, model: str) -> int | None:
     """The group with room for `model` whose hosted models bring the least bottleneck load."""
-    rates = problem.rates
     replicas: dict[str, int] = {}
     for g in placement.groups:
         for m in g.models:
@@ -137,10 +136,7 @@ def least_loaded_group(problem: SearchProblem, placement: Placement, model: str)
     for gi, g in enumerate(placement.groups):
         if not problem.can_add(g, model):
             continue
-        load = sum(
-            rates.get(m, 0.0) / replicas[m] * problem.profiles[m].configs[g.config].max_stage(1)
-            for m in g.models
-        )
+        load = sum(problem.demand(m, g.config) / replicas[m] for m in g.models)
         if best is None or (load, gi) < best:
             best = (load, gi)
     return None if best is None else best[1]

@@ -174,7 +174,10 @@ def alpaserve_policy(problem: SearchProblem, split: bool = True) -> PolicyResult
 
 # ---------------------------------------------------------------------------- statmux
 def statmux_policy(
-    problem: SearchProblem, refine_seconds: float = 0.3, close: float = 0.01
+    problem: SearchProblem,
+    refine_seconds: float = 0.3,
+    close: float = 0.005,
+    greedy_candidates: int = 4,
 ) -> PolicyResult:
     """Screen every config with one cheap packing each, run the localized greedy on the best
     (and on any runner-up within `close` of it), then refine the winner with local search
@@ -197,7 +200,9 @@ def statmux_policy(
         for screened, cfg in ranked[:2]:
             if screened < ranked[0][0] - close:
                 break
-            p = greedy_select(problem, uniform_groups(gpus, cfg), models)
+            p = greedy_select(
+                problem, uniform_groups(gpus, cfg), models, candidates=greedy_candidates
+            )
             p = pack(problem, p.groups, models, fill=False)  # models the greedy left out
             att = problem.attainment(p, sub)
             problem.say(f"{label}: {p.describe()} → {att:.4f}")
@@ -206,12 +211,17 @@ def statmux_policy(
         return None if best is None else best[1]
 
     candidates: list[Placement] = []
-    whole = search(problem.models, problem.num_gpus, "statmux")
-    if whole is not None:
-        candidates.append(whole)
     clusters = latency_clusters(problem)
     alloc = split_gpus(problem, clusters) if len(clusters) > 1 else None
-    if alloc is not None:
+    if alloc is None:
+        whole = search(problem.models, problem.num_gpus, "statmux")
+        if whole is not None:
+            candidates.append(whole)
+    else:
+        # Heterogeneous models: the greedy runs per latency cluster (AlpaServe's device
+        # splitting); the unsplit configs still compete through their packings.
+        for _, cfg in screen(problem.models, problem.num_gpus)[:1]:
+            candidates.append(pack(problem, uniform_groups(problem.num_gpus, cfg)))
         merged = Placement([])
         for models, gpus in zip(clusters, alloc, strict=True):
             part = search(models, gpus, f"statmux[{len(models)} models]")

@@ -37,7 +37,6 @@ class SearchProblem:
     _sims: dict[tuple[str, ...], Simulator] = field(default_factory=dict, repr=False)
     _rates: dict[str, float] | None = field(default=None, repr=False)
     _eval_sim: Simulator | None = field(default=None, repr=False)
-    _by_model: dict[str, np.ndarray] | None = field(default=None, repr=False)
     # (model, config) -> value; the search asks these questions millions of times.
     _demand: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
     _bytes: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
@@ -50,29 +49,13 @@ class SearchProblem:
         sim = self._sims.get(key)
         if sim is None:
             if key:
-                # Model ids stay those of the full workload, so per-model arrays line up.
-                wl = self._requests_of(key)
-                profiles = {m: self.profiles[m] for m in key}
+                sim = self.simulator().restricted(key)
             else:
-                wl, profiles = self.workload, self.profiles
-            sim = Simulator(profiles, wl, self.slo, self.max_batch_size)
+                sim = Simulator(self.profiles, self.workload, self.slo, self.max_batch_size)
             if len(self._sims) > 256:  # component simulators come and go during a search
                 self._sims = {(): self._sims[()]} if () in self._sims else {}
             self._sims[key] = sim
         return sim
-
-    def _requests_of(self, models: tuple[str, ...]) -> Workload:
-        if self._by_model is None:
-            order = np.argsort(self.workload.model_ids, kind="stable")
-            bounds = np.searchsorted(
-                self.workload.model_ids[order], np.arange(len(self.workload.model_names) + 1)
-            )
-            self._by_model = {
-                m: order[bounds[i] : bounds[i + 1]] for i, m in enumerate(self.workload.model_names)
-            }
-        rows = np.sort(np.concatenate([self._by_model[m] for m in models if m in self._by_model]))
-        wl = self.workload
-        return replace(wl, arrivals=wl.arrivals[rows], model_ids=wl.model_ids[rows])
 
     def evaluator(self) -> Simulator:
         """The simulator over the full workload, for reporting a chosen placement."""

@@ -31,8 +31,8 @@ and per-group utilization = busy time of the group's busiest stage / duration.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
