@@ -126,21 +126,18 @@ def configs_of_size(size: int, profiles: Iterable[ModelProfile]) -> list[Paralle
 
 
 def uniform_groups(num_gpus: int, config: ParallelConfig) -> list[Group]:
-    """Split the GPUs into groups of one config; leftover GPUs form a smaller pipeline."""
+    """Split the GPUs into groups of one config; leftover GPUs form smaller power-of-two
+    groups (profiles cover power-of-two sizes), keeping tp where it fits."""
     n, rest = divmod(num_gpus, config.gpus)
     groups = [Group(config) for _ in range(n)]
-    if rest:
-        # Keep tp where it divides the rest, so the leftover group resembles the others.
-        tp = config.tp if rest % config.tp == 0 else 1
-        groups.append(Group(ParallelConfig(rest // tp, tp)))
+    size = config.gpus
+    while rest:
+        while size > rest:
+            size //= 2
+        tp = min(config.tp, size)
+        groups.append(Group(ParallelConfig(size // tp, tp)))
+        rest -= size
     return groups
-
-
-def requests_of(workload: Workload, models: Iterable[str]) -> Workload:
-    """The same workload with only the requests of some models (model ids unchanged)."""
-    ids = [workload.model_names.index(m) for m in models if m in workload.model_names]
-    keep = np.isin(workload.model_ids, np.asarray(ids, dtype=workload.model_ids.dtype))
-    return replace(workload, arrivals=workload.arrivals[keep], model_ids=workload.model_ids[keep])
 
 
 def sample_workload(workload: Workload, max_requests: int, chunks: int = 12) -> Workload:

@@ -43,10 +43,20 @@ def memory_ok(p, placement):
         assert len(set(g.models)) == len(g.models)
 
 
-def test_uniform_groups_cover_all_gpus():
+def test_uniform_groups_cover_all_gpus_with_power_of_two_leftovers():
     groups = uniform_groups(10, ParallelConfig(4, 1))
     assert [g.config for g in groups] == [ParallelConfig(4, 1)] * 2 + [ParallelConfig(2, 1)]
-    assert sum(g.config.gpus for g in groups) == 10
+    groups = uniform_groups(14, ParallelConfig(4, 2))
+    assert [g.config for g in groups] == [
+        ParallelConfig(4, 2),
+        ParallelConfig(2, 2),
+        ParallelConfig(1, 2),
+    ]
+    for n in range(1, 40):
+        for cfg in (ParallelConfig(8, 1), ParallelConfig(2, 4), ParallelConfig(1, 1)):
+            gs = uniform_groups(n, cfg)
+            assert sum(g.config.gpus for g in gs) == n
+            assert all(g.config.gpus & (g.config.gpus - 1) == 0 for g in gs)
 
 
 def test_pack_places_every_model_and_respects_memory():
