@@ -162,6 +162,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands that live with their component and parse their own flags.
+DELEGATED = ("runtime", "operator", "crd", "router")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="statmux", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -197,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("operator", "statmux.operator.main:operator_main"),
         ("crd", "statmux.operator.crd:crd_main"),
         ("router", "statmux.runtime.router:router_main"),
-        ("serve", "statmux.runtime.local_serve:serve_main"),
     ):
         s = sub.add_parser(name, add_help=False, help=f"see `statmux {name} --help`")
         s.set_defaults(func=None, delegate=target)
@@ -207,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str]) -> int:
     parser = build_parser()
     # Delegated subcommands parse their own flags.
-    if argv and argv[0] in ("runtime", "operator", "crd", "router", "serve"):
+    if argv and argv[0] in DELEGATED:
         ns = parser.parse_args(argv[:1])
         module, func = ns.delegate.split(":")
         try:
@@ -215,7 +218,11 @@ def run(argv: list[str]) -> int:
 
             entry = getattr(importlib.import_module(module), func)
         except (ImportError, AttributeError) as e:
-            err.print(f"statmux {argv[0]}: not available in this installation ({e})")
+            err.print(
+                f"statmux {argv[0]}: not available in this installation ({e}); "
+                "install the matching extra, e.g. pip install 'statmux[runtime]'",
+                markup=False,
+            )
             return 2
         return int(entry(argv[1:]))
     args = parser.parse_args(argv)
