@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def assert_complete_and_sane(profile: ModelProfile) -> None:
     for pp in {c.pp for c in profile.configs}:
         tps = sorted(c.tp for c in profile.configs if c.pp == pp)
         lat = [profile.configs[ParallelConfig(pp, tp)].latency(1) for tp in tps]
-        assert all(a > b for a, b in zip(lat, lat[1:], strict=False)), f"pp{pp}: {lat}"
+        assert all(a > b for a, b in itertools.pairwise(lat)), f"pp{pp}: {lat}"
     for config, cp in profile.configs.items():
         single = profile.get(1, config.tp)
         if config.pp == 1 or single is None:
@@ -171,7 +172,9 @@ def test_reference_json_loads_as_is() -> None:
     assert profile.name == "bert-a"
     assert profile.weight_bytes == reference_grid()["weight_bytes_fp16"]
     assert set(STANDARD_CONFIGS) <= set(profile.configs)
-    assert profile.single_device_latency == reference_grid()["configs"][0]["stage_latency_s"]["1"][0]
+    single = reference_grid()["configs"][0]
+    assert (single["pipeline_stages"], single["tensor_parallel"]) == (1, 1)
+    assert profile.single_device_latency == single["stage_latency_s"]["1"][0]
     assert_complete_and_sane(profile)
 
 
