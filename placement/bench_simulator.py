@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import numba
+
 from statmux.placement.plan import Group, Placement
 from statmux.placement.profile import ParallelConfig
 from statmux.placement.sim_kernels import run_unbatched

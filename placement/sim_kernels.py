@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
 from statmux.placement.sim_exec import pipeline_commit, pipeline_end
 from statmux.placement.sim_policy import (
     admit,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
 from statmux.placement.sim_exec import pipeline_end
 
 

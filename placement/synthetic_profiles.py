@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from statmux.placement.profile import ConfigProfile, ModelProfile, ParallelConfig
 
 TP_SPEEDUP = {1: 1.0, 2: 1.47, 4: 2.44, 8: 3.31}

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
 from statmux.placement.spec import SpecError, TraceRef
 from statmux.placement.workload import Workload, gamma_arrivals, merge_arrivals, model_rng
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
 from statmux.placement.spec import ModelSetSpec, SpecError
 
 

@@ -374,3 +374,22 @@ def test_batching_kernel_matches_reference(seed):
     assert list(res.rejected) == ref_rej
     assert list(res.dropped) == ref_drop
     assert res.latencies.tolist() == ref_lat
+
+
+def test_restricted_simulator_equals_a_simulator_over_those_requests():
+    names = ["a", "b", "c"]
+    profiles = {n: make_profile(n, {(1, 1): [0.05], (2, 1): [0.03, 0.03]}) for n in names}
+    work = gamma_workload(names, [10.0, 20.0, 5.0], 2.0, 30.0, seed=4)
+    slo = dict.fromkeys(names, 0.2)
+    placement = Placement([group(1, "a", "b"), group(2, "b", "c"), group(1, "c")])
+    full = Simulator(profiles, work, slo)
+    sub = full.restricted(["b", "c"])
+    only = work.select(names)  # same model ids
+    keep = np.isin(only.model_ids, [1, 2])
+    direct = Simulator(
+        profiles, Workload(names, only.arrivals[keep], only.model_ids[keep], 30.0), slo
+    )
+    assert list(sub.good_per_model(placement)) == list(direct.good_per_model(placement))
+    assert sub.good_per_model(placement)[0] == 0 and len(sub) == int(keep.sum())
+    # the parent is unaffected
+    assert len(full) == len(work)

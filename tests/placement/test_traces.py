@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from statmux.placement.spec import SpecError, TraceRef, parse_spec
 from statmux.placement.traces import MIN_CV, fit_trace, read_csv_trace, trace_workload
 from statmux.placement.workload import workload_from_spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from statmux.placement.spec import SpecError, parse_spec
 from statmux.placement.workload import (
     Workload,
