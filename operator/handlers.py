@@ -23,7 +23,7 @@ from statmux.operator.resources import L_COMPONENT, MANAGED_BY, MANAGER, Owner
 # Read at import: kopf takes the timer interval when the decorator runs.
 CONFIG = OperatorConfig.from_env()
 ANNOTATION_PREFIX = "statmux.io"
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+log = logging.getLogger("statmux.operator")
 
 
 @kopf.on.startup()
@@ -62,7 +62,7 @@ def reconcile_modelset(
     status: kopf.Status,
     patch: kopf.Patch,
     memo: Any,
-    logger: Logger,
+    body: kopf.Body,
     **_: Any,
 ) -> None:
     started = time.perf_counter()
@@ -78,13 +78,13 @@ def reconcile_modelset(
     metrics.observe_reconcile(time.perf_counter() - started, "invalid" if result.error else "ok")
     if result.error:
         # A user mistake: report it in status and as an event, do not retry.
+        kopf.warn(body, reason="InvalidSpec", message=result.error)
         raise kopf.PermanentError(result.error)
-    logger.info(
-        "planned %s groups on %s GPUs (attainment %.3f)",
-        result.status.get("groupCount"),
-        result.status.get("gpus"),
-        result.status.get("predictedAttainment") or 0.0,
+    message = next(
+        (c["message"] for c in result.status["conditions"] if c["type"] == "PlanReady"), ""
     )
+    kopf.info(body, reason="Planned", message=message)
+    log.info("%s/%s: %s", namespace, name, message)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_seconds, initial_delay=1.0)
@@ -115,8 +115,10 @@ def _changed(old: Any, new: dict[str, Any]) -> bool:
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY: MANAGER, L_COMPONENT: "group"})
-def gang_restart(event: kopf.RawEvent, memo: Any, logger: Logger, **_: Any) -> None:
+def gang_restart(event: kopf.RawEvent, memo: Any, body: kopf.Body, **_: Any) -> None:
     deleted = rc.handle_pod_event(memo["api"], str(event.get("type")), dict(event["object"]))
     if deleted:
         metrics.GANG_RESTARTS.inc()
-        logger.info("gang restart: deleted %s", ", ".join(deleted))
+        message = f"a member of its group broke; recreating the group: deleted {', '.join(deleted)}"
+        kopf.info(body, reason="GangRestart", message=message)
+        log.info("%s", message)

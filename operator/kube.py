@@ -66,22 +66,39 @@ class KubeApi:
     ) -> Obj | None:
         from kubernetes.client.exceptions import ApiException
 
-        try:
-            resp = self._client.call_api(
-                path,
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        if hasattr(self._client, "param_serialize"):  # kubernetes >= 33 (new generator)
+            method_, url, hdrs, body_, _ = self._client.param_serialize(
                 method,
+                path,
                 query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params=headers,
                 body=body,
                 auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
             )
-        except ApiException as err:
-            if err.status == 404:
+            resp = self._client.call_api(method_, url, header_params=hdrs, body=body_)
+            status, data = resp.status, resp.read()
+            if status == 404:
                 return None
-            raise
-        data = resp.data
+            if status >= 400:
+                raise ApiException(status=status, reason=resp.reason, body=data)
+        else:  # older clients
+            try:
+                resp = self._client.call_api(
+                    path,
+                    method,
+                    query_params=query or [],
+                    header_params=headers,
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _return_http_data_only=True,
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            data = resp.data
         return json.loads(data) if data else {}
 
     def apply(self, obj: Obj, manager: str = FIELD_MANAGER) -> Obj:

@@ -81,16 +81,19 @@ def choose_workload_kind(api: Api, cfg: OperatorConfig) -> WorkloadKind:
     return "StatefulSet"
 
 
-def gang_epoch(obj: Obj | None) -> str:
-    """The gang epoch of a StatefulSet's template or of a pod ("0" when never bumped)."""
+def gang_epoch(obj: Obj | None) -> int:
+    """The gang epoch of a StatefulSet's template or of a pod (0 when never bumped)."""
     if not obj:
-        return "0"
+        return 0
     if obj.get("kind") == "StatefulSet":
         template = (obj.get("spec") or {}).get("template") or {}
         annotations = (template.get("metadata") or {}).get("annotations") or {}
     else:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    return str(annotations.get(A_GANG_EPOCH, "0"))
+    try:
+        return int(annotations.get(A_GANG_EPOCH, 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def workload_ready(obj: Obj | None, gw: GroupWorkload) -> tuple[bool, int]:
@@ -257,7 +260,11 @@ def converge(
 def _delete_stale_gang_pods(
     api: Api, ns: str, owner: Owner, workload: str, sts: Obj | None
 ) -> list[str]:
-    """Finish an interrupted gang restart: pods of an older epoch must not keep running."""
+    """Finish an interrupted gang restart: pods of an older epoch must not keep running.
+
+    Only *older* epochs: `sts` may be a snapshot taken just before a concurrent restart
+    bumped the epoch, and the pods of that newer epoch are the healthy recreated group.
+    """
     if not sts:
         return []
     epoch = gang_epoch(sts)
@@ -265,7 +272,7 @@ def _delete_stale_gang_pods(
     for pod in api.list(POD, ns, {L_MODELSET: owner.name, L_WORKLOAD: workload}):
         if pod["metadata"].get("deletionTimestamp"):
             continue
-        if gang_epoch(pod) != epoch and api.delete(POD, ns, pod["metadata"]["name"]):
+        if gang_epoch(pod) < epoch and api.delete(POD, ns, pod["metadata"]["name"]):
             gone.append(pod["metadata"]["name"])
     return gone
 
@@ -312,9 +319,17 @@ def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
         return []  # the group itself is going away (rollout or ModelSet deletion)
     epoch = gang_epoch(sts)
     if gang_epoch(pod) != epoch:
-        return []
-    new_epoch = str(int(epoch) + 1 if epoch.isdigit() else 1)
-    log.info("gang restart of %s/%s (epoch %s): %s", ns, sts_name, new_epoch, reason)
+        return []  # an older epoch's pod: this is the restart itself
+    new_epoch = str(epoch + 1)
+    log.info(
+        "gang restart of %s/%s (epoch %s): %s (%s, %s event)",
+        ns,
+        sts_name,
+        new_epoch,
+        reason,
+        meta.get("name"),
+        event_type,
+    )
     patched = api.merge_patch(
         STATEFULSET,
         ns,

@@ -244,11 +244,11 @@ def test_deleted_member_recreates_the_whole_group(api: Any, owner: Owner, helper
     deleted = rc.handle_pod_event(api, "DELETED", victim)
     assert deleted == [pods[1]["metadata"]["name"]]
     assert not api.by_kind("Pod")
-    assert rc.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == "1"
+    assert rc.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1
     # the deletions we caused come back as events of the old epoch: no new restart
     assert rc.handle_pod_event(api, "DELETED", pods[1]) == []
     fresh = api.add_pods(sts)
-    assert all(p["metadata"]["annotations"][A_GANG_EPOCH] == "1" for p in fresh)
+    assert all(rc.gang_epoch(p) == 1 for p in fresh)
     assert rc.handle_pod_event(api, "MODIFIED", fresh[0]) == []  # healthy pod: nothing
 
 
@@ -289,5 +289,11 @@ def test_resync_finishes_an_interrupted_gang_restart(api: Any, owner: Owner, hel
     )
     rc.resync(api, CFG, owner, 1, spec, st)
     assert not api.by_kind("Pod")
+    # pods of a newer epoch than a (stale) snapshot of the StatefulSet are kept
+    fresh = api.add_pods(sts)
+    old_view = copy.deepcopy(api.objects[("StatefulSet", "ns", sts)])
+    old_view["spec"]["template"]["metadata"]["annotations"] = {}
+    assert rc._delete_stale_gang_pods(api, "ns", owner, sts, old_view) == []
+    assert len(api.by_kind("Pod")) == len(fresh)
     # the epoch survives the next apply of the StatefulSet
-    assert rc.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == "1"
+    assert rc.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1
