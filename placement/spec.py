@@ -60,6 +60,14 @@ class InlineConfigProfile(_Model):
         description="per-stage weight bytes on each GPU; derived from weightBytes when absent",
     )
 
+    @field_validator("stage_latency_s", mode="before")
+    @classmethod
+    def _batch_keys_as_strings(cls, v: Any) -> Any:
+        # YAML reads `1:` as an integer key; the schema (and JSON) use strings.
+        if isinstance(v, dict):
+            return {str(k): lat for k, lat in v.items()}
+        return v
+
 
 class InlineProfile(_Model):
     weight_bytes: float = Field(gt=0, description="total weight bytes of the model")

@@ -131,3 +131,19 @@ def test_relative_paths_resolve_against_the_manifest(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     ms = load_modelset(path)
     assert ms.spec.models[0].profile.file == str(tmp_path / "profiles" / "p.json")
+
+
+def test_inline_profile_accepts_integer_batch_keys_from_yaml():
+    doc = variant()
+    doc["spec"]["models"][0]["profile"] = yaml.safe_load(
+        """
+inline:
+  weightBytes: 1.0e9
+  configs:
+    - {pipelineStages: 1, tensorParallel: 1, stageLatencyS: {1: [0.05], 2: [0.08]}}
+"""
+    )
+    ms = parse_modelset(doc)
+    inline = ms.spec.models[0].profile.inline
+    assert inline is not None
+    assert inline.configs[0].stage_latency_s == {"1": [0.05], "2": [0.08]}
