@@ -28,6 +28,7 @@ from typing import Any
 
 from statmux.placement.plan import Plan
 from statmux.runtime.frontend import DEFAULT_MAX_REQUEST_BYTES, FrontEnd
+from statmux.runtime.launcher import child_env, launch, ranks_to_launch
 from statmux.runtime.server_runner import serve
 
 log = logging.getLogger("statmux.runtime")
@@ -133,6 +134,15 @@ def _sizes_ok(group: Mapping[str, Any]) -> bool:
 
 def runtime_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))  # exits 2 with usage on bad flags
+    try:
+        local_ranks = ranks_to_launch(os.environ)
+        if local_ranks > 1:  # a pod with several GPUs: one process per rank
+            return launch(list(argv), local_ranks)
+        if local_ranks == 1:
+            os.environ.update(child_env(os.environ, 0, 1))
+    except ValueError as e:
+        print(f"statmux runtime: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
