@@ -254,6 +254,7 @@ start kube-controller-manager \
   --use-service-account-credentials=true \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
+  --node-monitor-grace-period=5m \
   --profiling=false
 
 start kube-scheduler \
