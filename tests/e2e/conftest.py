@@ -89,7 +89,12 @@ def operator_kubeconfig(kubectl: Kubectl, service_account: str, artifacts: Path)
 
 @pytest.fixture(scope="session")
 def operator(operator_kubeconfig: Path, artifacts: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(operator_kubeconfig, artifacts / "operator.log")
+    # A stuck rollout (no free GPUs for old and new groups) retires old groups after 20 s.
+    proc = OperatorProcess(
+        operator_kubeconfig,
+        artifacts / "operator.log",
+        env={"STATMUX_ROLLOUT_TIMEOUT_SECONDS": "20"},
+    )
     proc.start()
     proc.wait_healthy()
     yield proc

@@ -12,6 +12,7 @@ import copy
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ def searched_modelset(name: str, rate: float = 6.0) -> dict[str, Any]:
         "seed": 2,
         "total": {"rate": rate, "cv": 3, "split": "powerLaw", "exponent": 0.5},
     }
-    ms["spec"]["cluster"]["gpusPerNode"] = 4
+    # 4 GPUs: a few re-plans in a row keep old and new groups side by side (the rollout
+    # retires old groups once the new ones are ready), and all of them must fit on 32 GPUs.
+    ms["spec"]["cluster"].update(gpus=4, gpusPerNode=4)
     return ms
 
 
@@ -125,6 +128,8 @@ def wait_ready(kubectl: Kubectl, ns: str, name: str, operator: OperatorProcess) 
         return wait_until(probe, CONVERGE_S, f"ModelSet {name} Ready", interval=0.5)
     except AssertionError:
         print(yaml.safe_dump((modelset(kubectl, ns, name)).get("status")))
+        print(kubectl("get", "statefulsets,pods", "-n", ns, "-o", "wide", check=False).stdout)
+        print(kubectl("get", "nodes", "-o", "wide", check=False).stdout)
         print(operator.tail(120))
         raise
 
@@ -158,6 +163,14 @@ def group_pods(kubectl: Kubectl, ns: str, workload: str) -> list[dict[str, Any]]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def plan_spec_hash(kubectl: Kubectl, ns: str, name: str) -> str | None:
+    """The spec hash the plan ConfigMap was planned from (written first on every re-plan)."""
+    from statmux.operator.reconcile import A_SPEC_HASH
+
+    cm = kubectl.get("configmap", f"{name}-plan", ns)
+    return ((cm or {}).get("metadata", {}).get("annotations") or {}).get(A_SPEC_HASH)
+
+
 def assert_owned_by(obj: dict[str, Any], ms: dict[str, Any]) -> None:
     refs = obj["metadata"].get("ownerReferences") or []
     assert any(
@@ -187,6 +200,30 @@ def assert_exactly_the_plan(kubectl: Kubectl, ns: str, ms: dict[str, Any]) -> No
         by_workload[w] = by_workload.get(w, 0) + 1
     for w, g in workloads.items():
         assert by_workload.get(w, 0) == g["pods"], (w, by_workload, g)
+
+
+# --------------------------------------------------------------------------- cleanup
+@pytest.fixture(autouse=True)
+def delete_modelsets_after_each_test(
+    kubectl: Kubectl, namespace: str, operator: OperatorProcess
+) -> Iterator[None]:
+    """The fake nodes hold 32 GPUs: free each test's groups before the next one starts."""
+    yield
+    if not kubectl.items("modelsets", namespace):
+        return
+    if not operator.alive:
+        # kopf's finalizer needs a running operator; without one, let the deletion through.
+        for ms in kubectl.items("modelsets", namespace):
+            kubectl(
+                "patch", "modelset", ms["metadata"]["name"], "-n", namespace,
+                "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+            )  # fmt: skip
+    kubectl("delete", "modelsets", "--all", "-n", namespace, "--wait=true", "--timeout=120s")
+    wait_until(
+        lambda: not kubectl.items("pods", namespace, "app.kubernetes.io/managed-by=statmux"),
+        CONVERGE_S,
+        "the group pods of deleted ModelSets to go",
+    )
 
 
 # --------------------------------------------------------------------------- 1. the chart
@@ -457,15 +494,30 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicates_or_orphans(
     rng = random.Random(7)
     rate = 6.0
     kubectl.apply(searched_modelset(name, rate), "-n", namespace)
-    for _ in range(4):
-        # Kill at a random point of a reconcile: right after a spec change (planning,
-        # applying, rolling groups) ...
-        time.sleep(rng.uniform(0.05, 1.5))
-        operator.kill()
+    wait_ready(kubectl, namespace, name, operator)
+    kills = []
+    for i in range(4):
+        # Each round changes the spec (a re-plan: new groups next to the old ones) and kills
+        # the operator with SIGKILL at a random point of that reconcile: during planning
+        # (even rounds), or while it applies the new plan's objects (odd rounds).
+        before = plan_spec_hash(kubectl, namespace, name)
         rate += 3.0
         kubectl.apply(searched_modelset(name, rate), "-n", namespace)
+        if i % 2 == 0:
+            time.sleep(rng.uniform(0.05, 1.5))
+        else:
+            wait_until(
+                lambda b=before: plan_spec_hash(kubectl, namespace, name) != b,
+                CONVERGE_S,
+                "the new plan to be written",
+                interval=0.05,
+            )
+            time.sleep(rng.uniform(0.0, 0.3))
+        kills.append(len(owned(kubectl, namespace, name)))
+        operator.kill()
         operator.start()
         operator.wait_healthy()
+    print(f"owned objects at each kill: {kills}")
     # ... then let it finish: the survivor converges to exactly the final plan.
     ms = wait_ready(kubectl, namespace, name, operator)
     assert ms["status"]["observedGeneration"] == ms["metadata"]["generation"]
