@@ -8,7 +8,6 @@ first call (JIT compile or numba cache load), which is reported separately.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -101,8 +100,8 @@ def bench_simulator(as_json: bool = False) -> dict[str, object]:
         "threads": 1,
         "numba": numba.__version__,
     }
-    if as_json:
-        print(json.dumps(result, indent=2))
+    if as_json:  # the caller (`statmux bench --json`) prints the object
+        return result
     else:
         print(f"{'case':<36} {'requests':>9} {'attain':>7} {'M req/s':>8} {'first call':>10}")
         for c in cases:
