@@ -34,8 +34,10 @@ from statmux.runtime.checkpoint import build_stage, load_state
 from statmux.runtime.dist_env import DistInfo
 from statmux.runtime.engine import EngineError, ModelInfo, Request, Response
 from statmux.runtime.heartbeat import Heartbeat, HeartbeatMonitor
+from statmux.runtime.metrics import StageSeconds
 from statmux.runtime.pipeline import Links, Message, Op, Topology
 from statmux.runtime.presets import ModelConfig, resolve_config
+from statmux.runtime.stage_timing import StageClock, StageTimes
 from statmux.runtime.swap import Residency, SwappableShard
 from statmux.runtime.tensor_parallel import TPInfo
 
@@ -64,6 +66,7 @@ class RankState:
     links: Links
     models: list[HostedModel]
     comm_device: torch.device
+    clock: StageClock = field(default_factory=StageClock)
 
 
 # ------------------------------------------------------------------------ the group entry
@@ -142,9 +145,16 @@ def _step(state: RankState, msg: Message) -> Message:
         shard = state.models[msg.model].shard
         if not shard.resident:
             raise RuntimeError(f"model {state.models[msg.model].name!r} is not resident")
+        start = time.perf_counter_ns()
         inputs = [t.to(shard.device) for t in msg.tensors]
-        out = Message(Op.RUN, msg.batch_id, msg.model, shard.module(inputs))
-        state.links.forward(out)
+        result = shard.module(inputs)
+        if shard.device.type == "cuda":  # the kernels are asynchronous: time their end
+            torch.cuda.synchronize(shard.device)
+        clock, topo = state.clock, state.topo
+        clock.add(msg.model, time.perf_counter_ns() - start, msg.transfer_ns)
+        timings = clock.stamp(msg.timings, topo.stage, topo.pp, msg.model)
+        out = Message(Op.RUN, msg.batch_id, msg.model, result, timings)
+        clock.add(msg.model, 0, state.links.forward(out), batches=0)
         return out
     state.links.forward(msg)  # first, so the next stages swap concurrently with this one
     if msg.op == Op.LOAD:
@@ -193,6 +203,7 @@ class PipelineEngine:
         self._closed = False
         self._ids = itertools.count(1)
         self._monitor = monitor
+        self._stage_times = StageTimes(state.topo.pp)  # stages 1.. as the results report them
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="statmux-dispatch", daemon=True
         )
@@ -243,6 +254,24 @@ class PipelineEngine:
 
     def healthy(self) -> bool:
         return self._error is None
+
+    def stage_seconds(self) -> list[StageSeconds]:
+        """Cumulative compute and transfer seconds per (model, stage), for /metrics.
+
+        Stage 0 is the leader's own clock; the others are the totals carried back in the
+        headers of the results (see runtime/stage_timing.py)."""
+        names = {m.index: m.name for m in self._state.models}
+        clock = self._state.clock
+        out = []
+        for index in sorted(clock.models()):
+            compute, transfer, batches = clock.totals(index)
+            out.append(StageSeconds(names[index], 0, compute / 1e9, transfer / 1e9, batches))
+        for index, slots in sorted(self._stage_times.reported().items()):
+            for stage, (compute, transfer, batches) in enumerate(slots[1:], start=1):
+                out.append(
+                    StageSeconds(names[index], stage, compute / 1e9, transfer / 1e9, batches)
+                )
+        return out
 
     def shutdown(self) -> None:
         with self._lock:
@@ -394,6 +423,7 @@ class PipelineEngine:
                     self._fail(f"lost the last pipeline stage: {err}")
                 return
             if msg.op == Op.RUN:
+                self._stage_times.update(msg.model, msg.timings)
                 self._resolve(msg)
             elif msg.op == Op.SHUTDOWN:
                 return

@@ -12,10 +12,17 @@ r of stage s+1; the stage-0 peers of the leader get the input by a broadcast ove
 group. The last stage's TP rank 0 returns results to the leader over a dedicated two-rank
 process group that the leader reads on its own thread: the forward path never waits on the
 return path, so sends never block in a cycle however many batches are in flight.
+
+Stage timings ride the same headers: after the tensor specs, each header has one
+(compute ns, transfer ns, batches) slot per stage. A stage writes its own cumulative totals
+for the message's model into its slot before passing a RUN message on, so the leader reads
+every stage's totals off the results it receives anyway (no extra message; the totals lag by
+the stage's send of the batch in hand, which is counted with its next batch).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -37,7 +44,15 @@ _RETURNED = (Op.RUN, Op.PING, Op.SHUTDOWN)
 MAX_TENSORS = 4
 MAX_NDIM = 4
 _FIXED = 4  # op, batch id, model, tensor count
-HEADER_LEN = _FIXED + MAX_TENSORS * (2 + MAX_NDIM)
+_SPEC = 2 + MAX_NDIM  # dtype code, ndim, shape
+HEADER_LEN = _FIXED + MAX_TENSORS * _SPEC  # without stage timings
+TIMING_FIELDS = 3  # per stage: compute ns, transfer ns, batches (cumulative, per model)
+
+
+def header_len(stages: int) -> int:
+    """Length of a header that carries timing slots for `stages` pipeline stages."""
+    return HEADER_LEN + TIMING_FIELDS * stages
+
 
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 0,
@@ -56,30 +71,39 @@ class Message:
     batch_id: int = 0
     model: int = 0
     tensors: list[torch.Tensor] = field(default_factory=list)
+    # per stage (compute ns, transfer ns, batches), flattened; empty: all zero
+    timings: list[int] = field(default_factory=list)
+    # set on receipt: ns this rank spent receiving the tensors (after the header arrived)
+    transfer_ns: int = 0
 
 
-def pack_header(msg: Message) -> torch.Tensor:
+def pack_header(msg: Message, stages: int = 0) -> torch.Tensor:
+    """The int64 header of `msg`, with timing slots for `stages` stages."""
     if len(msg.tensors) > MAX_TENSORS:
         raise ValueError(f"a message carries at most {MAX_TENSORS} tensors")
-    header = torch.zeros(HEADER_LEN, dtype=torch.int64)
-    header[:_FIXED] = torch.tensor([int(msg.op), msg.batch_id, msg.model, len(msg.tensors)])
+    if len(msg.timings) > TIMING_FIELDS * stages:
+        raise ValueError(f"the message has timings for more than {stages} stages")
+    # one list, one tensor: per-element tensor writes cost a dispatch each
+    h = [0] * header_len(stages)
+    h[:_FIXED] = [int(msg.op), msg.batch_id, msg.model, len(msg.tensors)]
     for i, t in enumerate(msg.tensors):
         if t.dim() > MAX_NDIM:
             raise ValueError(f"tensors have at most {MAX_NDIM} dimensions, got {t.dim()}")
-        base = _FIXED + i * (2 + MAX_NDIM)
-        header[base] = DTYPE_CODES[t.dtype]
-        header[base + 1] = t.dim()
-        header[base + 2 : base + 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
-    return header
+        base = _FIXED + i * _SPEC
+        h[base] = DTYPE_CODES[t.dtype]
+        h[base + 1] = t.dim()
+        h[base + 2 : base + 2 + t.dim()] = t.shape
+    h[HEADER_LEN : HEADER_LEN + len(msg.timings)] = msg.timings
+    return torch.tensor(h, dtype=torch.int64)
 
 
 def unpack_header(header: torch.Tensor) -> tuple[Message, list[tuple[torch.dtype, list[int]]]]:
     h = header.tolist()
     specs = []
     for i in range(h[3]):
-        base = _FIXED + i * (2 + MAX_NDIM)
+        base = _FIXED + i * _SPEC
         specs.append((CODE_DTYPES[h[base]], h[base + 2 : base + 2 + h[base + 1]]))
-    return Message(Op(h[0]), h[1], h[2]), specs
+    return Message(Op(h[0]), h[1], h[2], timings=h[HEADER_LEN:]), specs
 
 
 @dataclass(frozen=True)
@@ -137,38 +161,50 @@ class Links:
         self.return_group = return_group
 
     # point to point -------------------------------------------------------------------
-    def send(self, msg: Message, dst: int, group: dist.ProcessGroup | None = None) -> None:
-        dist.send(pack_header(msg).to(self.device), dst, group=group)
+    def send(self, msg: Message, dst: int, group: dist.ProcessGroup | None = None) -> int:
+        """Send `msg`; returns the ns it took (a blocking send also waits for the receiver)."""
+        start = time.perf_counter_ns()
+        dist.send(pack_header(msg, self.topo.pp).to(self.device), dst, group=group)
         for t in msg.tensors:
             dist.send(t.to(self.device).contiguous(), dst, group=group)
+        return time.perf_counter_ns() - start
 
     def recv(self, src: int, group: dist.ProcessGroup | None = None) -> Message:
-        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        header = torch.empty(header_len(self.topo.pp), dtype=torch.int64, device=self.device)
         dist.recv(header, src, group=group)
+        # waiting for the header is idle time; the tensors that follow are the transfer
+        start = time.perf_counter_ns()
         msg, specs = unpack_header(header)
         for dtype, shape in specs:
             t = torch.empty(shape, dtype=dtype, device=self.device)
             dist.recv(t, src, group=group)
             msg.tensors.append(t)
+        msg.transfer_ns = time.perf_counter_ns() - start
         return msg
 
     # the pipeline's paths ------------------------------------------------------------
     def broadcast_input(self, msg: Message | None) -> Message:
         """Stage 0: the leader (msg given) hands the same message to its TP peers."""
         src = 0
+        size = header_len(self.topo.pp)
         if msg is not None:
             if self.topo.tp > 1:
-                dist.broadcast(pack_header(msg).to(self.device), src, group=self.tp_group)
+                start = time.perf_counter_ns()
+                header = pack_header(msg, self.topo.pp).to(self.device)
+                dist.broadcast(header, src, group=self.tp_group)
                 for t in msg.tensors:
                     dist.broadcast(t.to(self.device).contiguous(), src, group=self.tp_group)
+                msg.transfer_ns = time.perf_counter_ns() - start
             return msg
-        header = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
+        header = torch.empty(size, dtype=torch.int64, device=self.device)
         dist.broadcast(header, src, group=self.tp_group)
+        start = time.perf_counter_ns()
         got, specs = unpack_header(header)
         for dtype, shape in specs:
             t = torch.empty(shape, dtype=dtype, device=self.device)
             dist.broadcast(t, src, group=self.tp_group)
             got.tensors.append(t)
+        got.transfer_ns = time.perf_counter_ns() - start
         return got
 
     def receive_work(self) -> Message:
@@ -177,12 +213,15 @@ class Links:
             return self.broadcast_input(None)
         return self.recv(self.topo.prev_rank)
 
-    def forward(self, msg: Message) -> None:
-        """Pass a message on to the next stage, or back to the leader from the last one."""
+    def forward(self, msg: Message) -> int:
+        """Pass a message on to the next stage, or back to the leader from the last one.
+
+        Returns the ns spent sending (0 when nothing was sent)."""
         if not self.topo.is_last:
-            self.send(msg, self.topo.next_rank)
-        elif self.topo.tp_rank == 0 and self.topo.pp > 1 and msg.op in _RETURNED:
-            self.send(msg, 0, group=self.return_group)
+            return self.send(msg, self.topo.next_rank)
+        if self.topo.tp_rank == 0 and self.topo.pp > 1 and msg.op in _RETURNED:
+            return self.send(msg, 0, group=self.return_group)
+        return 0
 
     def receive_result(self) -> Message:
         """Leader: the next message the last stage returned."""

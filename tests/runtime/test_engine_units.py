@@ -11,8 +11,9 @@ from statmux.runtime.batching import InputError, make_batch, split_output
 from statmux.runtime.dist_env import DistEnvError, dist_info_from_env
 from statmux.runtime.group import GroupSpecError, parse_group
 from statmux.runtime.model_base import stage_layers
-from statmux.runtime.pipeline import Message, Op, pack_header, unpack_header
+from statmux.runtime.pipeline import Message, Op, header_len, pack_header, unpack_header
 from statmux.runtime.presets import ModelConfigError, resolve_config
+from statmux.runtime.stage_timing import StageClock, StageTimes
 from statmux.runtime.swap import Residency
 
 
@@ -113,6 +114,25 @@ def test_header_round_trip() -> None:
     got, specs = unpack_header(pack_header(msg))
     assert (got.op, got.batch_id, got.model) == (Op.RUN, 7, 2)
     assert specs == [(torch.float32, [3, 5, 2]), (torch.int64, [3, 5])]
+
+
+def test_header_carries_each_stages_timings() -> None:
+    # stage 1 of 3 stamps its totals over what stage 0 wrote; stage 2's slot stays empty
+    clock = StageClock()
+    clock.add(model=2, compute_ns=500, transfer_ns=70)
+    clock.add(model=2, compute_ns=0, transfer_ns=30, batches=0)  # the send, after the stamp
+    from_stage0 = [11, 12, 1, 0, 0, 0, 0, 0, 0]
+    msg = Message(Op.RUN, 7, 2, [torch.zeros(1, 4)], clock.stamp(from_stage0, 1, 3, 2))
+    header = pack_header(msg, stages=3)
+    assert header.numel() == header_len(3)
+    got, _ = unpack_header(header)
+    assert got.timings == [11, 12, 1, 500, 100, 1, 0, 0, 0]
+    times = StageTimes(stages=3)
+    times.update(2, got.timings)
+    times.update(2, [9, 9, 0, 1, 1, 0, 0, 0, 0])  # an older report never replaces a newer one
+    assert times.reported() == {2: [(11, 12, 1), (500, 100, 1), (0, 0, 0)]}
+    with pytest.raises(ValueError, match="more than 1 stages"):
+        pack_header(Message(Op.RUN, timings=[0] * 6), stages=1)
 
 
 def test_stage_layers_cover_every_layer_once() -> None:

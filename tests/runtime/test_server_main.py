@@ -148,7 +148,8 @@ def stop(procs: list[subprocess.Popen]) -> list[int | None]:
 IDS = np.array([[101, 7, 42, 99, 5, 102], [101, 8, 8, 8, 3, 102]], dtype=np.int64)
 
 
-def serve_and_query(plan: Path, group: str, ranks: int) -> np.ndarray:
+def serve_and_query(plan: Path, group: str, ranks: int) -> tuple[np.ndarray, dict[tuple, float]]:
+    """Serve a group, query it over REST and gRPC; the output and the /metrics samples."""
     http, grpc_port, master = free_port(), free_port(), free_port()
     procs = []
     for rank in range(ranks):
@@ -160,7 +161,8 @@ def serve_and_query(plan: Path, group: str, ranks: int) -> np.ndarray:
         wait_ready(client, procs)
         inp = th.InferInput("input_ids", list(IDS.shape), "INT64")
         inp.set_data_from_numpy(IDS)
-        rest = client.infer("bert-a", [inp]).as_numpy("last_hidden_state")
+        for _ in range(3):
+            rest = client.infer("bert-a", [inp]).as_numpy("last_hidden_state")
         g = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         ginp = tg.InferInput("input_ids", list(IDS.shape), "INT64")
         ginp.set_data_from_numpy(IDS)
@@ -169,25 +171,40 @@ def serve_and_query(plan: Path, group: str, ranks: int) -> np.ndarray:
         np.testing.assert_array_equal(rest, via_grpc)
         metrics = client._get("metrics", None, None).read().decode()
         samples = {
-            (s.name, s.labels.get("model"))
+            (s.name, tuple(sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(metrics)
             for s in f.samples
         }
-        assert ("nv_inference_request_success", "bert-a") in samples
+        assert samples[("nv_inference_request_success", (("model", "bert-a"), ("version", "1")))]
     finally:
         client.close()
         codes = stop(procs)
     assert codes == [0] * ranks
-    return rest
+    return rest, samples
+
+
+def stage_series(samples: dict[tuple, float], kind: str, stage: int) -> tuple[float, float]:
+    """(batches, seconds) of statmux_stage_<kind>_seconds for bert-a at `stage`."""
+    labels = (("model", "bert-a"), ("stage", str(stage)))
+    name = f"statmux_stage_{kind}_seconds"
+    return samples[(name + "_count", labels)], samples[(name + "_sum", labels)]
 
 
 def test_single_rank_group_serves_without_rendezvous_env(plan_file: Path) -> None:
-    out = serve_and_query(plan_file, "g0", 1)
+    out, samples = serve_and_query(plan_file, "g0", 1)
     assert out.shape == (2, 6, 32) and np.isfinite(out).all()
+    batches, seconds = stage_series(samples, "compute", 0)
+    assert batches >= 4 and seconds > 0  # 3 REST + 1 gRPC requests, one stage
 
 
 @pytest.mark.slow
 def test_two_stage_pipeline_group_matches_single_rank(plan_file: Path) -> None:
-    single = serve_and_query(plan_file, "g0", 1)
-    piped = serve_and_query(plan_file, "g1", 2)
+    single, _ = serve_and_query(plan_file, "g0", 1)
+    piped, samples = serve_and_query(plan_file, "g1", 2)
     np.testing.assert_allclose(piped, single, rtol=1e-4, atol=1e-5)
+    # every stage of the real two-process group reports its compute and transfer time
+    for stage in (0, 1):
+        for kind in ("compute", "transfer"):
+            batches, seconds = stage_series(samples, kind, stage)
+            assert batches >= 3, (stage, kind, batches)
+            assert seconds > 0, (stage, kind)
