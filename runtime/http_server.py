@@ -64,6 +64,9 @@ class RestServer:
             middlewares=[_errors], client_max_size=self.front.max_request_bytes + 65536
         )
         r = app.router
+        # aiohttp tries dynamic routes in order: the hot one first
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            r.add_post(base + "/infer", self.infer)
         r.add_get("/v2", self.server_metadata)
         r.add_get("/v2/health/live", self.live)
         r.add_get("/v2/health/ready", self.ready)
@@ -73,7 +76,6 @@ class RestServer:
             r.add_get(base + "/ready", self.model_ready)
             r.add_get(base + "/config", self.model_config)
             r.add_get(base + "/stats", self.stats)
-            r.add_post(base + "/infer", self.infer)
         r.add_post("/v2/repository/index", self.repository_index)
         r.add_post("/v2/repository/models/{model}/load", self.load)
         r.add_post("/v2/repository/models/{model}/unload", self.unload)

@@ -2,6 +2,8 @@
 
 Everything here runs on the front end's event loop (single-threaded, no locks); the engine's
 futures complete on its own threads and hop back with one `call_soon_threadsafe` per batch.
+A batch the engine ran inline (already done when `submit` returns) is finished on the spot,
+so its handlers' awaits return without an event-loop iteration.
 
 - One FIFO queue per model; every request of a model has the same SLO, so each queue is
   also ordered by deadline (deadline = arrival + slo_seconds; no SLO: no deadline).
@@ -319,6 +321,11 @@ class Scheduler:
         except Exception as e:  # the engine refused synchronously: same path as a failure
             fut = Future()
             fut.set_exception(e)
+        if fut.done() and threading.get_ident() == self._loop_thread:
+            # The engine ran the batch inline: finish now, so the requests' futures are done
+            # before the handlers await them (no loop iterations; _pump's loop goes on).
+            self._complete(flight, fut)
+            return
         fut.add_done_callback(lambda f: self._hop_back(loop, flight, f))
 
     def _hop_back(
@@ -331,6 +338,11 @@ class Scheduler:
             loop.call_soon_threadsafe(self._done, flight, fut)
 
     def _done(self, flight: _InFlight, fut: Future[list[Response]]) -> None:
+        self._complete(flight, fut)
+        self._pump()
+
+    def _complete(self, flight: _InFlight, fut: Future[list[Response]]) -> None:
+        """Account for a finished batch and resolve its requests (without dispatching)."""
         self._running.remove(flight)
         compute_ns = time.perf_counter_ns() - flight.started_ns
         stats = self.stats[flight.model]
@@ -356,7 +368,6 @@ class Scheduler:
                     p.future.set_result(r)
         else:
             self._failed(flight, exc)
-        self._pump()
 
     def _failed(self, flight: _InFlight, exc: BaseException | None) -> None:
         model = flight.model
