@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml
 
 # The main job on the embedded default: plan + simulate the bundled example ModelSet.
 demo: install
-	statmux plan examples/demo.yaml
+	$(PY) -m statmux plan examples/demo.yaml
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
 typecheck: install
-	./scripts/typecheck.sh
+	PYTHON=$(PY) ./scripts/typecheck.sh
 
 unit: install
 	$(PY) -m pytest -m "not e2e" -q
@@ -41,5 +41,5 @@ cluster-down:
 test: lint typecheck unit e2e
 
 bench: install
-	statmux bench simulator
-	statmux bench search
+	$(PY) -m statmux bench simulator
+	$(PY) -m statmux bench search

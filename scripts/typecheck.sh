@@ -8,4 +8,4 @@ rm -rf "$tree" && mkdir -p "$tree/statmux"
 for f in "$root"/statmux/*.py; do ln -s "$f" "$tree/statmux/"; done
 for d in placement runtime operator; do ln -s "$root/$d" "$tree/statmux/$d"; done
 cd "$tree"
-exec python -m mypy --config-file "$root/pyproject.toml" -p statmux "$@"
+exec "${PYTHON:-python3}" -m mypy --config-file "$root/pyproject.toml" -p statmux "$@"
