@@ -8,7 +8,9 @@ Moves, tried for the models that miss the most requests first:
   memory and add w;
 - swap: exchange w on its most loaded group with another group's model;
 - reconfigure: give one group another (pp, tp) of the same size, keeping its models.
-First improvement wins; the search stops at the deadline or when no move helps.
+First improvement wins; the search stops after `max_simulations` simulations (a budget that
+does not depend on machine load, so results are reproducible), at the optional deadline, or
+when no move helps.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from statmux.placement.search_space import (
 def improve(
     problem: SearchProblem,
     placement: Placement,
-    deadline: Deadline,
+    deadline: Deadline | None = None,
     models: list[str] | None = None,
     max_trials_per_round: int = 48,
+    max_simulations: int = 100,
 ) -> tuple[Placement, float]:
     models = list(problem.models if models is None else models)
     sub = None if models == problem.models else models
@@ -37,7 +40,12 @@ def improve(
     totals = request_counts(problem.workload)
     best = placement.copy()
     best_att = problem.attainment(best, sub)
-    while not deadline.expired():
+    stop_at = problem.simulations + max_simulations
+
+    def out_of_budget() -> bool:
+        return problem.simulations >= stop_at or (deadline is not None and deadline.expired())
+
+    while not out_of_budget():
         good = problem.simulator(sub).good_per_model(best)
         problem.simulations += 1
         missed = {m: int(totals[names.index(m)] - good[names.index(m)]) for m in models}
@@ -45,7 +53,7 @@ def improve(
             break
         improved = False
         for trial in _moves(problem, best, missed, max_trials_per_round):
-            if deadline.expired():
+            if out_of_budget():
                 break
             att = problem.attainment(trial, sub)
             if att > best_att + 1e-12:

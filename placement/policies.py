@@ -175,13 +175,13 @@ def alpaserve_policy(problem: SearchProblem, split: bool = True) -> PolicyResult
 # ---------------------------------------------------------------------------- statmux
 def statmux_policy(
     problem: SearchProblem,
-    refine_seconds: float = 0.3,
+    refine_simulations: int = 100,
     close: float = 0.005,
-    greedy_candidates: int = 4,
+    greedy_candidates: int = 8,
 ) -> PolicyResult:
     """Screen every config with one cheap packing each, run the localized greedy on the best
     (and on any runner-up within `close` of it), then refine the winner with local search
-    for `refine_seconds`."""
+    for `refine_simulations` simulations."""
 
     def screen(models: list[str], gpus: int) -> list[tuple[float, ParallelConfig]]:
         """One packing per config (one sim each), best first."""
@@ -234,7 +234,7 @@ def statmux_policy(
     scored = sorted(((problem.attainment(p), i) for i, p in enumerate(candidates)), reverse=True)
     best_att, best = scored[0][0], candidates[scored[0][1]]
     if best_att < 1.0:
-        best, best_att = improve(problem, best, Deadline(refine_seconds))
+        best, best_att = improve(problem, best, max_simulations=refine_simulations)
         problem.say(f"statmux local search: {best.describe()} → {best_att:.4f}")
     return PolicyResult(best)
 

@@ -89,7 +89,7 @@ def test_model_parallelism_beats_replication_under_bursts_with_tight_memory():
 def test_statmux_at_least_as_good_as_alpaserve_on_small_cases():
     for kwargs in ({}, {"budget": 3e9}, {"cv": 1.0, "rate": 30.0}, {"slow": (0, 1)}):
         p = problem(**kwargs)
-        ours = statmux_policy(p, refine_seconds=1.0).placement
+        ours = statmux_policy(p, refine_simulations=200).placement
         theirs = alpaserve_policy(p).placement
         memory_ok(p, ours)
         assert attainment(p, ours) >= attainment(p, theirs) - 1e-9, kwargs
