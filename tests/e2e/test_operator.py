@@ -130,6 +130,11 @@ def wait_ready(kubectl: Kubectl, ns: str, name: str, operator: OperatorProcess) 
         print(yaml.safe_dump((modelset(kubectl, ns, name)).get("status")))
         print(kubectl("get", "statefulsets,pods", "-n", ns, "-o", "wide", check=False).stdout)
         print(kubectl("get", "nodes", "-o", "wide", check=False).stdout)
+        for pod in kubectl.items("pods", ns):
+            conds = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
+            print(pod["metadata"]["name"], pod["status"].get("phase"), conds)
+        for sts in kubectl.items("statefulsets", ns):
+            print(sts["metadata"]["name"], sts["metadata"].get("generation"), sts.get("status"))
         print(operator.tail(120))
         raise
 
@@ -262,6 +267,17 @@ def test_chart_installs_crd_account_and_least_privilege_rbac(
     assert not can("delete", "modelsets.statmux.io")
     assert not can("create", "clusterroles.rbac.authorization.k8s.io", None)
     assert not can("delete", "nodes", None)
+
+
+def test_operator_runs_as_the_chart_service_account_not_admin(
+    operator: OperatorProcess, service_account: str
+):
+    sa = Kubectl(operator.kubeconfig)
+    who = sa("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
+    assert who == f"system:serviceaccount:{RELEASE_NAMESPACE}:{service_account}"
+    denied = sa("get", "secrets", "-n", RELEASE_NAMESPACE, check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    assert operator.healthy()
 
 
 SERVICE_MONITOR_STUB = {

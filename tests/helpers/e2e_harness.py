@@ -149,7 +149,8 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m statmux.operator.main` as a child process with its own kubeconfig.
+    """`statmux operator` (as `python -m statmux operator`) in a child process with its own
+    kubeconfig.
 
     Every start appends to one log file, so a failing test shows the whole history.
     """
@@ -187,7 +188,8 @@ class OperatorProcess:
                 [
                     sys.executable,
                     "-m",
-                    "statmux.operator.main",
+                    "statmux",  # the `statmux operator` entry point the image runs
+                    "operator",
                     *self.args,
                     f"--liveness=http://127.0.0.1:{self.port}/healthz",
                 ],
