@@ -48,6 +48,10 @@ class GroupSpecError(ValueError):
     """The Plan's group entry is unusable; the message names the field."""
 
 
+class RendezvousError(RuntimeError):
+    """This rank could not join its group (the leader's address, port or peers)."""
+
+
 @dataclass
 class HostedModel:
     index: int
@@ -445,6 +449,7 @@ def start_group(
     max_batch_size: int | None = None,
     seed: int = 0,
     collective_timeout_s: float = 600.0,
+    rendezvous_timeout_s: float = 600.0,
     heartbeat_interval_s: float = 0.5,
     heartbeat_timeout_s: float = 10.0,
 ) -> PipelineEngine | None:
@@ -462,6 +467,11 @@ def start_group(
         )
     if device not in ("cpu", "cuda"):
         raise GroupSpecError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and dist_info.local_rank >= torch.cuda.device_count():
+        raise GroupSpecError(
+            f"device 'cuda': this rank needs GPU {dist_info.local_rank} (LOCAL_RANK) but "
+            f"{torch.cuda.device_count()} GPU(s) are visible"
+        )
     if device == "cuda":
         torch.cuda.set_device(dist_info.local_rank)
         compute = torch.device("cuda", dist_info.local_rank)
@@ -470,22 +480,31 @@ def start_group(
     if memory_budget_bytes is not None and memory_budget_bytes <= 0:
         raise GroupSpecError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
 
-    store = dist.TCPStore(
-        dist_info.master_addr,
-        dist_info.master_port,
-        dist_info.world_size,
-        is_master=dist_info.is_leader,
-        # the rendezvous waits for pods that may start minutes apart
-        timeout=timedelta(seconds=max(collective_timeout_s, 600.0)),
-        wait_for_workers=False,
-    )
-    dist.init_process_group(
-        "nccl" if device == "cuda" else "gloo",
-        store=store,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-        timeout=timedelta(seconds=collective_timeout_s),
-    )
+    where = f"{dist_info.master_addr}:{dist_info.master_port}"
+    try:
+        store = dist.TCPStore(
+            dist_info.master_addr,
+            dist_info.master_port,
+            dist_info.world_size,
+            is_master=dist_info.is_leader,
+            # the rendezvous waits for pods that may start minutes apart
+            timeout=timedelta(seconds=rendezvous_timeout_s),
+            wait_for_workers=False,
+        )
+        dist.init_process_group(
+            "nccl" if device == "cuda" else "gloo",
+            store=store,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            timeout=timedelta(seconds=collective_timeout_s),
+        )
+    except (RuntimeError, OSError) as err:  # DistError is a RuntimeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        role = "serve the rendezvous" if dist_info.is_leader else "reach the leader's rendezvous"
+        raise RendezvousError(
+            f"rank {dist_info.rank} of {dist_info.world_size} cannot {role} at {where} "
+            f"(MASTER_ADDR/MASTER_PORT or LWS_LEADER_ADDRESS): {first}"
+        ) from None
     topo = Topology(pp, tp, dist_info.rank)
     tp_group = None
     for s in range(pp):  # every rank creates every group, in the same order
@@ -531,6 +550,14 @@ def start_group(
     residency = Residency(
         {m.name: int(sizes[m.index + 1].item()) for m in models}, memory_budget_bytes
     )
+    too_big = {n: b for n, b in residency.sizes.items() if b > (memory_budget_bytes or b)}
+    if too_big:  # the same on every rank (the sizes were all-reduced): all stop alike
+        dist.destroy_process_group()
+        raise GroupSpecError(
+            "the memory budget "
+            f"{memory_budget_bytes} bytes per device is smaller than the largest shard of "
+            + ", ".join(f"model {n!r} ({b} bytes)" for n, b in too_big.items())
+        )
     # the same deterministic choice on every rank: plan order, while it fits
     for m in models:
         if residency.budget is None or residency.used + residency.sizes[m.name] <= residency.budget:

@@ -86,8 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help=f"largest accepted request body (default {DEFAULT_MAX_REQUEST_BYTES})",
     )
+    p.add_argument(
+        "--rendezvous-timeout",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a rank waits for the leader and its peers to join (default 600)",
+    )
+    p.add_argument(
+        "--switch-interval",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="the interpreter's thread switch interval (sys.setswitchinterval; Python's "
+        "default 0.005): how long the event loop and the engine's threads may wait for "
+        "each other's GIL",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def find_group(plan_path: str, name: str) -> tuple[dict[str, Any], Plan]:
@@ -155,19 +181,39 @@ def runtime_main(argv: Sequence[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     group, plan = find_group(args.plan, args.group)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     dist_info = rank_of(group, os.environ)
-    from statmux.runtime.group import GroupSpecError, start_group
-
     max_batch = plan.data.get("maxBatchSize")
+    if max_batch is not None and (
+        not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1
+    ):
+        raise UsageError(
+            f"plan {args.plan!r}: maxBatchSize must be a positive integer, got {max_batch!r}"
+        )
+    from statmux.runtime.engine import EngineError
+    from statmux.runtime.group import GroupSpecError, RendezvousError, start_group
+    from statmux.runtime.presets import ModelConfigError
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available (use --device cpu)")
     try:
         engine = start_group(
             group,
             dist_info,
             args.device,
             memory_budget_bytes=args.memory_budget,
-            max_batch_size=max_batch if isinstance(max_batch, int) and max_batch > 0 else None,
+            max_batch_size=max_batch,
+            rendezvous_timeout_s=args.rendezvous_timeout,
         )
-    except GroupSpecError as e:
+    except (GroupSpecError, ModelConfigError) as e:
+        raise UsageError(f"plan group {args.group!r}: {e}") from None
+    except RendezvousError as e:
+        raise UsageError(str(e)) from None
+    except EngineError as e:  # another rank could not build its shards
         raise UsageError(f"plan group {args.group!r}: {e}") from None
     if engine is None:  # a worker rank: the leader has shut the group down
         log.info("rank %d of group %s finished", dist_info.rank, args.group)

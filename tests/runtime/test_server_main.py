@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,6 +101,87 @@ def test_bad_environment(
     assert "world size is 3" in capsys.readouterr().err
 
 
+def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        runtime_main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--plan", "--group", "--memory-budget", "--switch-interval", "--rendezvous-"):
+        assert flag in out
+
+
+def write_plan(tmp_path: Path, change: Callable[[dict], None]) -> Path:
+    doc = plan_doc()
+    change(doc)
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def weights_of(doc: dict, **weights: object) -> None:
+    doc["groups"][0]["models"][0]["weights"] = {**BERT, **weights}
+
+
+@pytest.mark.parametrize(
+    ("change", "flags", "message"),
+    [
+        (
+            lambda d: weights_of(d, preset="bert-huge"),
+            [],
+            "weights.preset 'bert-huge' is not a bert preset",
+        ),
+        (
+            lambda d: weights_of(d, source="huggingface", path="/nonexistent"),
+            [],
+            "weights.path: cannot read /nonexistent/config.json",
+        ),
+        (
+            lambda d: d.update(maxBatchSize="lots"),
+            [],
+            "maxBatchSize must be a positive integer, got 'lots'",
+        ),
+        (
+            lambda d: None,
+            ["--memory-budget", "1000"],
+            "memory budget 1000 bytes per device is smaller than the largest shard of "
+            "model 'bert-a'",
+        ),
+    ],
+)
+def test_bad_plans_and_budgets_exit_2_with_the_reason(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    change: Callable[[dict], None],
+    flags: list[str],
+    message: str,
+) -> None:
+    plan = write_plan(tmp_path, change)
+    code = runtime_main(["--plan", str(plan), "--group", "g0", "--no-grpc", *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_unreachable_leader_exits_2_after_the_rendezvous_timeout(
+    capsys: pytest.CaptureFixture[str], plan_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # nothing listens there
+    for var, value in [("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))]:
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    argv = ["--plan", str(plan_file), "--group", "g1", "--rendezvous-timeout", "1"]
+    assert runtime_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"rank 1 of 2 cannot reach the leader's rendezvous at 127.0.0.1:{port}" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_a_gpu_exits_2(capsys: pytest.CaptureFixture[str], plan_file: Path) -> None:
+    assert runtime_main(["--plan", str(plan_file), "--group", "g0", "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
 def test_bad_flags_exit_2(plan_file: Path) -> None:
     with pytest.raises(SystemExit) as e:
         runtime_main(["--plan", str(plan_file), "--group", "g0", "--http-port", "70000"])
@@ -106,6 +189,10 @@ def test_bad_flags_exit_2(plan_file: Path) -> None:
     with pytest.raises(SystemExit) as e:
         runtime_main(["--plan", str(plan_file), "--group", "g0", "--device", "tpu"])
     assert e.value.code == 2
+    for bad in ("0", "-1", "fast", "inf"):
+        with pytest.raises(SystemExit) as e:
+            runtime_main(["--plan", str(plan_file), "--group", "g0", "--switch-interval", bad])
+        assert e.value.code == 2
 
 
 # --------------------------------------------------------------------------- real groups
