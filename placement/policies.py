@@ -178,9 +178,12 @@ def statmux_policy(
     refine_simulations: int = 100,
     close: float = 0.005,
     greedy_candidates: int = 8,
+    runner_up_simulations: int = 600,
+    lazy: bool = False,
 ) -> PolicyResult:
     """Screen every config with one cheap packing each, run the localized greedy on the best
-    (and on any runner-up within `close` of it), then refine the winner with local search
+    (and on a runner-up within `close` of it, when the first greedy took fewer than
+    `runner_up_simulations` simulations), then refine the winner with local search
     for `refine_simulations` simulations."""
 
     def screen(models: list[str], gpus: int) -> list[tuple[float, ParallelConfig]]:
@@ -197,11 +200,14 @@ def statmux_policy(
         sub = None if models == problem.models else models
         ranked = screen(models, gpus)
         best: tuple[float, Placement] | None = None
+        start = problem.simulations
         for screened, cfg in ranked[:2]:
             if screened < ranked[0][0] - close:
                 break
+            if best is not None and problem.simulations - start > runner_up_simulations:
+                break  # the runner-up is only worth a second greedy when greedy is cheap
             p = greedy_select(
-                problem, uniform_groups(gpus, cfg), models, candidates=greedy_candidates
+                problem, uniform_groups(gpus, cfg), models, candidates=greedy_candidates, lazy=lazy
             )
             p = pack(problem, p.groups, models, fill=False)  # models the greedy left out
             att = problem.attainment(p, sub)
