@@ -54,14 +54,25 @@ class FrontEnd:
         self.max_request_bytes = max_request_bytes
         self.clock = clock
         self.scheduler = Scheduler(engine, max_in_flight, clock)
+        # Engines that swap on demand report every swap (optional `swap_totals()`); without
+        # it, only the loads asked for through the repository API are counted.
+        self._swap_totals = getattr(engine, "swap_totals", None)
         self.registry: CollectorRegistry = make_registry(
             ServingCollector(
-                stats=lambda: list(self.scheduler.stats.values()),
+                stats=self._scrape_stats,
                 models_loaded=lambda: len(self.engine.loaded()),
                 stage_seconds=self._stage_seconds(),
                 gpu_memory=cuda_memory(),
             )
         )
+
+    def _scrape_stats(self) -> list[ModelStats]:
+        if self._swap_totals is not None:
+            for model, (count, seconds) in self._swap_totals().items():
+                stats = self.scheduler.stats.get(model)
+                if stats is not None:
+                    stats.swap_count, stats.swap_seconds = count, seconds
+        return list(self.scheduler.stats.values())
 
     def _stage_seconds(self) -> Any:
         reader = getattr(self.engine, "stage_seconds", None)
@@ -185,7 +196,8 @@ class FrontEnd:
         except EngineError as e:
             raise Unavailable(f"failed to load model '{model}': {e}") from None
         self.scheduler.unloaded.discard(model)
-        self.scheduler.stats[model].record_swap(seconds)
+        if self._swap_totals is None:
+            self.scheduler.stats[model].record_swap(seconds)
         return seconds
 
     async def unload(self, model: str) -> None:

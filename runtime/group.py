@@ -208,6 +208,7 @@ class PipelineEngine:
         self._ids = itertools.count(1)
         self._monitor = monitor
         self._stage_times = StageTimes(state.topo.pp)  # stages 1.. as the results report them
+        self._swaps: dict[str, tuple[int, float]] = {}  # model -> swap-ins, seconds
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="statmux-dispatch", daemon=True
         )
@@ -258,6 +259,11 @@ class PipelineEngine:
 
     def healthy(self) -> bool:
         return self._error is None
+
+    def swap_totals(self) -> dict[str, tuple[int, float]]:
+        """Per model: swap-ins so far and their seconds, on-demand ones included."""
+        with self._lock:
+            return dict(self._swaps)
 
     def stage_seconds(self) -> list[StageSeconds]:
         """Cumulative compute and transfer seconds per (model, stage), for /metrics.
@@ -355,9 +361,12 @@ class PipelineEngine:
         if not ok:
             self._issue(Message(Op.UNLOAD, 0, index))  # leave every rank in the same state
             raise EngineError(f"model {name!r} failed to load on some rank (see the ranks' logs)")
+        seconds = time.perf_counter() - start
         with self._lock:
             self._residency.mark_loaded(name)
-        return time.perf_counter() - start
+            count, total = self._swaps.get(name, (0, 0.0))
+            self._swaps[name] = (count + 1, total + seconds)
+        return seconds
 
     def _dispatch_loop(self) -> None:
         with torch.inference_mode():

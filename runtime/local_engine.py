@@ -59,6 +59,7 @@ class LocalEngine:
         self._unhealthy: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-engine")
         self._stage: dict[str, list[float]] = {}  # model -> [compute s, transfer s, count]
+        self._swaps: dict[str, tuple[int, float]] = {}  # model -> swap-ins, seconds
         for m in self._models.values():
             m.module.eval()
             # Frozen weights: a forward records no autograd graph even outside
@@ -110,6 +111,8 @@ class LocalEngine:
                     m.module.to(self._device, non_blocking=True)
                     torch.cuda.synchronize(self._device)
                 self._loaded.add(model)
+                count, total = self._swaps.get(model, (0, 0.0))
+                self._swaps[model] = (count + 1, total + time.perf_counter() - start)
         return time.perf_counter() - start
 
     def unload(self, model: str) -> None:
@@ -138,6 +141,11 @@ class LocalEngine:
     def mark_unhealthy(self, reason: str) -> None:
         """What a watchdog calls when the device is lost; every later batch fails."""
         self._unhealthy = reason
+
+    def swap_totals(self) -> dict[str, tuple[int, float]]:
+        """Per model: swap-ins so far (the first load included) and their seconds."""
+        with self._lock:
+            return dict(self._swaps)
 
     def stage_seconds(self) -> list[StageSeconds]:
         """Cumulative per-stage timings (one stage here; no transfers in one process)."""

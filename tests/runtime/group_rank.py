@@ -121,6 +121,7 @@ def scenario_swap(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, An
     run(names[0])
     out["final"] = sorted(engine.loaded())
     out["errors"] = errors
+    out["swaps"] = engine.swap_totals()
     return out
 
 

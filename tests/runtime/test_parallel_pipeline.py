@@ -119,6 +119,14 @@ def test_swapping_is_lru_under_a_byte_budget(tmp_path: Path) -> None:
     assert result["after_unload"] == ["bert-b"]
     assert result["final"] == ["bert-a", "bert-b"]
     assert max(result["errors"]) <= TOL
+    # every swap-in is timed, on-demand ones too (the start-up residency is not a swap)
+    swaps = result["swaps"]
+    assert {name: count for name, (count, _) in swaps.items()} == {
+        "bert-a": 1,
+        "bert-b": 1,
+        "bert-c": 1,
+    }
+    assert all(seconds > 0 for _, seconds in swaps.values())
 
 
 def test_a_dead_rank_fails_futures_and_health(tmp_path: Path) -> None:
