@@ -29,7 +29,10 @@ class UsageError(Exception):
 @contextmanager
 def progress_status(enabled: bool = True) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr that shows the latest search step once work takes a while."""
-    if not enabled or not err.is_terminal:
+    if not enabled:
+        yield lambda _message: None
+        return
+    if not err.is_terminal:
         start = time.perf_counter()
         last = [start]
 
