@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -165,6 +166,7 @@ def bench_many(kubectl: Kubectl, cluster: Cluster, ns: str, count: int) -> dict[
 
     t1 = time.perf_counter()
     kubectl("delete", "modelsets", "--all", "-n", ns, "--wait=true", "--timeout=600s", timeout=700)
+    gone = time.perf_counter() - t1  # kopf's finalizers released, the ModelSets removed
 
     def collected() -> bool:
         return (
@@ -180,6 +182,7 @@ def bench_many(kubectl: Kubectl, cluster: Cluster, ns: str, count: int) -> dict[
         "apply_seconds": applied,
         "reconciled_seconds": total,
         "per_modelset_ms": 1000 * total / count,
+        "delete_modelsets_seconds": gone,
         "delete_and_gc_seconds": time.perf_counter() - t1,
     }
 
@@ -206,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     operator = OperatorProcess(op_kubeconfig, work / "operator.log", args=["--namespace", ns])
     operator.env["STATMUX_RESYNC_SECONDS"] = "5"
     cluster = Cluster(admin)
-    result: dict[str, Any] = {"kubernetes": kube_version(), "operator_log": str(operator.log_path)}
+    result: dict[str, Any] = {
+        "kubernetes": kube_version(),
+        "operator_log": str(operator.log_path),
+        # Figures swing with other work on the machine: record how busy it was.
+        "loadavg_1m_at_start": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
     try:
         operator.start()
         operator.wait_healthy()
@@ -230,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         operator.stop()
         kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
+    result["loadavg_1m_at_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     a = result["apply_to_workloads_64gpu"]
     m = result["many_modelsets"]
-    print(f"operator benchmarks (Kubernetes {result['kubernetes']}, kwok nodes)")
+    print(
+        f"operator benchmarks (Kubernetes {result['kubernetes']}, kwok nodes; "
+        f"{result['cpus']} CPUs, load {result['loadavg_1m_at_start']:.1f} at start, "
+        f"{result['loadavg_1m_at_end']:.1f} at end)"
+    )
     print(f"64-GPU ModelSet, {a['groups']} groups: kubectl apply -> all group workloads created")
     cold, cold_plan = a["cold_seconds"], a["cold_plan_seconds"]
     print(f"  cold (first after start): {cold:.2f} s (plan {cold_plan:.2f} s)")
@@ -249,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  all planned + workloads created: {m['reconciled_seconds']:.1f} s "
         f"({m['per_modelset_ms']:.0f} ms per ModelSet; apply itself {m['apply_seconds']:.1f} s)"
     )
-    print(f"  delete all -> everything garbage-collected: {m['delete_and_gc_seconds']:.1f} s")
+    print(
+        f"  delete all -> ModelSets gone {m['delete_modelsets_seconds']:.1f} s, "
+        f"everything garbage-collected {m['delete_and_gc_seconds']:.1f} s"
+    )
     return 0
 
 
