@@ -193,9 +193,16 @@ class Scheduler:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
         p = Pending(model, request, rows, arrival, deadline, self._loop.create_future())
-        self._queues[model].append(p)
         stats.pending += 1
-        self._pump()
+        queue = self._queues[model]
+        if not queue and not self._retry and len(self._running) < self.max_in_flight:
+            # An idle slot and nothing queued (a free slot means every queue is empty): EDF
+            # and batching have nothing to choose from, and admission already checked that
+            # it can finish alone in time, so it starts now.
+            self._dispatch(model, [p])
+        else:
+            queue.append(p)
+            self._pump()
         return p.future
 
     async def infer(self, model: str, request: Request, rows: int, arrival: float) -> Response:
