@@ -4,7 +4,7 @@ PY ?= python3
 PIP ?= $(PY) -m pip
 STAMP := .install.stamp
 
-.PHONY: install demo test unit lint typecheck e2e cluster-up cluster-down bench
+.PHONY: install demo test unit lint typecheck e2e cluster-up cluster-down bench bench-operator
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -43,3 +43,6 @@ test: lint typecheck unit e2e
 bench: install
 	$(PY) -m statmux bench simulator
 	$(PY) -m statmux bench search
+
+bench-operator: install cluster-up
+	$(PY) benchmarks/operator.py
