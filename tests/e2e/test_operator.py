@@ -32,7 +32,8 @@ pytestmark = pytest.mark.e2e
 GPU = "nvidia.com/gpu"
 GPU_PRODUCT = "NVIDIA-H100-80GB-HBM3"  # what e2e/cluster/up.sh labels its fake nodes with
 OWNED_KINDS = ("configmaps", "services", "statefulsets", "deployments")
-CONVERGE_S = 120
+# Generous: kwok and the controllers share 2 cores with the operator and the tests.
+CONVERGE_S = 240
 
 
 # --------------------------------------------------------------------------- ModelSets
