@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from statmux.placement.plan import PLAN_API_VERSION, Group, Placement, Plan, group_memory_per_gpu
+from statmux.placement.plan import PLAN_API_VERSION, Group, Plan, group_memory_per_gpu
 from statmux.placement.policies import (
     PolicyResult,
     alpaserve_policy,
@@ -26,12 +25,11 @@ from statmux.placement.profiles import profiles_for_spec
 from statmux.placement.search_space import (
     Progress,
     SearchProblem,
-    request_counts,
     sample_workload,
 )
 from statmux.placement.simulator import SimResult
 from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
-from statmux.placement.workload import Workload, workload_from_spec
+from statmux.placement.workload import workload_from_spec
 
 BASELINES = ("sr", "clockwork++", "alpaserve")
 # Searches simulate a sample of this many requests; the chosen plan is scored on all of them.
@@ -240,12 +238,3 @@ def evaluate_plan(spec: ModelSetSpec, plan: Plan) -> SimResult:
             if m not in problem.profiles:
                 raise SpecError(f"the plan places model {m!r}, which the ModelSet does not define")
     return problem.evaluator().run(placement)
-
-
-def counts_by_model(workload: Workload) -> dict[str, int]:
-    c = request_counts(workload)
-    return {m: int(c[i]) for i, m in enumerate(workload.model_names)}
-
-
-ProgressFn = Callable[[str], None]
-__all__ = ["BASELINES", "Placement", "build_problem", "evaluate_plan", "plan_modelset"]

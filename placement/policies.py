@@ -5,9 +5,11 @@
   cost (an oracle upper bound for replication, as in the AlpaServe paper).
 - alpaserve: for every group size and (pp, tp), greedy model selection on equal groups; with
   heterogeneous models the GPUs are first split between latency clusters.
-- statmux: demand-balanced packing for every config and for the cluster split, then
-  simulator-guided local search (replica moves, swaps and per-group reconfiguration, so one
-  placement mixes group configs) on the best candidates, within a time budget.
+- statmux: one demand-balanced packing per config to screen them, the component-localized
+  greedy (exact, a fraction of AlpaServe's simulation cost) on the best config, per latency
+  cluster for heterogeneous sets, then simulator-guided local search (replica moves, swaps
+  and per-group reconfiguration, so one placement mixes group configs) within a budget of
+  simulations.
 """
 
 from __future__ import annotations
@@ -257,9 +259,3 @@ def _missed(problem: SearchProblem, placement: Placement, models: list[str]) -> 
 # ---------------------------------------------------------------------------- manual
 def manual_policy(problem: SearchProblem, groups: list[Group]) -> PolicyResult:
     return PolicyResult(Placement([g.copy() for g in groups]))
-
-
-def unplaced_models(problem: SearchProblem, placement: Placement) -> list[str]:
-    counts = request_counts(problem.workload)
-    names = problem.workload.model_names
-    return [m for m in problem.models if placement.replicas(m) == 0 and counts[names.index(m)] > 0]
