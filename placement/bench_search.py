@@ -45,6 +45,7 @@ def bench_search(as_json: bool = False, with_alpaserve: bool = True) -> dict[str
         "case",
         "requests",
         "statmux s",
+        "cpu s",
         "statmux att.",
         "target",
         "alpaserve s",
