@@ -76,18 +76,6 @@ def group_memory_per_gpu(group: Group, profiles: dict[str, ModelProfile]) -> flo
     return total
 
 
-def fits(
-    group: Group, profiles: dict[str, ModelProfile], budget: float, extra: str | None = None
-) -> bool:
-    used = group_memory_per_gpu(group, profiles)
-    if extra is not None:
-        cp = profiles[extra].get(group.config.pp, group.config.tp)
-        if cp is None:
-            return False
-        used += cp.weight_bytes_per_gpu
-    return used <= budget
-
-
 @dataclass
 class Plan:
     """The contract between placement, operator and runtime (see module docstring)."""
