@@ -146,9 +146,16 @@ class FrontEnd:
 
     # ----------------------------------------------------------------- inference
     async def infer(
-        self, model: str, version: str | None, request: InferRequest, arrival: float
+        self,
+        model: str,
+        version: str | None,
+        request: InferRequest,
+        arrival: float,
+        info: ModelInfo | None = None,
     ) -> tuple[ModelInfo, list[OutputTensor]]:
-        info = self.info(model, version)
+        """`info`: what `self.info(model, version)` returned, if the caller already asked."""
+        if info is None:
+            info = self.info(model, version)
         try:
             rows = check_inputs(info, request.inputs)
             check_outputs(info, request.outputs)
@@ -156,16 +163,14 @@ class FrontEnd:
             self.record_invalid(model, e, arrival)
             raise
         response = await self.scheduler.submit(model, request.inputs, rows, arrival)
-        if request.outputs is None:
-            wanted = [(s.name, request.binary_outputs) for s in info.outputs]
-        else:
-            wanted = [(o.name, o.binary) for o in request.outputs]
         out: list[OutputTensor] = []
-        for name, binary in wanted:
-            array = response.get(name)
-            if array is None:
-                raise EngineFailed(f"model '{model}' returned no output '{name}'")
-            out.append((name, array, binary))
+        if request.outputs is None:
+            binary = request.binary_outputs
+            for spec in info.outputs:
+                out.append((spec.name, _output(response, model, spec.name), binary))
+        else:
+            for o in request.outputs:
+                out.append((o.name, _output(response, model, o.name), o.binary))
         return info, out
 
     def record_invalid(self, model: str, error: ServingError, arrival: float) -> None:
@@ -221,3 +226,10 @@ class FrontEnd:
 
     def close(self, reason: str = "the server is shutting down") -> None:
         self.scheduler.close(reason)
+
+
+def _output(response: dict[str, np.ndarray], model: str, name: str) -> np.ndarray:
+    array = response.get(name)
+    if array is None:
+        raise EngineFailed(f"model '{model}' returned no output '{name}'")
+    return array

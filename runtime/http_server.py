@@ -117,7 +117,8 @@ class RestServer:
         arrival = self.front.clock()
         m = request.match_info
         model = m["model"]
-        self.front.info(model, m.get("version"))  # 404 before reading a body for nothing
+        version = m.get("version")
+        info = self.front.info(model, version)  # 404 before reading a body for nothing
         length = request.content_length
         if length is not None and length > self.front.max_request_bytes:
             raise PayloadTooLarge(
@@ -134,7 +135,7 @@ class RestServer:
         except ServingError as e:
             self.front.record_invalid(model, e, arrival)
             raise
-        info, outputs = await self.front.infer(model, m.get("version"), decoded, arrival)
+        info, outputs = await self.front.infer(model, version, decoded, arrival, info)
         payload, header_len = encode_rest_response(info.name, info.version, decoded.id, outputs)
         if header_len is None:
             return web.Response(body=payload, content_type=_JSON)

@@ -54,6 +54,7 @@ class LocalEngine:
         self._busy = 0  # batches submitted to the worker and not finished
         self._device = torch.device(device)
         self._pin = self._device.type == "cuda"
+        self._on_cpu = self._device.type == "cpu"
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
         self._unhealthy: str | None = None
@@ -83,20 +84,38 @@ class LocalEngine:
             failed: Future[list[Response]] = Future()
             failed.set_exception(EngineError(self._unhealthy))
             return failed
-        rows = len(next(iter(batch[0].values()))) if len(batch) == 1 and batch[0] else _rows(batch)
-        fastest = self._fastest_s.get((model, rows))
-        if self._busy == 0 and fastest is not None and fastest < self._inline_below_s:
+        try:
+            results = self.try_inline(model, batch)
+        except Exception as e:
+            failed = Future()
+            failed.set_exception(e)
+            return failed
+        if results is not None:
             done: Future[list[Response]] = Future()
-            try:
-                done.set_result(self._run(model, batch))
-            except Exception as e:
-                done.set_exception(e)
+            done.set_result(results)
             return done
         with self._lock:
             self._busy += 1
         fut = self._executor.submit(self._run, model, batch)
         fut.add_done_callback(self._worker_done)
         return fut
+
+    def try_inline(self, model: str, batch: list[Request]) -> list[Response] | None:
+        """Run the batch now on the caller's thread if it is small and the worker is idle.
+
+        None: it was not run (submit it instead). Raises what the batch raised. Callers on
+        an event loop use this to skip the Future round trip of `submit` for tiny models.
+        """
+        if self._busy or self._unhealthy is not None:
+            return None
+        one = len(batch) == 1
+        rows = len(next(iter(batch[0].values()))) if one and batch[0] else _rows(batch)
+        fastest = self._fastest_s.get((model, rows))
+        if fastest is None or fastest >= self._inline_below_s:
+            return None
+        if one and self._on_cpu and model in self._loaded:
+            return [self._run_one(model, self._models[model], batch[0])]
+        return self._run(model, batch)
 
     def _worker_done(self, _: Future[list[Response]]) -> None:
         with self._lock:

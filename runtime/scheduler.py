@@ -42,6 +42,8 @@ from statmux.runtime.serving_errors import (
 )
 
 Clock = Callable[[], float]
+# An engine's optional fast path: run a small batch now, or None when it must be submitted.
+InlineRunner = Callable[[str, list[Request]], list[Response] | None]
 
 
 class LatencyModel:
@@ -155,6 +157,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._closed: str | None = None
+        self._try_inline: InlineRunner | None = getattr(engine, "try_inline", None)
 
     # ----------------------------------------------------------------- public
     def info(self, model: str) -> ModelInfo:
@@ -318,17 +321,29 @@ class Scheduler:
         )
 
     def _dispatch(self, model: str, batch: list[Pending]) -> None:
-        rows = sum(p.rows for p in batch)
+        rows = batch[0].rows if len(batch) == 1 else sum(p.rows for p in batch)
         flight = _InFlight(model, batch, RunningBatch(self._clock(), self.latency[model], rows))
         self._running.append(flight)
         loop = self._loop
         assert loop is not None
+        requests = [batch[0].request] if len(batch) == 1 else [p.request for p in batch]
+        on_loop = threading.get_ident() == self._loop_thread
+        if self._try_inline is not None and on_loop:
+            # Small batches run right here, without a concurrent Future to make and read.
+            try:
+                results = self._try_inline(model, requests)
+            except Exception as e:  # the batch failed: same path as an engine failure
+                self._finish(flight, None, e)
+                return
+            if results is not None:
+                self._finish(flight, results, None)
+                return
         try:
-            fut = self.engine.submit(model, [p.request for p in batch])
+            fut = self.engine.submit(model, requests)
         except Exception as e:  # the engine refused synchronously: same path as a failure
             fut = Future()
             fut.set_exception(e)
-        if fut.done() and threading.get_ident() == self._loop_thread:
+        if on_loop and fut.done():
             # The engine ran the batch inline: finish now, so the requests' futures are done
             # before the handlers await them (no loop iterations; _pump's loop goes on).
             self._complete(flight, fut)
@@ -350,11 +365,15 @@ class Scheduler:
 
     def _complete(self, flight: _InFlight, fut: Future[list[Response]]) -> None:
         """Account for a finished batch and resolve its requests (without dispatching)."""
+        exc = fut.exception()
+        self._finish(flight, None if exc is not None else fut.result(), exc)
+
+    def _finish(
+        self, flight: _InFlight, results: list[Response] | None, exc: BaseException | None
+    ) -> None:
         self._running.remove(flight)
         compute_ns = time.perf_counter_ns() - flight.started_ns
         stats = self.stats[flight.model]
-        exc = fut.exception()
-        results = None if exc is not None else fut.result()
         if results is not None and len(results) != len(flight.members):
             exc = RuntimeError(
                 f"engine returned {len(results)} responses for {len(flight.members)} requests"
