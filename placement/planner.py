@@ -5,8 +5,6 @@ This is the one entry point the CLI and the operator call.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -176,6 +174,7 @@ def make_plan(
                         for r, b in enumerate(cp.batch_sizes)
                     },
                     "weightBytesPerGpu": cp.weight_bytes_per_gpu,
+                    "maxBatchSize": spec.max_batch_size,
                     "weights": weights[name],
                 }
             )
@@ -195,7 +194,6 @@ def make_plan(
         "kind": "Plan",
         "modelSet": ms.metadata.name,
         "policy": chosen.policy,
-        "maxBatchSize": spec.max_batch_size,
         "cluster": {
             "gpus": spec.cluster.gpus,
             "gpuMemoryBytes": spec.cluster.gpu_memory_bytes,
@@ -216,18 +214,11 @@ def make_plan(
             "placement": chosen.result.placement.describe(),
         },
     }
-    data["planHash"] = plan_hash(data)
-    return Plan(data)
+    return Plan.from_dict(data)
 
 
 def latency_percentiles(sim: SimResult) -> dict[str, float]:
     return {"p50": sim.latency_p50, "p90": sim.latency_p90, "p99": sim.latency_p99}
-
-
-def plan_hash(data: dict[str, Any]) -> str:
-    """A short hash of what the pods need (groups), for rolling updates."""
-    blob = json.dumps(data["groups"], sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
 
 
 def evaluate_plan(spec: ModelSetSpec, plan: Plan) -> SimResult:
