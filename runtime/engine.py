@@ -1,7 +1,8 @@
 """The contract between a group's execution engine and its serving front end.
 
-The engine (runtime/group.py and friends) owns the models, the torch.distributed group, the
-pipeline and tensor parallelism and the weight swapping. The front end (server, scheduler,
+The engine (runtime/pipeline_engine.py for a real group, runtime/local_engine.py in one
+process) owns the models, the torch.distributed group, the pipeline and tensor parallelism
+and the weight swapping. The front end (server, scheduler,
 metrics) owns queues, admission, batching and the Open Inference Protocol. The front end
 only talks to the engine through this protocol, on the group leader.
 """
@@ -11,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from statmux.runtime.metrics import StageSeconds
 
 # Open Inference Protocol datatypes <-> numpy
 OIP_TO_NUMPY: dict[str, np.dtype] = {
@@ -60,7 +64,11 @@ class EngineError(RuntimeError):
 
 
 class GroupEngine(Protocol):
-    """What the leader's front end needs from the group."""
+    """What the leader's front end needs from the group.
+
+    Engines subclass it explicitly, so that `try_inline` (an optional fast path) defaults to
+    declining.
+    """
 
     def model_infos(self) -> dict[str, ModelInfo]:
         """Every model the group hosts (loaded or not)."""
@@ -89,3 +97,19 @@ class GroupEngine(Protocol):
         ...
 
     def shutdown(self) -> None: ...
+
+    def swap_totals(self) -> dict[str, tuple[int, float]]:
+        """Per model: swap-ins so far and their seconds (on-demand swaps and loads alike)."""
+        ...
+
+    def stage_seconds(self) -> list[StageSeconds]:
+        """Cumulative compute and transfer seconds per (model, stage), for /metrics."""
+        ...
+
+    # optional -----------------------------------------------------------------------
+
+    def try_inline(self, model: str, batch: list[Request]) -> list[Response] | None:
+        """Run a small batch now on the caller's (event loop) thread, or None to decline.
+
+        Engines whose batches are cheap enough skip `submit`'s Future round trip this way."""
+        return None

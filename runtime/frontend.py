@@ -18,7 +18,6 @@ from statmux.runtime.engine import EngineError, GroupEngine, ModelInfo
 from statmux.runtime.metrics import (
     ModelStats,
     ServingCollector,
-    StageSeconds,
     cuda_memory,
     make_registry,
     triton_model_stats,
@@ -54,35 +53,22 @@ class FrontEnd:
         self.max_request_bytes = max_request_bytes
         self.clock = clock
         self.scheduler = Scheduler(engine, max_in_flight, clock)
-        # Engines that swap on demand report every swap (optional `swap_totals()`); without
-        # it, only the loads asked for through the repository API are counted.
-        self._swap_totals = getattr(engine, "swap_totals", None)
         self.registry: CollectorRegistry = make_registry(
             ServingCollector(
                 stats=self._scrape_stats,
                 models_loaded=lambda: len(self.engine.loaded()),
-                stage_seconds=self._stage_seconds(),
+                stage_seconds=self.engine.stage_seconds,
                 gpu_memory=cuda_memory(),
             )
         )
 
     def _scrape_stats(self) -> list[ModelStats]:
-        if self._swap_totals is not None:
-            for model, (count, seconds) in self._swap_totals().items():
-                stats = self.scheduler.stats.get(model)
-                if stats is not None:
-                    stats.swap_count, stats.swap_seconds = count, seconds
+        # The engine counts every swap-in, on-demand ones and repository-API loads alike.
+        for model, (count, seconds) in self.engine.swap_totals().items():
+            stats = self.scheduler.stats.get(model)
+            if stats is not None:
+                stats.swap_count, stats.swap_seconds = count, seconds
         return list(self.scheduler.stats.values())
-
-    def _stage_seconds(self) -> Any:
-        reader = getattr(self.engine, "stage_seconds", None)
-        if reader is None:
-            return None
-
-        def read() -> list[StageSeconds]:
-            return list(reader())
-
-        return read
 
     # ----------------------------------------------------------------- health
     def live(self) -> bool:
@@ -201,8 +187,6 @@ class FrontEnd:
         except EngineError as e:
             raise Unavailable(f"failed to load model '{model}': {e}") from None
         self.scheduler.unloaded.discard(model)
-        if self._swap_totals is None:
-            self.scheduler.stats[model].record_swap(seconds)
         return seconds
 
     async def unload(self, model: str) -> None:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from statmux.runtime.engine import EngineError, ModelInfo, Request, Response, TensorSpec
+from statmux.runtime.engine import (
+    EngineError,
+    GroupEngine,
+    ModelInfo,
+    Request,
+    Response,
+    TensorSpec,
+)
 from statmux.runtime.metrics import StageSeconds
 
 Forward = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -31,7 +38,7 @@ class LocalModel:
     forward: Forward  # named input tensors -> named output tensors, batch first
 
 
-class LocalEngine:
+class LocalEngine(GroupEngine):
     """Runs every batch on one worker thread: one batch in flight, like a pp1 pipeline.
 
     Batches of a model whose recent runs took less than `inline_below_s` run directly in

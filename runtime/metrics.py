@@ -9,7 +9,7 @@ Triton's counter names carry no `_total` suffix (nv_inference_request_success, .
 prometheus-client would append one to a `counter`, so those families are exposed as
 `untyped` under Triton's exact names; statmux's own counters are ordinary counters.
 
-Engines may report per-stage timings by implementing `stage_seconds() -> list[StageSeconds]`
+Engines report per-stage timings through GroupEngine.stage_seconds() -> list[StageSeconds]
 (cumulative totals); they appear as the summaries statmux_stage_compute_seconds and
 statmux_stage_transfer_seconds labelled model and stage.
 """
@@ -94,10 +94,6 @@ class ModelStats:
         entry = self.batch_stats.setdefault(rows, [0, 0])
         entry[0] += 1
         entry[1] += compute_ns
-
-    def record_swap(self, seconds: float) -> None:
-        self.swap_count += 1
-        self.swap_seconds += seconds
 
 
 def _duration(count: int, ns: int) -> dict[str, int]:

@@ -157,7 +157,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._closed: str | None = None
-        self._try_inline: InlineRunner | None = getattr(engine, "try_inline", None)
+        self._try_inline: InlineRunner = engine.try_inline
 
     # ----------------------------------------------------------------- public
     def info(self, model: str) -> ModelInfo:
@@ -328,7 +328,7 @@ class Scheduler:
         assert loop is not None
         requests = [batch[0].request] if len(batch) == 1 else [p.request for p in batch]
         on_loop = threading.get_ident() == self._loop_thread
-        if self._try_inline is not None and on_loop:
+        if on_loop:
             # Small batches run right here, without a concurrent Future to make and read.
             try:
                 results = self._try_inline(model, requests)

@@ -22,7 +22,8 @@ from statmux.placement.spec import WeightSource
 from statmux.runtime.checkpoint import build_full_model, build_stage, load_state, state_bytes
 from statmux.runtime.dist_env import DistInfo
 from statmux.runtime.engine import EngineError
-from statmux.runtime.group import PipelineEngine, start_group
+from statmux.runtime.group import start_group
+from statmux.runtime.pipeline_engine import PipelineEngine
 from statmux.runtime.presets import resolve_config
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from statmux.runtime.engine import ModelInfo, Request, Response, TensorSpec
+from statmux.runtime.engine import GroupEngine, ModelInfo, Request, Response, TensorSpec
 from statmux.runtime.scheduler import (
     LatencyModel,
     RunningBatch,
@@ -32,7 +32,7 @@ class FakeClock:
         return self.t
 
 
-class ScriptedEngine:
+class ScriptedEngine(GroupEngine):
     """Records every submitted batch; the test completes them."""
 
     def __init__(self, infos: list[ModelInfo]) -> None:
