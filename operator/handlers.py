@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from statmux.operator import metrics
+from statmux.operator import gang, metrics
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
 from statmux.operator.crd import GROUP, PLURAL, VERSION
@@ -116,7 +116,7 @@ def _changed(old: Any, new: dict[str, Any]) -> bool:
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY: MANAGER, L_COMPONENT: "group"})
 def gang_restart(event: kopf.RawEvent, memo: Any, body: kopf.Body, **_: Any) -> None:
-    deleted = rc.handle_pod_event(memo["api"], str(event.get("type")), dict(event["object"]))
+    deleted = gang.handle_pod_event(memo["api"], str(event.get("type")), dict(event["object"]))
     if deleted:
         metrics.GANG_RESTARTS.inc()
         message = f"a member of its group broke; recreating the group: deleted {', '.join(deleted)}"

@@ -1,34 +1,49 @@
-"""`statmux` subcommands. User mistakes exit with code 2 and one clear message."""
+"""The placement subcommands: plan, simulate, experiment, bench.
+
+User mistakes exit with code 2 and one clear message (statmux/cli.py). This module is
+imported on every `statmux` start: the placement engine (numba), pydantic and rich are
+imported inside the handlers only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
+from statmux.commands import Commands, UsageError
+from statmux.placement.policy_registry import BASELINES, POLICY_NAMES
 
-from statmux.placement.plan import Plan
-from statmux.placement.planner import latency_percentiles
-from statmux.placement.simulator import SimResult
-from statmux.placement.spec import POLICIES, SpecError, load_modelset
+if TYPE_CHECKING:
+    from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+    from statmux.placement.plan import Plan
+    from statmux.placement.simulator import SimResult
+    from statmux.placement.spec import ModelSet
+
+__all__ = ["UsageError", "register"]
 
 
-class UsageError(Exception):
-    """A user mistake outside the ModelSet (a missing file, a bad flag value)."""
+def _consoles() -> tuple[Console, Console]:
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
+def _load_modelset(path: str) -> ModelSet:
+    from statmux.placement.spec import load_modelset
+
+    return load_modelset(path)
 
 
 @contextmanager
 def progress_status(enabled: bool = True) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr that shows the latest search step once work takes a while."""
+    _, err = _consoles()
     if not enabled:
         yield lambda _message: None
         return
@@ -53,6 +68,9 @@ def progress_status(enabled: bool = True) -> Iterator[Callable[[str], None]]:
 
 
 def _print_plan(plan: Plan) -> None:
+    from rich.table import Table
+
+    out, _ = _consoles()
     d = plan.data
     t = Table(title=f"Plan for {d['modelSet']} · policy {d['policy']} · {d['search']['placement']}")
     for col in ("group", "GPUs", "pp", "tp", "models", "memory/GPU"):
@@ -86,6 +104,11 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _print_sim(result: SimResult) -> None:
+    from rich.table import Table
+
+    from statmux.placement.planner import latency_percentiles
+
+    out, _ = _consoles()
     t = Table(title="Per-model results")
     for col in ("model", "requests", "attainment"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -101,9 +124,10 @@ def _print_sim(result: SimResult) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from statmux.placement.planner import BASELINES, plan_modelset
+    from statmux.placement.planner import plan_modelset
 
-    ms = load_modelset(args.modelset)
+    out, _ = _consoles()
+    ms = _load_modelset(args.modelset)
     policy = args.policy or ms.spec.placement.policy
     baselines = (
         () if args.no_baselines else BASELINES + (("statmux",) if policy != "statmux" else ())
@@ -122,9 +146,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from statmux.placement.plan import Plan
     from statmux.placement.planner import evaluate_plan
 
-    ms = load_modelset(args.modelset)
+    ms = _load_modelset(args.modelset)
     try:
         plan = Plan.read(args.plan)
     except OSError as e:
@@ -144,6 +169,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.name not in EXPERIMENTS:
         raise UsageError(f"unknown experiment {args.name!r}; allowed: {', '.join(EXPERIMENTS)}")
+    out, _ = _consoles()
     with progress_status(True) as progress:
         files = run_experiment(args.name, Path(args.out), quick=args.quick, progress=progress)
     for f in files:
@@ -165,79 +191,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# Subcommands that live with their component and parse their own flags.
-DELEGATED = ("runtime", "operator", "crd", "router")
+def _spec_errors(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A ModelSet mistake found anywhere in the handler is a usage error (exit 2)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from statmux.placement.spec import SpecError
+
+        try:
+            return handler(args)
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+
+    return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="statmux", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    plan = sub.add_parser("plan", help="search a placement for a ModelSet and write the Plan")
+def register(commands: Commands) -> None:
+    plan = commands.add(
+        "plan", _spec_errors(cmd_plan), help="search a placement for a ModelSet and write the Plan"
+    )
     plan.add_argument("modelset")
-    plan.add_argument("--policy", choices=POLICIES)
+    plan.add_argument("--policy", choices=POLICY_NAMES)
     plan.add_argument("-o", "--output", help="write the Plan JSON here")
     plan.add_argument("--json", action="store_true", help="print the Plan JSON")
-    plan.add_argument("--no-baselines", action="store_true", help="skip sr/clockwork++/alpaserve")
+    plan.add_argument("--no-baselines", action="store_true", help=f"skip {'/'.join(BASELINES)}")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    plan.set_defaults(func=cmd_plan)
 
-    sim = sub.add_parser("simulate", help="simulate a Plan against a ModelSet's workload")
+    sim = commands.add(
+        "simulate",
+        _spec_errors(cmd_simulate),
+        help="simulate a Plan against a ModelSet's workload",
+    )
     sim.add_argument("modelset")
     sim.add_argument("--plan", required=True)
     sim.add_argument("--json", action="store_true")
-    sim.set_defaults(func=cmd_simulate)
 
-    exp = sub.add_parser("experiment", help="run an evaluation sweep, write CSV + PNG")
+    exp = commands.add(
+        "experiment", _spec_errors(cmd_experiment), help="run an evaluation sweep, write CSV + PNG"
+    )
     exp.add_argument("name")
     exp.add_argument("--out", default="docs/experiments")
     exp.add_argument("--quick", action="store_true", help="fewer points, shorter traces")
-    exp.set_defaults(func=cmd_experiment)
 
-    bench = sub.add_parser("bench", help="print performance figures")
+    bench = commands.add("bench", cmd_bench, help="print performance figures")
     bench.add_argument("what", choices=("simulator", "search"))
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    bench.set_defaults(func=cmd_bench)
-
-    for name, target in (
-        ("runtime", "statmux.runtime.main:runtime_main"),
-        ("operator", "statmux.operator.main:operator_main"),
-        ("crd", "statmux.operator.crd:crd_main"),
-        ("router", "statmux.runtime.router:router_main"),
-    ):
-        s = sub.add_parser(name, add_help=False, help=f"see `statmux {name} --help`")
-        s.set_defaults(func=None, delegate=target)
-    return p
-
-
-def run(argv: list[str]) -> int:
-    parser = build_parser()
-    # Delegated subcommands parse their own flags.
-    if argv and argv[0] in DELEGATED:
-        ns = parser.parse_args(argv[:1])
-        module, func = ns.delegate.split(":")
-        try:
-            import importlib
-
-            entry = getattr(importlib.import_module(module), func)
-        except (ImportError, AttributeError) as e:
-            err.print(
-                f"statmux {argv[0]}: not available in this installation ({e}); "
-                "install the matching extra, e.g. pip install 'statmux[runtime]'",
-                markup=False,
-            )
-            return 2
-        return int(entry(argv[1:]))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (SpecError, UsageError) as e:
-        err.print("[bold red]error:[/bold red] ", end="")
-        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-def main() -> None:
-    sys.exit(run(sys.argv[1:]))

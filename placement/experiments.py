@@ -26,11 +26,12 @@ import matplotlib.pyplot as plt
 
 from statmux.placement.plan import Group, Placement
 from statmux.placement.planner import build_problem, run_policy
+from statmux.placement.policy_registry import COMPARED
 from statmux.placement.profile import ParallelConfig
 from statmux.placement.scenarios import BERT_MIX, S3_MIX, mixed, modelset
 from statmux.placement.spec import ModelSet
 
-POLICIES = ("sr", "clockwork++", "alpaserve", "statmux")
+POLICIES = COMPARED  # baselines first, then statmux (the CSV column order)
 
 
 @dataclass

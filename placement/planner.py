@@ -10,14 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from statmux.placement.plan import PLAN_API_VERSION, Group, Plan, group_memory_per_gpu
-from statmux.placement.policies import (
-    PolicyResult,
-    alpaserve_policy,
-    clockwork_pp_policy,
-    manual_policy,
-    sr_policy,
-    statmux_policy,
-)
+from statmux.placement.policies import PolicyResult, manual_policy
+from statmux.placement.policy_registry import BASELINES, POLICIES, unknown_policy_message
 from statmux.placement.profile import ModelProfile, ParallelConfig
 from statmux.placement.profiles import profiles_for_spec
 from statmux.placement.search_space import (
@@ -29,7 +23,7 @@ from statmux.placement.simulator import SimResult
 from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
 from statmux.placement.workload import workload_from_spec
 
-BASELINES = ("sr", "clockwork++", "alpaserve")
+__all__ = ["BASELINES", "evaluate_plan", "plan_modelset", "run_policy"]
 # Searches simulate a sample of this many requests; the chosen plan is scored on all of them.
 SEARCH_REQUESTS = 60_000
 
@@ -98,31 +92,25 @@ def _check_fits(name: str, profile: ModelProfile, budget: float, gpus: int) -> N
 def run_policy(problem: SearchProblem, policy: str, spec: ModelSetSpec | None = None) -> Evaluated:
     start = time.perf_counter()
     sims_before = problem.simulations
-    result: PolicyResult
-    if policy == "statmux":
-        result = statmux_policy(problem)
-    elif policy == "sr":
-        result = sr_policy(problem)
-    elif policy == "clockwork++":
-        result = clockwork_pp_policy(problem)
-    elif policy == "alpaserve":
-        result = alpaserve_policy(problem)
-    elif policy == "manual":
-        if spec is None or not spec.placement.groups:
-            raise SpecError("spec.placement.groups: policy 'manual' needs groups")
-        groups = [
-            Group(ParallelConfig(g.pipeline_stages, g.tensor_parallel), list(g.models))
-            for g in spec.placement.groups
-        ]
-        check_manual(problem, groups)
-        result = manual_policy(problem, groups)
-    else:
-        raise SpecError(
-            f"unknown policy {policy!r}; allowed: statmux, sr, clockwork++, alpaserve, manual"
-        )
+    entry = POLICIES.get(policy)
+    if entry is None:
+        raise SpecError(unknown_policy_message(policy))
+    result = entry.run(problem, spec)
     seconds = time.perf_counter() - start
     sim = problem.evaluator().run(result.placement)
     return Evaluated(policy, result, sim, seconds, problem.simulations - sims_before)
+
+
+def manual_placement(problem: SearchProblem, spec: ModelSetSpec | None) -> PolicyResult:
+    """Policy 'manual': the ModelSet's placement.groups, checked against the profiles."""
+    if spec is None or not spec.placement.groups:
+        raise SpecError("spec.placement.groups: policy 'manual' needs groups")
+    groups = [
+        Group(ParallelConfig(g.pipeline_stages, g.tensor_parallel), list(g.models))
+        for g in spec.placement.groups
+    ]
+    check_manual(problem, groups)
+    return manual_policy(problem, groups)
 
 
 def check_manual(problem: SearchProblem, groups: list[Group]) -> None:

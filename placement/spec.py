@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,11 +22,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from statmux.placement.policy_registry import POLICY_NAMES
+
 API_VERSION = "statmux.io/v1alpha1"
 KIND = "ModelSet"
 
-POLICIES = ("statmux", "sr", "clockwork++", "alpaserve", "manual")
-Policy = Literal["statmux", "sr", "clockwork++", "alpaserve", "manual"]
+if TYPE_CHECKING:
+    Policy = str
+else:  # the names of placement/policy_registry.py, in its order (the CRD's enum)
+    Policy = Literal[POLICY_NAMES]
 TraceFormat = Literal["csv", "azure2019", "azure2021"]
 RateSplit = Literal["uniform", "powerLaw"]
 Architecture = Literal["bert", "gpt2", "llama"]

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from statmux.operator import rbac
+from statmux.operator import gang, rbac
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
 from statmux.operator.resources import Owner
@@ -26,7 +26,7 @@ def _exercise(api: Any, cfg: OperatorConfig, helpers: Any) -> None:
     rc.resync(api, cfg, owner, 2, spec2, st, now=T0 + timedelta(hours=2))
     for sts in api.by_kind("StatefulSet"):
         pods = api.add_pods(sts)
-        rc.handle_pod_event(api, "DELETED", pods[0])
+        gang.handle_pod_event(api, "DELETED", pods[0])
 
 
 def test_every_call_is_allowed(helpers: Any) -> None:

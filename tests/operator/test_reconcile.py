@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from statmux.operator import gang
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
+from statmux.operator.kinds import STATEFULSET
 from statmux.operator.resources import A_GANG_EPOCH, Owner
 
 CFG = OperatorConfig(runtime_image="rt:1", router_image="router:1", rollout_timeout_seconds=60)
@@ -241,15 +243,15 @@ def test_deleted_member_recreates_the_whole_group(api: Any, owner: Owner, helper
     sts, pods = _group(api, owner, helpers)
     assert len(pods) == 2
     victim = api.objects.pop(("Pod", "ns", pods[0]["metadata"]["name"]))
-    deleted = rc.handle_pod_event(api, "DELETED", victim)
+    deleted = gang.handle_pod_event(api, "DELETED", victim)
     assert deleted == [pods[1]["metadata"]["name"]]
     assert not api.by_kind("Pod")
-    assert rc.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1
+    assert gang.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1
     # the deletions we caused come back as events of the old epoch: no new restart
-    assert rc.handle_pod_event(api, "DELETED", pods[1]) == []
+    assert gang.handle_pod_event(api, "DELETED", pods[1]) == []
     fresh = api.add_pods(sts)
-    assert all(rc.gang_epoch(p) == 1 for p in fresh)
-    assert rc.handle_pod_event(api, "MODIFIED", fresh[0]) == []  # healthy pod: nothing
+    assert all(gang.gang_epoch(p) == 1 for p in fresh)
+    assert gang.handle_pod_event(api, "MODIFIED", fresh[0]) == []  # healthy pod: nothing
 
 
 @pytest.mark.parametrize(
@@ -264,14 +266,14 @@ def test_failed_member_recreates_the_group(
 ) -> None:
     _sts, pods = _group(api, owner, helpers)
     bad = dict(pods[1], status=status)
-    deleted = rc.handle_pod_event(api, "MODIFIED", bad)
+    deleted = gang.handle_pod_event(api, "MODIFIED", bad)
     assert sorted(deleted) == sorted(p["metadata"]["name"] for p in pods)
 
 
 def test_pods_of_a_removed_group_are_ignored(api: Any, owner: Owner, helpers: Any) -> None:
     sts, pods = _group(api, owner, helpers)
     del api.objects[("StatefulSet", "ns", sts)]
-    assert rc.handle_pod_event(api, "DELETED", pods[0]) == []
+    assert gang.handle_pod_event(api, "DELETED", pods[0]) == []
     assert len(api.by_kind("Pod")) == 2
 
 
@@ -282,7 +284,7 @@ def test_resync_finishes_an_interrupted_gang_restart(api: Any, owner: Owner, hel
     api.add_pods(sts)
     # crash right after the epoch bump, before deleting the pods
     api.merge_patch(
-        rc.STATEFULSET,
+        STATEFULSET,
         "ns",
         sts,
         {"spec": {"template": {"metadata": {"annotations": {A_GANG_EPOCH: "1"}}}}},
@@ -293,7 +295,7 @@ def test_resync_finishes_an_interrupted_gang_restart(api: Any, owner: Owner, hel
     fresh = api.add_pods(sts)
     old_view = copy.deepcopy(api.objects[("StatefulSet", "ns", sts)])
     old_view["spec"]["template"]["metadata"]["annotations"] = {}
-    assert rc._delete_stale_gang_pods(api, "ns", owner, sts, old_view) == []
+    assert gang.delete_stale_gang_pods(api, "ns", owner, sts, old_view) == []
     assert len(api.by_kind("Pod")) == len(fresh)
     # the epoch survives the next apply of the StatefulSet
-    assert rc.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1
+    assert gang.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1

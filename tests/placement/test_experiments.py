@@ -35,6 +35,6 @@ def test_sweep_writes_csv_and_png(tmp_path, tiny_sweep):
 
 
 def test_unknown_experiment_is_a_usage_error(tmp_path):
-    from statmux.placement.cli import run
+    from statmux.cli import main as run
 
     assert run(["experiment", "bogus", "--out", str(tmp_path)]) == 2
