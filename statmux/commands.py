@@ -41,16 +41,19 @@ class Commands:
 
     def __init__(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         self._sub = subparsers
+        self.names: list[str] = []  # in registration order
         self.entries: dict[str, Entry] = {}
 
     def add(self, name: str, handler: Handler, *, help: str) -> argparse.ArgumentParser:
         """A subcommand whose flags statmux parses; `handler(args)` returns the exit status."""
+        self.names.append(name)
         parser = self._sub.add_parser(name, help=help, description=help)
         parser.set_defaults(handler=handler)
         return parser
 
     def add_entry(self, name: str, entry: Entry, *, help: str) -> None:
         """A subcommand with its own parser: `entry(argv)` gets every word after its name."""
+        self.names.append(name)
         self._sub.add_parser(name, help=help, add_help=False)
         self.entries[name] = entry
 
