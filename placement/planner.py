@@ -24,8 +24,6 @@ from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
 from statmux.placement.workload import workload_from_spec
 
 __all__ = ["BASELINES", "evaluate_plan", "plan_modelset", "run_policy"]
-# Searches simulate a sample of this many requests; the chosen plan is scored on all of them.
-SEARCH_REQUESTS = 60_000
 
 
 @dataclass
@@ -43,7 +41,11 @@ class Evaluated:
         return float(self.sim.attainment)
 
 
-def build_problem(spec: ModelSetSpec, progress: Progress | None = None) -> SearchProblem:
+def build_problem(
+    spec: ModelSetSpec, progress: Progress | None = None, max_requests: int | None = None
+) -> SearchProblem:
+    """The search problem of a spec. The search runs on the whole workload unless
+    `max_requests` (default: spec.placement.search.maxRequests) asks for a sample."""
     profiles = profiles_for_spec(spec)
     budget = float(spec.cluster.gpu_memory_bytes)
     for m in spec.models:
@@ -55,12 +57,14 @@ def build_problem(spec: ModelSetSpec, progress: Progress | None = None) -> Searc
             "or a longer durationSeconds"
         )
     slo = {m.name: _slo_seconds(spec, m.name, profiles[m.name]) for m in spec.models}
+    limit = max_requests or spec.placement.search.max_requests
+    sample = sample_workload(workload, limit) if limit else workload
     return SearchProblem(
         models=[m.name for m in spec.models],
         profiles=profiles,
         slo=slo,
-        workload=sample_workload(workload, SEARCH_REQUESTS),
-        eval_workload=workload,
+        workload=sample,
+        eval_workload=workload if sample is not workload else None,
         num_gpus=spec.cluster.gpus,
         budget=budget,
         gpus_per_node=spec.cluster.gpus_per_node,

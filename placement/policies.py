@@ -3,8 +3,8 @@
 - sr: selective replication, every replica on one GPU, greedy on simulated attainment.
 - clockwork++: sr re-run on every time window with the window's own arrivals and zero swap
   cost (an oracle upper bound for replication, as in the AlpaServe paper).
-- alpaserve: for every group size and (pp, tp), greedy model selection on equal groups; with
-  heterogeneous models the GPUs are first split between latency clusters.
+- alpaserve: the published AlpaServe search (statmux.placement.alpaserve): every group
+  partition, its fast greedy model selection, and device separation between latency clusters.
 - statmux: one demand-balanced packing per config to screen them, the component-localized
   greedy (exact, a fraction of AlpaServe's simulation cost) on the best config, per latency
   cluster for heterogeneous sets, then simulator-guided local search (replica moves, swaps
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from statmux.placement.alpaserve import alpaserve_search
 from statmux.placement.greedy import greedy_select
 from statmux.placement.local_search import improve
 from statmux.placement.packing import pack
@@ -159,19 +160,12 @@ def _best_uniform(
 
 
 def alpaserve_policy(problem: SearchProblem, split: bool = True) -> PolicyResult:
-    def build(groups: list[Group], models: list[str]) -> Placement:
-        return greedy_select(problem, groups, models)
-
-    clusters = latency_clusters(problem) if split else [problem.models]
-    alloc = split_gpus(problem, clusters) if len(clusters) > 1 else None
-    if alloc is None:
-        placement, _ = _best_uniform(problem, problem.models, problem.num_gpus, build, "alpaserve")
-        return PolicyResult(placement)
-    merged = Placement([])
-    for models, gpus in zip(clusters, alloc, strict=True):
-        part, _ = _best_uniform(problem, models, gpus, build, f"alpaserve[{len(models)} models]")
-        merged.groups.extend(part.groups)
-    return PolicyResult(merged, notes={"split": alloc})
+    """The published AlpaServe search (statmux.placement.alpaserve)."""
+    found = alpaserve_search(problem, separation=split)
+    notes: dict[str, object] = dict(found.notes)
+    if found.split is not None:
+        notes["split"] = found.split
+    return PolicyResult(found.placement, notes=notes)
 
 
 # ---------------------------------------------------------------------------- statmux

@@ -5,6 +5,12 @@ profile returned here is *complete*: it has every config of STANDARD_CONFIGS (pl
 measured ones) at the standard batch sizes (plus any extra measured ones); what was not
 measured is filled by the analytic model (ConfigProfile.measured is False for those).
 
+Which configs a profile has: built-ins are completed over STANDARD_CONFIGS by the analytic
+model; a user's file or inline profile keeps only its measured configs unless the ModelSet
+asks for `profile.fill: analytic`. The fill never exceeds the model's layer count (the
+profile's numLayers, or the layers of the model's `weights` when the ModelSet gives them):
+a pipeline cannot have more stages than layers.
+
 File format (the spec's inline shape; the reference JSON's snake_case shape is accepted too):
 
     weightBytes: 2.6e9            # or weight_bytes / weight_bytes_fp16
@@ -15,6 +21,10 @@ File format (the spec's inline shape; the reference JSON's snake_case shape is a
         tensorParallel: 1         # or tensor_parallel
         stageLatencyS: {"1": [0.048, 0.050], "2": [0.056, 0.059]}   # or stage_latency_s
         weightBytesPerGpu: [1.3e9, 1.3e9]                            # optional
+    overheads:                    # optional, measured by `statmux profile` (see docs)
+      requestSeconds: 0.011       # added to every request's latency
+      stageSeconds: 0.0005        # added to every stage after the first
+      stageFraction: 0.0          # every stage x (1 + stageFraction * pp)
 """
 
 from __future__ import annotations
@@ -40,10 +50,17 @@ from statmux.placement.analytic_profile import (
     predict_stage_latency,
     stage_layers,
 )
-from statmux.placement.profile import ConfigProfile, ModelProfile, ParallelConfig
+from statmux.placement.profile import (
+    NO_OVERHEADS,
+    ConfigProfile,
+    ModelProfile,
+    Overheads,
+    ParallelConfig,
+)
 from statmux.placement.spec import (
     InlineProfile,
     ModelSetSpec,
+    ModelSpec,
     ProfileRef,
     SpecError,
     format_validation_error,
@@ -110,6 +127,7 @@ class _RawProfile:
     num_layers: int | None
     embedding_fraction: float
     configs: dict[ParallelConfig, _RawConfig]
+    overheads: Overheads = NO_OVERHEADS
 
 
 # --------------------------------------------------------------------------- validation
@@ -157,7 +175,15 @@ def _raw_from_inline(
         configs[config] = _RawConfig(config, dict(sorted(rows.items())), per_gpu)
     if not math.isfinite(inline.weight_bytes):
         raise SpecError(f"{where}: weightBytes must be a finite byte count")
-    return _RawProfile(inline.weight_bytes, inline.num_layers, embedding_fraction, configs)
+    o = inline.overheads
+    overheads = (
+        NO_OVERHEADS
+        if o is None
+        else Overheads(o.request_seconds, o.stage_seconds, o.stage_fraction)
+    )
+    return _RawProfile(
+        inline.weight_bytes, inline.num_layers, embedding_fraction, configs, overheads
+    )
 
 
 def _batch_key(key: str, at: str) -> int:
@@ -237,8 +263,11 @@ def _complete(
     constants: AnalyticConstants,
     source_measured: bool,
     where: str,
+    fill: bool = True,
+    max_layers: int | None = None,
 ) -> ModelProfile:
-    """Fill the standard grid and batch sizes around what was measured."""
+    """The measured configs at the standard batch sizes; with `fill`, also the standard
+    configs the analytic model estimates, up to the model's layer count."""
     batch_sizes = sorted(
         set(STANDARD_BATCH_SIZES) | {b for c in raw.configs.values() for b in c.stage_latency}
     )
@@ -256,9 +285,22 @@ def _complete(
             ) from None
     l1 = fill_batch_curve(known, batch_sizes)
 
-    targets = [c for c in STANDARD_CONFIGS if raw.num_layers is None or c.pp <= raw.num_layers]
+    layers = min((n for n in (raw.num_layers, max_layers) if n is not None), default=None)
+    if max_layers is not None:
+        for c in raw.configs:
+            if c.pp > max_layers:
+                raise SpecError(
+                    f"{where}: config pipelineStages {c.pp} × tensorParallel {c.tp} has more "
+                    f"stages than the model's {max_layers} layers (from its weights)"
+                )
+    targets = [c for c in STANDARD_CONFIGS if fill and (layers is None or c.pp <= layers)]
     targets += [c for c in raw.configs if c not in targets]
-    profile = ModelProfile(name=name, weight_bytes=raw.weight_bytes)
+    profile = ModelProfile(
+        name=name,
+        weight_bytes=raw.weight_bytes,
+        overheads=raw.overheads,
+        reference_latency=float(l1[0]),
+    )
     for config in sorted(targets):
         predicted = predict_stage_latency(l1, batch_sizes, config, constants, raw.num_layers)
         source = raw.configs.get(config)
@@ -299,10 +341,16 @@ def _calibrate(
 
 
 # --------------------------------------------------------------------------- loaders
-def profile_from_inline(inline: InlineProfile, name: str, where: str | None = None) -> ModelProfile:
-    """A complete profile from the spec's inline profile."""
+def profile_from_inline(
+    inline: InlineProfile,
+    name: str,
+    where: str | None = None,
+    fill: bool = False,
+    max_layers: int | None = None,
+) -> ModelProfile:
+    """The profile of the spec's inline profile (its measured configs; `fill`: all)."""
     at = where or f"profile {name!r} (inline)"
-    return _complete(_raw_from_inline(inline, at), name, BERT_V100, True, at)
+    return _complete(_raw_from_inline(inline, at), name, BERT_V100, True, at, fill, max_layers)
 
 
 def _read_raw_file(path: Path) -> _RawProfile:
@@ -324,10 +372,14 @@ def _read_raw_file(path: Path) -> _RawProfile:
     return _raw_from_inline(inline, where, embedding)
 
 
-def load_profile_file(path: str | Path, name: str) -> ModelProfile:
-    """Read a profile in YAML or JSON (the inline shape or the reference JSON's shape)."""
+def load_profile_file(
+    path: str | Path, name: str, fill: bool = False, max_layers: int | None = None
+) -> ModelProfile:
+    """Read a profile in YAML or JSON (the inline shape or the reference JSON's shape):
+    its measured configs, or with `fill` also the analytic estimates of the others."""
     p = Path(path)
-    return _complete(_read_raw_file(p), name, BERT_V100, True, f"profile file {p}")
+    where = f"profile file {p}"
+    return _complete(_read_raw_file(p), name, BERT_V100, True, where, fill, max_layers)
 
 
 # --------------------------------------------------------------------------- built-ins
@@ -345,13 +397,14 @@ def builtin_profile_names() -> list[str]:
     return sorted(_recipes())
 
 
-def builtin_profile(name: str) -> ModelProfile:
-    """A built-in profile; the same read-only object on every call."""
+def builtin_profile(name: str, fill: bool = True, max_layers: int | None = None) -> ModelProfile:
+    """A built-in profile; the same read-only object on every call with the same arguments.
+    `fill` False keeps only the configs of its recipe (measured or scaled from measured)."""
     if name not in _recipes():
         raise SpecError(
             f"unknown built-in profile {name!r}; allowed: {', '.join(builtin_profile_names())}"
         )
-    return _builtin(name)
+    return _builtin(name, fill, max_layers)
 
 
 @functools.cache
@@ -386,38 +439,59 @@ def _builtin_raw(name: str) -> _RawProfile:
 
 
 @functools.cache
-def _builtin(name: str) -> ModelProfile:
+def _builtin(name: str, fill: bool = True, max_layers: int | None = None) -> ModelProfile:
     recipe = _recipes()[name]
     constants = BERT_V100.scaled_comm(float(recipe.get("commScale", 1.0)))
     measured = "file" in recipe  # derived profiles are scaled, not measured
-    return _complete(_builtin_raw(name), name, constants, measured, f"built-in profile {name!r}")
+    where = f"built-in profile {name!r}"
+    return _complete(_builtin_raw(name), name, constants, measured, where, fill, max_layers)
 
 
 # --------------------------------------------------------------------------- the spec
-def resolve_profile(ref: ProfileRef, model_name: str) -> ModelProfile:
-    """The complete profile a model's `profile` field points at, named after the model.
+def resolve_profile(
+    ref: ProfileRef, model_name: str, max_layers: int | None = None
+) -> ModelProfile:
+    """The profile a model's `profile` field points at, named after the model.
 
     Built-in profiles share their (read-only) config data between all models that use them.
     """
+    fill = (ref.fill or ("analytic" if ref.builtin is not None else "none")) == "analytic"
     if ref.builtin is not None:
-        return replace(builtin_profile(ref.builtin), name=model_name)
+        return replace(builtin_profile(ref.builtin, fill, max_layers), name=model_name)
     if ref.file is not None:
-        return load_profile_file(ref.file, model_name)
+        return load_profile_file(ref.file, model_name, fill, max_layers)
     if ref.inline is not None:
-        return profile_from_inline(ref.inline, model_name, f"models[{model_name}].profile.inline")
+        where = f"models[{model_name}].profile.inline"
+        return profile_from_inline(ref.inline, model_name, where, fill, max_layers)
     raise SpecError(f"models[{model_name}].profile: set one of builtin, file or inline")
 
 
+def model_layers(model: ModelSpec) -> int | None:
+    """The layer count of the model's weights when the ModelSet gives its weights (a preset,
+    a config or a Hugging Face config.json); None when unknown. Bounds the pipeline stages."""
+    if "weights" not in model.model_fields_set:
+        return None
+    from statmux.runtime.presets import ModelConfigError, resolve_config  # no torch
+
+    try:
+        return resolve_config(model.weights, f"models[{model.name}].weights").num_layers
+    except ModelConfigError:
+        return None  # e.g. a checkpoint that only the serving nodes can read
+
+
 def profiles_for_spec(spec: ModelSetSpec) -> dict[str, ModelProfile]:
-    """Every model's complete profile, keyed by model name; a file read once per call."""
-    files: dict[str, ModelProfile] = {}
+    """Every model's profile, keyed by model name; a file read once per (file, fill, layers)
+    however many models use it."""
+    files: dict[tuple[str, str | None, int | None], ModelProfile] = {}
     out: dict[str, ModelProfile] = {}
     for model in spec.models:
         ref = model.profile
+        layers = model_layers(model)
         if ref.file is not None:
-            if ref.file not in files:
-                files[ref.file] = load_profile_file(ref.file, model.name)
-            out[model.name] = replace(files[ref.file], name=model.name)
+            key = (ref.file, ref.fill, layers)
+            if key not in files:
+                files[key] = resolve_profile(ref, model.name, layers)
+            out[model.name] = replace(files[key], name=model.name)
         else:
-            out[model.name] = resolve_profile(ref, model.name)
+            out[model.name] = resolve_profile(ref, model.name, layers)
     return out

@@ -9,7 +9,9 @@ Array conventions (G groups, M models, P = the largest pp, N requests, B = max b
   lat (G, M, P): batch-1 stage latencies of model m on group g (unused entries: 0)
   latb (G, M, B, P): stage latencies per batch size b+1; maxb (G, M): usable max batch
   deadlines (N,): arrival + SLO of the request's model
-Outputs per model: good, rejected (at arrival), dropped (from a queue); busy (G, P) seconds.
+Outputs per model: good, rejected (at arrival), dropped (from a queue); busy (G, P) seconds;
+routed (G,): requests routed to each group, admitted or not (AlpaServe's greedy ranks groups
+by it).
 """
 
 from __future__ import annotations
@@ -39,17 +41,20 @@ def run_unbatched(
     n_models: int,
     record: bool,
     latencies: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Requests one at a time in arrival order; returns (good, rejected, busy)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Requests one at a time in arrival order; returns (good, rejected, busy, routed)."""
     n_groups, max_pp = npp.size, lat.shape[2]
     free = np.zeros((n_groups, max_pp))
     busy = np.zeros((n_groups, max_pp))
+    routed = np.zeros(n_groups, np.int64)
     good = np.zeros(n_models, np.int64)
     rejected = np.zeros(n_models, np.int64)
     for i in range(arrivals.size):
         t = arrivals[i]
         m = model_ids[i]
         g, end = route_earliest(t, m, host_ptr, host_groups, npp, lat, free)
+        if g >= 0:
+            routed[g] += 1
         if not admit(g, end, deadlines[i]):
             rejected[m] += 1
             if record:
@@ -59,7 +64,7 @@ def run_unbatched(
         good[m] += 1
         if record:
             latencies[i] = end - t
-    return good, rejected, busy
+    return good, rejected, busy, routed
 
 
 @numba.njit(cache=True, nogil=True)
@@ -103,8 +108,9 @@ def run_batched(
     n_models: int,
     record: bool,
     latencies: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Event-driven variant with per-group queues; returns (good, rejected, dropped, busy).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Event-driven variant with per-group queues; returns (good, rejected, dropped, busy,
+    routed).
 
     Before routing a request that arrives at t, every group dispatches all batches whose
     dispatch time tau = max(free[g, 0], oldest queued arrival) is < t (a request arriving
@@ -124,6 +130,7 @@ def run_batched(
     good = np.zeros(n_models, np.int64)
     rejected = np.zeros(n_models, np.int64)
     dropped = np.zeros(n_models, np.int64)
+    routed = np.zeros(n_groups, np.int64)
     for i in range(n + 1):
         t = arrivals[i] if i < n else np.inf
         for g in range(n_groups):
@@ -171,6 +178,8 @@ def run_batched(
             break
         m = model_ids[i]
         g, end = route_earliest(t, m, host_ptr, host_groups, npp, lat, est)
+        if g >= 0:
+            routed[g] += 1
         if record:
             latencies[i] = -1.0
         if not admit(g, end, deadlines[i]):
@@ -190,7 +199,7 @@ def run_batched(
                 e = est[g, k]
             e += lat[g, m, k]
             est[g, k] = e
-    return good, rejected, dropped, busy
+    return good, rejected, dropped, busy, routed
 
 
 __all__ = ["pipeline_end", "run_batched", "run_unbatched"]

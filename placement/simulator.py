@@ -13,6 +13,10 @@ Semantics (the parts live in separate modules):
   would complete it earliest (ties: lowest group index); if that completion is later than
   its deadline it is rejected at arrival (a miss that occupies nothing). A model that no
   group hosts misses every request.
+- Overheads (the profile's `overheads`, measured by the runtime's profiler): every stage
+  latency becomes l_k · (1 + stageFraction · pp), plus stageSeconds on every stage that
+  receives activations from a previous one (k ≥ 1); every request's completion is delayed by
+  requestSeconds (front end, router), which occupies no stage but counts against the SLO.
 - max_batch_size == 1: requests are served one at a time in arrival order; an admitted
   request commits free[g, k] = e_k at once, so it always meets its deadline.
 - max_batch_size > 1: event-driven (see statmux.placement.sim_kernels.run_batched): admitted
@@ -186,9 +190,17 @@ class Simulator:
         self.event_driven = max_batch_size > 1 if event_driven is None else event_driven
         self._index = {n: i for i, n in enumerate(self.model_names)}
         self._slo = np.array([float(slo_seconds[m]) for m in self.model_names])
+        # A request's fixed overhead (front end, router) delays its completion without
+        # occupying a stage: the pipeline must finish it by deadline - overhead.
+        self._overhead = np.array(
+            [
+                profiles[m].overheads.request_seconds if m in profiles else 0.0
+                for m in self.model_names
+            ]
+        )
         self._arrivals = np.ascontiguousarray(workload.arrivals, dtype=np.float64)
         self._model_ids = np.ascontiguousarray(workload.model_ids, dtype=np.int64)
-        self._deadlines = self._arrivals + self._slo[self._model_ids]
+        self._deadlines = self._arrivals + (self._slo - self._overhead)[self._model_ids]
         self._requests = np.bincount(self._model_ids, minlength=len(self.model_names)).astype(
             np.int64
         )
@@ -230,6 +242,7 @@ class Simulator:
                     f"profile {name!r} config {config}: stage_latency has shape {lat.shape}, "
                     f"expected ({len(cp.batch_sizes)} batch sizes, {config.pp} stages)"
                 )
+            lat = prof.overheads.apply(lat) if prof is not None else lat
             sizes = np.asarray(cp.batch_sizes)
             usable = min(self.max_batch_size, int(sizes.max()))
             rows = np.searchsorted(sizes, np.arange(1, min(usable, b_dim) + 1), side="left")
@@ -338,25 +351,28 @@ class Simulator:
     # ------------------------------------------------------------------ simulation
     def _simulate(
         self, placement: Placement, record: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         p = self._prepare(placement)
         latencies = np.empty(self._n if record else 0)
         if p.latb is None or p.maxb is None:
-            good, rejected, busy = run_unbatched(
+            good, rejected, busy, routed = run_unbatched(
                 self._arrivals, self._model_ids, self._deadlines, p.host_ptr, p.host_groups,
                 p.npp, p.lat, len(self.model_names), record, latencies,
             )  # fmt: skip
             dropped = np.zeros_like(good)
         else:
-            good, rejected, dropped, busy = run_batched(
+            good, rejected, dropped, busy, routed = run_batched(
                 self._arrivals, self._model_ids, self._deadlines, p.host_ptr, p.host_groups,
                 p.npp, p.lat, p.latb, p.maxb, len(self.model_names), record, latencies,
             )  # fmt: skip
-        return good, rejected, dropped, busy, latencies
+        if record:
+            served = latencies >= 0
+            latencies[served] += self._overhead[self._model_ids[served]]
+        return good, rejected, dropped, busy, routed, latencies
 
     def run(self, placement: Placement) -> SimResult:
         """Full statistics of one placement."""
-        good, rejected, dropped, busy, latencies = self._simulate(placement, record=True)
+        good, rejected, dropped, busy, _, latencies = self._simulate(placement, record=True)
         duration = self.workload.duration
         util = busy.max(axis=1) / duration if busy.size else np.zeros(len(placement.groups))
         return SimResult(
@@ -373,6 +389,11 @@ class Simulator:
     def good_per_model(self, placement: Placement) -> np.ndarray:
         """Good requests per model (int64), without latency bookkeeping."""
         return self._simulate(placement, record=False)[0]
+
+    def good_and_routed(self, placement: Placement) -> tuple[np.ndarray, np.ndarray]:
+        """Good requests per model and requests routed to each group (admitted or not)."""
+        out = self._simulate(placement, record=False)
+        return out[0], out[4]
 
     def attainment(self, placement: Placement) -> float:
         """Fraction of all requests that meet their SLO (1.0 for an empty workload)."""

@@ -73,18 +73,58 @@ class InlineConfigProfile(_Model):
         return v
 
 
+class ProfileOverheads(_Model):
+    """Serving costs outside the per-stage compute, as the runtime's profiler measures them;
+    the simulator adds them to every request of the model."""
+
+    request_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="added to every request's latency (front end, router); occupies no GPU",
+    )
+    stage_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="added to every pipeline stage after the first (activation transfer)",
+    )
+    stage_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="every stage's latency is multiplied by 1 + stageFraction * pp",
+    )
+
+
 class InlineProfile(_Model):
     weight_bytes: float = Field(gt=0, description="total weight bytes of the model")
     configs: list[InlineConfigProfile] = Field(min_length=1)
     num_layers: int | None = Field(default=None, ge=1)
+    overheads: ProfileOverheads | None = Field(
+        default=None, description="per-request and per-stage serving overheads"
+    )
+
+
+ProfileFill = Literal["none", "analytic"]
 
 
 class ProfileRef(_Model):
     """Exactly one of builtin, file or inline."""
 
     builtin: str | None = Field(default=None, description="a built-in profile name")
-    file: str | None = Field(default=None, description="path to a profile in YAML or JSON")
+    file: str | None = Field(
+        default=None,
+        description="path to a profile in YAML or JSON; many models may name the same file "
+        "(it is read once)",
+    )
     inline: InlineProfile | None = None
+    fill: ProfileFill | None = Field(
+        default=None,
+        description="none: search only the measured (pp, tp) configs; analytic: also "
+        "estimate the other configs (up to the model's layer count) with the analytic model. "
+        "Default: none for file and inline profiles, analytic for built-ins",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ProfileRef:
@@ -242,8 +282,19 @@ class ManualGroup(_Model):
     models: list[str] = Field(min_length=1)
 
 
+class SearchSpec(_Model):
+    max_requests: int | None = Field(
+        default=None,
+        ge=1000,
+        description="search on a sample of at most this many requests (windows spread over "
+        "the trace) to plan a very long trace faster; the candidates are still compared on "
+        "the whole workload. Default: search on the whole workload",
+    )
+
+
 class PlacementSpec(_Model):
     policy: Policy = "statmux"
+    search: SearchSpec = Field(default_factory=SearchSpec)
     groups: list[ManualGroup] | None = Field(
         default=None, description="the manual placement; only with policy 'manual'"
     )

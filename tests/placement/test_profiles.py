@@ -168,7 +168,7 @@ def test_moe_tensor_parallel_gains_less_than_dense() -> None:
 # --------------------------------------------------------------------------- files
 def test_reference_json_loads_as_is() -> None:
     source = SHARED_REFERENCE if SHARED_REFERENCE.exists() else BUNDLED_REFERENCE
-    profile = load_profile_file(source, "bert-a")
+    profile = load_profile_file(source, "bert-a", fill=True)
     assert profile.name == "bert-a"
     assert profile.weight_bytes == reference_grid()["weight_bytes_fp16"]
     assert set(STANDARD_CONFIGS) <= set(profile.configs)
@@ -178,10 +178,75 @@ def test_reference_json_loads_as_is() -> None:
     assert_complete_and_sane(profile)
 
 
+def test_user_profile_keeps_only_measured_configs(tmp_path: Path) -> None:
+    """A user's profile is searched on what it measured: no analytic pp16 (issue 10)."""
+    grid = reference_grid()
+    grid["configs"] = [c for c in grid["configs"] if c["pipeline_stages"] <= 4]
+    path = write(tmp_path, "p.json", grid)
+    measured = {(c["pipeline_stages"], c["tensor_parallel"]) for c in grid["configs"]}
+    profile = load_profile_file(path, "m")
+    assert {(c.pp, c.tp) for c in profile.configs} == measured
+    assert all(cp.measured for cp in profile.configs.values())
+    filled = load_profile_file(path, "m", fill=True)
+    assert {(c.pp, c.tp) for c in filled.configs} > measured
+    assert not filled.configs[ParallelConfig(16, 1)].measured
+
+
+def test_fill_is_bounded_by_the_weights_layers(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.json", small_profile())
+    models = [
+        {
+            "name": "a",
+            "profile": {"file": str(path), "fill": "analytic"},
+            "weights": {"preset": "bert-small"},  # 8 layers
+        },
+        {"name": "b", "profile": {"file": str(path), "fill": "analytic"}},
+        {"name": "c", "profile": {"file": str(path)}},
+        {"name": "d", "profile": {"builtin": "bert-1.3b"}, "weights": {"preset": "bert-small"}},
+    ]
+    profiles = profiles_for_spec(spec_with(models))
+    assert max(c.pp for c in profiles["a"].configs) == 8
+    assert max(c.pp for c in profiles["b"].configs) == 16
+    assert {(c.pp, c.tp) for c in profiles["c"].configs} == {(1, 1), (2, 1)}
+    assert max(c.pp for c in profiles["d"].configs) == 8
+    # a measured config deeper than the weights' layers is a clear error
+    deep = small_profile(
+        configs=[{"pipelineStages": 16, "tensorParallel": 1, "stageLatencyS": {"1": [0.01] * 16}}]
+    )
+    spec = spec_with(
+        [
+            {
+                "name": "e",
+                "profile": {"file": str(write(tmp_path, "deep.json", deep))},
+                "weights": {"preset": "bert-small"},
+            }
+        ]
+    )
+    with pytest.raises(SpecError, match="more stages than the model's 8 layers"):
+        profiles_for_spec(spec)
+
+
+def test_profile_without_single_gpu_config_keeps_its_reference_latency(tmp_path: Path) -> None:
+    data = reference_grid()
+    data["configs"] = [c for c in data["configs"] if c["pipeline_stages"] == 2]
+    profile = load_profile_file(write(tmp_path, "p.json", data), "m")
+    assert ParallelConfig(1, 1) not in profile.configs
+    assert profile.single_device_latency == pytest.approx(0.099, rel=0.1)
+
+
+def test_overheads_are_read(tmp_path: Path) -> None:
+    data = small_profile(overheads={"requestSeconds": 0.011, "stageFraction": 0.009})
+    profile = load_profile_file(write(tmp_path, "p.yaml", data), "m")
+    assert profile.overheads.request_seconds == 0.011
+    assert profile.overheads.stage_fraction == 0.009
+    assert profile.overheads.stage_seconds == 0.0
+    bad(tmp_path, small_profile(overheads={"requestSeconds": -1}), "overheads.requestSeconds")
+
+
 @pytest.mark.parametrize("filename", ["p.yaml", "p.json"])
 def test_file_in_inline_shape(tmp_path: Path, filename: str) -> None:
     path = write(tmp_path, filename, small_profile(numLayers=16))
-    profile = load_profile_file(path, "m")
+    profile = load_profile_file(path, "m", fill=True)
     assert_complete_and_sane(profile)
     assert profile.single_device_latency == 0.1
     measured = profile.get(2, 1)
@@ -208,7 +273,7 @@ configs:
 """
     path = tmp_path / "p.yml"
     path.write_text(text)
-    profile = load_profile_file(path, "m")
+    profile = load_profile_file(path, "m", fill=True)
     cp = profile.get(1, 2)
     assert cp is not None and cp.weight_bytes_per_gpu == 0.6e9
     assert cp.latency(1) == 0.05
@@ -223,7 +288,7 @@ def test_profile_without_single_gpu_config_is_derived(tmp_path: Path) -> None:
     data["configs"] = [
         c for c in data["configs"] if (c["pipeline_stages"], c["tensor_parallel"]) != (1, 1)
     ]
-    profile = load_profile_file(write(tmp_path, "p.json", data), "m")
+    profile = load_profile_file(write(tmp_path, "p.json", data), "m", fill=True)
     single = profile.get(1, 1)
     assert single is not None and not single.measured
     for b in STANDARD_BATCH_SIZES:
@@ -235,14 +300,14 @@ def test_only_one_config_one_batch(tmp_path: Path) -> None:
         "weightBytes": 1e9,
         "configs": [{"pipelineStages": 2, "tensorParallel": 4, "stageLatencyS": {"4": [1, 1]}}],
     }
-    profile = load_profile_file(write(tmp_path, "p.json", data), "m")
+    profile = load_profile_file(write(tmp_path, "p.json", data), "m", fill=True)
     assert_complete_and_sane(profile)
 
 
 def test_extra_batch_sizes_propagate_to_every_config(tmp_path: Path) -> None:
     data = small_profile()
     data["configs"][0]["stageLatencyS"]["32"] = [1.7]
-    profile = load_profile_file(write(tmp_path, "p.json", data), "m")
+    profile = load_profile_file(write(tmp_path, "p.json", data), "m", fill=True)
     for cp in profile.configs.values():
         assert 32 in cp.batch_sizes
     assert_complete_and_sane(profile)
@@ -359,9 +424,9 @@ def test_profiles_for_spec(tmp_path: Path) -> None:
         [
             {"name": "a", "profile": {"builtin": "bert-6.7b"}},
             {"name": "b", "profile": {"builtin": "bert-6.7b"}},
-            {"name": "c", "profile": {"file": str(path)}},
-            {"name": "d", "profile": {"file": str(path)}},
-            {"name": "e", "profile": {"inline": inline}},
+            {"name": "c", "profile": {"file": str(path), "fill": "analytic"}},
+            {"name": "d", "profile": {"file": str(path), "fill": "analytic"}},
+            {"name": "e", "profile": {"inline": inline, "fill": "analytic"}},
         ]
     )
     profiles = profiles_for_spec(spec)

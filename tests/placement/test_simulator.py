@@ -393,3 +393,40 @@ def test_restricted_simulator_equals_a_simulator_over_those_requests():
     assert sub.good_per_model(placement)[0] == 0 and len(sub) == int(keep.sum())
     # the parent is unaffected
     assert len(full) == len(work)
+
+
+# ----------------------------------------------------------------- calibration overheads
+@pytest.mark.parametrize("max_batch_size", [1, 2])
+def test_overheads_by_hand(max_batch_size: int) -> None:
+    # stages 0.1, 0.1 (pp 2); stageFraction 0.1 -> 0.1 x (1 + 0.1 x 2) = 0.12 per stage;
+    # stageSeconds 0.005 on stage 1 -> 0.125; requestSeconds 0.01 after the pipeline. SLO 0.3.
+    # r0 @0:    0-0.12, 0.12-0.245, +0.01 -> latency 0.255 (good)
+    # r1 @0.05: 0.12-0.24, 0.245-0.37, +0.01 -> 0.38 - 0.05 = 0.33 > 0.3 (rejected)
+    # r2 @0.3:  0.3-0.42, 0.42-0.545, +0.01 -> latency 0.255 (good)
+    # Without overheads r1 would finish at 0.3 (latency 0.25) and all three are good.
+    from dataclasses import replace
+
+    from statmux.placement.profile import Overheads
+
+    plain = make_profile("a", {(2, 1): [0.1, 0.1]}, batch_sizes=(1,))
+    calibrated = replace(plain, overheads=Overheads(0.01, 0.005, 0.1))
+    work = wl(["a"], [(0.0, "a"), (0.05, "a"), (0.3, "a")], duration=1.0)
+    place = Placement([group(2, "a")])
+    res = Simulator({"a": calibrated}, work, {"a": 0.3}, max_batch_size).run(place)
+    assert (res.n_good, res.n_rejected + res.n_dropped) == (2, 1)
+    assert sorted(res.latencies) == pytest.approx([0.255, 0.255])
+    assert res.group_utilization == pytest.approx([2 * 0.125])
+    base = Simulator({"a": plain}, work, {"a": 0.3}, max_batch_size).run(place)
+    assert base.n_good == 3
+    assert sorted(base.latencies) == pytest.approx([0.2, 0.2, 0.25])
+
+
+def test_routed_counts_every_request_sent_to_a_group() -> None:
+    profiles = {m: make_profile(m, {(1, 1): [0.1]}) for m in "ab"}
+    work = wl(["a", "b"], [(0.0, "a"), (0.01, "a"), (0.02, "b"), (0.5, "a")], duration=1.0)
+    place = Placement([group(1, "a"), group(1, "a", "b")])
+    good, routed = Simulator(profiles, work, {"a": 0.15, "b": 0.15}).good_and_routed(place)
+    # a@0 -> g0; a@0.01 -> g1 (g0 busy); b@0.02 -> g1, would end 0.21 > 0.17: rejected but
+    # routed; a@0.5 -> g0 (tie: lowest index)
+    assert routed.tolist() == [2, 2]
+    assert good.tolist() == [3, 0]
