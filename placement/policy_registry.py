@@ -73,7 +73,9 @@ POLICIES: dict[str, PolicyEntry] = {
         _clockwork_pp, "sr re-run per time window, free swaps (an upper bound)", baseline=True
     ),
     "alpaserve": PolicyEntry(
-        _alpaserve, "AlpaServe as published: every group partition, fast greedy, device separation", baseline=True
+        _alpaserve,
+        "AlpaServe as published: every group partition, fast greedy, device separation",
+        baseline=True,
     ),
     "manual": PolicyEntry(_manual, "the ModelSet's placement.groups, verbatim", searches=False),
 }
