@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from statmux.placement.plan import PlanGroup
 from statmux.placement.spec import WeightSource
 from statmux.runtime.checkpoint import build_full_model
 from statmux.runtime.dist_env import DistInfo
@@ -60,12 +61,16 @@ def _time(fn: Any, reps: int) -> float:
 
 def _rank(rank: int, world: int, port: int, args: argparse.Namespace, pp: int, out: Any) -> None:
     torch.set_num_threads(1)
-    group = {
-        "name": "bench",
-        "pp": pp,
-        "tp": 1,
-        "models": [{"name": "m", "weights": _weights(args)}],
+    model = {
+        "name": "m",
+        "sloSeconds": 60.0,  # the engine is driven directly: no admission
+        "stageLatencySeconds": {"1": [0.01] * pp},
+        "weightBytesPerGpu": 0,
+        "weights": _weights(args),
     }
+    group = PlanGroup.model_validate(
+        {"name": "bench", "gpus": pp, "pp": pp, "tp": 1, "memoryPerGpuBytes": 0, "models": [model]}
+    )
     info = DistInfo(rank, world, "127.0.0.1", port, local_rank=rank)
     engine = start_group(group, info, args.device)
     if engine is None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from statmux.placement.plan import Plan
 from statmux.placement.spec import API_VERSION, KIND, ModelSet, ModelSetSpec
 
 
-def plan_for(name: str, namespace: str, spec: ModelSetSpec) -> dict[str, Any]:
-    """Plan a validated spec; returns the Plan JSON (raises SpecError for user mistakes).
+def plan_for(name: str, namespace: str, spec: ModelSetSpec) -> Plan:
+    """Plan a validated spec (raises SpecError for user mistakes).
 
     CPU-bound (simulator-guided search): kopf runs the sync handlers that call this in its
     thread pool, so the event loop keeps serving watches and the liveness probe.
@@ -24,4 +23,4 @@ def plan_for(name: str, namespace: str, spec: ModelSetSpec) -> dict[str, Any]:
             "spec": spec,
         }
     )
-    return plan_modelset(ms).data
+    return plan_modelset(ms)

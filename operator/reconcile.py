@@ -11,8 +11,6 @@ groups are ready, see `converge`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +38,6 @@ from statmux.operator.resources import (
     desired_objects,
     group_workloads,
     plan_configmap_name,
-    plan_hash,
     selector_for,
 )
 from statmux.operator.status import (
@@ -54,18 +51,20 @@ from statmux.operator.status import (
     planned_conditions,
     readiness_conditions,
 )
+from statmux.placement.plan import Plan, PlanError, short_hash
 from statmux.placement.spec import ModelSetSpec, SpecError, parse_spec
 
 log = logging.getLogger("statmux.operator")
 
 A_SPEC_HASH = "statmux.io/spec-hash"  # on the plan ConfigMap: the spec it was planned from
 
-Planner = Callable[[str, str, ModelSetSpec], Obj]
+Planner = Callable[[str, str, ModelSetSpec], Plan]
 
 
 # --------------------------------------------------------------------------- helpers
 def spec_hash(spec: Obj) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    """Which spec a stored plan answers (not the plan hash: that covers the groups)."""
+    return short_hash(spec, 16)
 
 
 def choose_workload_kind(api: Api, cfg: OperatorConfig) -> WorkloadKind:
@@ -139,7 +138,7 @@ def _workload_gpus(objs: list[Obj]) -> int:
 def converge(
     api: Api,
     owner: Owner,
-    plan: Obj,
+    plan: Plan,
     cfg: OperatorConfig,
     kind: WorkloadKind,
     gpu_product: str | None,
@@ -156,7 +155,7 @@ def converge(
     """
     now = now or datetime.now(UTC)
     ns = owner.namespace
-    ph = plan_hash(plan)
+    ph = plan.plan_hash
     desired = desired_objects(owner, plan, cfg, kind, gpu_product)
     if spec_digest:
         # Marks which spec this plan answers, so a resume does not search again.
@@ -247,16 +246,22 @@ def _owner(name: str, namespace: str, uid: str) -> Owner:
     return Owner(name=name, namespace=namespace, uid=uid)
 
 
-def current_plan(api: Api, owner: Owner) -> tuple[Obj | None, str | None]:
-    """The plan in `<ms>-plan` and the spec hash it was planned from."""
-    cm = api.get(CONFIGMAP, owner.namespace, plan_configmap_name(owner.name))
+def current_plan(api: Api, owner: Owner) -> tuple[Plan | None, str | None]:
+    """The plan in `<ms>-plan` and the spec hash it was planned from.
+
+    The one place the operator parses a stored Plan; an unusable one (edited by hand, or
+    written by an incompatible version) counts as none, so the spec is planned again."""
+    name = plan_configmap_name(owner.name)
+    cm = api.get(CONFIGMAP, owner.namespace, name)
     if not cm or PLAN_KEY not in (cm.get("data") or {}):
         return None, None
     annotations = cm["metadata"].get("annotations") or {}
     try:
-        return json.loads(cm["data"][PLAN_KEY]), annotations.get(A_SPEC_HASH)
-    except json.JSONDecodeError:
+        plan = Plan.parse_json(cm["data"][PLAN_KEY], f"ConfigMap {owner.namespace}/{name}")
+    except PlanError as err:
+        log.warning("ignoring the stored plan: %s", err)
         return None, None
+    return plan, annotations.get(A_SPEC_HASH)
 
 
 def reconcile(
@@ -279,7 +284,8 @@ def reconcile(
         plan, planned_from = current_plan(api, owner)
         if plan is None or planned_from != digest:
             plan = planner(owner.name, owner.namespace, parsed)
-            plan["modelSet"] = owner.name
+            if plan.model_set != owner.name:
+                plan = plan.model_copy(update={"model_set": owner.name})
     except SpecError as err:
         message = str(err)
         return Result(
@@ -326,14 +332,13 @@ def _converge_status(
     cfg: OperatorConfig,
     owner: Owner,
     generation: int,
-    plan: Obj,
+    plan: Plan,
     digest: str,
     gpu_product: str | None,
     status: Obj,
     now: datetime | None,
 ) -> Result:
     kind = choose_workload_kind(api, cfg)
-    ph = plan_hash(plan)
     cm_name = plan_configmap_name(owner.name)
     outcome = converge(
         api,
@@ -353,7 +358,7 @@ def _converge_status(
     conditions = merge_conditions(
         conditions, readiness_conditions(outcome.readiness, plan_ok), generation, now
     )
-    new = plan_status(plan, ph, cm_name) | {
+    new = plan_status(plan, cm_name) | {
         "observedGeneration": generation,
         "workloadKind": kind,
         "readyGroups": outcome.readiness.ready_groups,

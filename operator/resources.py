@@ -13,7 +13,6 @@ Objects per ModelSet `<ms>` (all in its namespace, all owned by it):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from statmux.operator.kinds import (
     STATEFULSET,
     VOLCANO_PODGROUP,
 )
+from statmux.placement.plan import Plan, short_hash
 
 Obj = dict[str, Any]
 WorkloadKind = Literal["StatefulSet", "LeaderWorkerSet"]
@@ -98,17 +98,6 @@ def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> Obj:
     }
 
 
-def _hash(value: Any, length: int = 10) -> str:
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def plan_hash(plan: Obj) -> str:
-    """The planner's hash when present, else one over the groups (what the pods run)."""
-    given = plan.get("planHash")
-    return str(given) if given else _hash(plan["groups"])
-
-
 def plan_configmap_name(owner_name: str) -> str:
     return f"{owner_name}-plan"
 
@@ -155,21 +144,19 @@ def pod_layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
 
 def group_workloads(
     owner: Owner,
-    plan: Obj,
+    plan: Plan,
     cfg: OperatorConfig,
     kind: WorkloadKind,
     gpu_product: str | None = None,
 ) -> list[GroupWorkload]:
-    gpus_per_node = int(plan["cluster"]["gpusPerNode"])
+    gpus_per_node = plan.cluster.gpus_per_node
     out = []
-    for g in plan["groups"]:
-        gpus = int(g["pp"]) * int(g["tp"])
-        pods, per_pod = pod_layout(gpus, gpus_per_node)
+    for g in plan.groups:
+        pods, per_pod = pod_layout(g.gpus, gpus_per_node)
         # Anything that changes what the pods run changes the hash, hence the name.
-        digest = _hash(
+        digest = short_hash(
             {
-                "group": g,
-                "maxBatchSize": plan.get("maxBatchSize"),
+                "group": g.model_dump(mode="json", by_alias=True),
                 "gpusPerNode": gpus_per_node,
                 "gpuProduct": gpu_product,
                 "image": cfg.runtime_image,
@@ -180,18 +167,18 @@ def group_workloads(
             8,
         )
         room = MAX_WORKLOAD_NAME - len(owner.name) - len(digest) - 2
-        label = _dns_label(str(g["name"]))[: max(room, 1)].strip("-") or "g"
+        label = _dns_label(g.name)[: max(room, 1)].strip("-") or "g"
         out.append(
             GroupWorkload(
-                group=str(g["name"]),
+                group=g.name,
                 name=f"{owner.name}-{label}-{digest}",
                 hash=digest,
-                pp=int(g["pp"]),
-                tp=int(g["tp"]),
-                gpus=gpus,
+                pp=g.pp,
+                tp=g.tp,
+                gpus=g.gpus,
                 pods=pods,
                 gpus_per_pod=per_pod,
-                models=tuple(str(m["name"]) for m in g["models"]),
+                models=tuple(m.name for m in g.models),
             )
         )
     return out
@@ -199,14 +186,14 @@ def group_workloads(
 
 # --------------------------------------------------------------------------- ConfigMaps
 def plan_configmap(
-    owner: Owner, plan: Obj, name: str | None = None, component: str = "plan"
+    owner: Owner, plan: Plan, name: str | None = None, component: str = "plan"
 ) -> Obj:
-    labels = base_labels(owner, component) | {L_PLAN_HASH: plan_hash(plan)}
+    labels = base_labels(owner, component) | {L_PLAN_HASH: plan.plan_hash}
     return {
         "apiVersion": CONFIGMAP.api_version,
         "kind": CONFIGMAP.kind,
         "metadata": _metadata(owner, name or plan_configmap_name(owner.name), labels),
-        "data": {PLAN_KEY: json.dumps(plan, indent=1, sort_keys=True)},
+        "data": {PLAN_KEY: json.dumps(plan.to_dict(), indent=1, sort_keys=True)},
     }
 
 
@@ -410,14 +397,14 @@ def volcano_podgroup(owner: Owner, gw: GroupWorkload, plan_hash_: str) -> Obj:
 
 def group_objects(
     owner: Owner,
-    plan: Obj,
+    plan: Plan,
     gw: GroupWorkload,
     cfg: OperatorConfig,
     kind: WorkloadKind,
     gpu_product: str | None,
 ) -> list[Obj]:
     """The objects of one group, in the order they must exist (config before pods)."""
-    ph = plan_hash(plan)
+    ph = plan.plan_hash
     cm = plan_configmap(owner, plan, gw.configmap, component="group")
     cm["metadata"]["labels"] |= {k: v for k, v in group_labels(owner, gw).items()}
     out = [cm]
@@ -432,10 +419,10 @@ def group_objects(
 
 
 # --------------------------------------------------------------------------- router
-def router_deployment(owner: Owner, plan: Obj, cfg: OperatorConfig) -> Obj:
+def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
     name = router_name(owner.name)
     labels = base_labels(owner, "router")
-    ph = plan_hash(plan)
+    ph = plan.plan_hash
     return {
         "apiVersion": DEPLOYMENT.api_version,
         "kind": DEPLOYMENT.kind,
@@ -503,7 +490,7 @@ def router_service(owner: Owner, cfg: OperatorConfig) -> Obj:
 
 def desired_objects(
     owner: Owner,
-    plan: Obj,
+    plan: Plan,
     cfg: OperatorConfig,
     kind: WorkloadKind,
     gpu_product: str | None = None,

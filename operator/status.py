@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from statmux.placement.plan import Plan
+
 PLAN_READY = "PlanReady"
 GROUPS_READY = "GroupsReady"
 READY = "Ready"
@@ -76,17 +78,15 @@ def invalid_spec_conditions(message: str) -> list[Condition]:
     ]
 
 
-def planned_conditions(plan: dict[str, Any]) -> list[Condition]:
-    groups = plan["groups"]
-    gpus = sum(int(g["pp"]) * int(g["tp"]) for g in groups)
-    attainment = float(plan["predicted"]["attainment"])
+def planned_conditions(plan: Plan) -> list[Condition]:
+    gpus = sum(g.gpus for g in plan.groups)
     return [
         Condition(
             PLAN_READY,
             True,
             "Planned",
-            f"policy {plan.get('policy')}: {len(groups)} groups on {gpus} GPUs, "
-            f"predicted SLO attainment {attainment:.3f}",
+            f"policy {plan.policy}: {len(plan.groups)} groups on {gpus} GPUs, "
+            f"predicted SLO attainment {plan.predicted.attainment:.3f}",
         )
     ]
 
@@ -132,20 +132,19 @@ def readiness_conditions(r: Readiness, plan_ready: bool) -> list[Condition]:
     return out
 
 
-def plan_status(plan: dict[str, Any], plan_hash: str, configmap: str) -> dict[str, Any]:
+def plan_status(plan: Plan, configmap: str) -> dict[str, Any]:
     """The printer-column fields and the plan summary for `.status`."""
-    groups = plan["groups"]
-    predicted = plan["predicted"]
+    predicted = plan.predicted
     return {
-        "policy": plan.get("policy"),
-        "planHash": plan_hash,
+        "policy": plan.policy,
+        "planHash": plan.plan_hash,
         "planConfigMap": configmap,
-        "gpus": sum(int(g["pp"]) * int(g["tp"]) for g in groups),
-        "groupCount": len(groups),
-        "predictedAttainment": float(predicted["attainment"]),
+        "gpus": sum(g.gpus for g in plan.groups),
+        "groupCount": len(plan.groups),
+        "predictedAttainment": predicted.attainment,
         "predicted": {
-            "attainment": float(predicted["attainment"]),
-            "perModel": {k: float(v) for k, v in predicted.get("perModel", {}).items()},
-            **({"goodput": float(predicted["goodput"])} if "goodput" in predicted else {}),
+            "attainment": predicted.attainment,
+            "perModel": dict(predicted.per_model),
+            "goodput": predicted.goodput,
         },
     }

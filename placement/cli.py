@@ -71,35 +71,32 @@ def _print_plan(plan: Plan) -> None:
     from rich.table import Table
 
     out, _ = _consoles()
-    d = plan.data
-    t = Table(title=f"Plan for {d['modelSet']} · policy {d['policy']} · {d['search']['placement']}")
+    t = Table(title=f"Plan for {plan.model_set} · policy {plan.policy} · {plan.search.placement}")
     for col in ("group", "GPUs", "pp", "tp", "models", "memory/GPU"):
         t.add_column(col, justify="left" if col == "models" else "right")
-    for g in d["groups"]:
-        names = ", ".join(m["name"] for m in g["models"]) or "-"
+    for g in plan.groups:
         t.add_row(
-            g["name"],
-            str(g["gpus"]),
-            str(g["pp"]),
-            str(g["tp"]),
-            names,
-            f"{g['memoryPerGpuBytes'] / 2**30:.2f} GiB",
+            g.name,
+            str(g.gpus),
+            str(g.pp),
+            str(g.tp),
+            ", ".join(m.name for m in g.models) or "-",
+            f"{g.memory_per_gpu_bytes / 2**30:.2f} GiB",
         )
     out.print(t)
-    p = d["predicted"]
-    rows = [(d["policy"] + " (chosen)", p["attainment"])]
-    rows += sorted(p["baselines"].items(), key=lambda kv: -kv[1])
+    p = plan.predicted
+    rows = [(plan.policy + " (chosen)", p.attainment)]
+    rows += sorted(p.baselines.items(), key=lambda kv: -kv[1])
     s = Table(title="Predicted SLO attainment")
     s.add_column("policy")
     s.add_column("attainment", justify="right")
     for name, att in rows:
         s.add_row(name, f"{100 * att:.2f} %")
     out.print(s)
-    lat = p["latency"]
     out.print(
-        f"requests {p['requests']}, goodput {p['goodput']:.2f} req/s, latency p50 "
-        f"{1000 * lat.get('p50', 0):.1f} ms p99 {1000 * lat.get('p99', 0):.1f} ms; search "
-        f"{d['search']['seconds']:.2f} s with {d['search']['simulations']} simulations"
+        f"requests {p.requests}, goodput {p.goodput:.2f} req/s, latency p50 "
+        f"{1000 * p.latency.p50:.1f} ms p99 {1000 * p.latency.p99:.1f} ms; search "
+        f"{plan.search.seconds:.2f} s with {plan.search.simulations} simulations"
     )
 
 
@@ -146,16 +143,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from statmux.placement.plan import Plan
+    from statmux.placement.plan import Plan, PlanError
     from statmux.placement.planner import evaluate_plan
 
     ms = _load_modelset(args.modelset)
     try:
         plan = Plan.read(args.plan)
-    except OSError as e:
-        raise UsageError(f"cannot read plan {args.plan}: {e.strerror}") from None
-    except (ValueError, KeyError) as e:
-        raise UsageError(f"{args.plan}: {e}") from None
+    except PlanError as e:
+        raise UsageError(str(e)) from None
     result = evaluate_plan(ms.spec, plan)
     if args.json:
         print(json.dumps(result.summary(), indent=2, default=float))

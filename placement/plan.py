@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -187,15 +188,22 @@ class SearchInfo(_PlanModel):
     placement: str = ""
 
 
-def plan_hash(groups: list[PlanGroup] | list[dict[str, Any]]) -> str:
+def canonical_json(value: Any) -> bytes:
+    """The one serialization every statmux hash is taken over: sorted keys, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def short_hash(value: Any, length: int = 10) -> str:
+    """A short sha256 of `value`'s canonical JSON (plan, group and spec hashes)."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()[:length]
+
+
+def plan_hash(groups: Sequence[PlanGroup]) -> str:
     """The one short hash of what the pods run (the groups), used to roll pods on change.
 
-    Everyone (planner, operator, runtime) calls this, so the same groups give the same hash."""
-    data = [
-        g.model_dump(mode="json", by_alias=True) if isinstance(g, PlanGroup) else g for g in groups
-    ]
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:10]
+    Everyone (planner, operator, runtime, router) calls this, so the same groups give the
+    same hash."""
+    return short_hash([g.model_dump(mode="json", by_alias=True) for g in groups])
 
 
 class Plan(_PlanModel):
@@ -283,11 +291,6 @@ class Plan(_PlanModel):
         Path(path).write_text(self.to_json() + "\n")
 
     # ---- views
-    @property
-    def data(self) -> dict[str, Any]:
-        """TRANSITIONAL: the wire dict for consumers not yet migrated to the typed fields."""
-        return self.to_dict()
-
     @property
     def attainment(self) -> float:
         return self.predicted.attainment

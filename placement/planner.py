@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from statmux.placement.plan import PLAN_API_VERSION, Group, Plan, group_memory_per_gpu
+from statmux.placement.plan import (
+    Group,
+    LatencyPercentiles,
+    Plan,
+    PlanCluster,
+    PlanGroup,
+    PlanModel,
+    Predicted,
+    SearchInfo,
+    group_memory_per_gpu,
+)
 from statmux.placement.policies import PolicyResult, manual_policy
 from statmux.placement.policy_registry import BASELINES, POLICIES, unknown_policy_message
 from statmux.placement.profile import ModelProfile, ParallelConfig
@@ -150,63 +159,60 @@ def make_plan(
     ms: ModelSet, problem: SearchProblem, chosen: Evaluated, baselines: list[Evaluated]
 ) -> Plan:
     spec = ms.spec
-    weights = {m.name: m.weights.model_dump(by_alias=True, exclude_none=True) for m in spec.models}
-    groups: list[dict[str, Any]] = []
+    by_name = {m.name: m for m in spec.models}
+    groups: list[PlanGroup] = []
     for i, g in enumerate(chosen.result.placement.groups):
         models = []
         for name in g.models:
             cp = problem.profiles[name].get(g.config.pp, g.config.tp)
             assert cp is not None
             models.append(
-                {
-                    "name": name,
-                    "sloSeconds": problem.slo[name],
-                    "stageLatencySeconds": {
-                        str(b): [float(x) for x in cp.stage_latency[r]]
+                PlanModel(
+                    name=name,
+                    slo_seconds=problem.slo[name],
+                    max_batch_size=spec.max_batch_size,
+                    stage_latency_seconds={
+                        int(b): [float(x) for x in cp.stage_latency[r]]
                         for r, b in enumerate(cp.batch_sizes)
                     },
-                    "weightBytesPerGpu": cp.weight_bytes_per_gpu,
-                    "maxBatchSize": spec.max_batch_size,
-                    "weights": weights[name],
-                }
+                    weight_bytes_per_gpu=cp.weight_bytes_per_gpu,
+                    weights=by_name[name].weights,
+                )
             )
         groups.append(
-            {
-                "name": f"g{i}",
-                "gpus": g.config.gpus,
-                "pp": g.config.pp,
-                "tp": g.config.tp,
-                "memoryPerGpuBytes": group_memory_per_gpu(g, problem.profiles),
-                "models": models,
-            }
+            PlanGroup(
+                name=f"g{i}",
+                gpus=g.config.gpus,
+                pp=g.config.pp,
+                tp=g.config.tp,
+                memory_per_gpu_bytes=group_memory_per_gpu(g, problem.profiles),
+                models=models,
+            )
         )
     sim = chosen.sim
-    data: dict[str, Any] = {
-        "apiVersion": PLAN_API_VERSION,
-        "kind": "Plan",
-        "modelSet": ms.metadata.name,
-        "policy": chosen.policy,
-        "cluster": {
-            "gpus": spec.cluster.gpus,
-            "gpuMemoryBytes": spec.cluster.gpu_memory_bytes,
-            "gpusPerNode": spec.cluster.gpus_per_node,
-        },
-        "groups": groups,
-        "predicted": {
-            "attainment": chosen.attainment,
-            "goodput": float(sim.goodput),
-            "latency": latency_percentiles(sim),
-            "perModel": {m: float(a) for m, a in sim.per_model_attainment.items()},
-            "requests": sim.n_requests,
-            "baselines": {b.policy: b.attainment for b in baselines},
-        },
-        "search": {
-            "seconds": round(chosen.seconds, 4),
-            "simulations": chosen.simulations,
-            "placement": chosen.result.placement.describe(),
-        },
-    }
-    return Plan.from_dict(data)
+    return Plan(
+        model_set=ms.metadata.name,
+        policy=chosen.policy,
+        cluster=PlanCluster(
+            gpus=spec.cluster.gpus,
+            gpu_memory_bytes=spec.cluster.gpu_memory_bytes,
+            gpus_per_node=spec.cluster.gpus_per_node,
+        ),
+        groups=groups,
+        predicted=Predicted(
+            attainment=chosen.attainment,
+            goodput=float(sim.goodput),
+            latency=LatencyPercentiles(**latency_percentiles(sim)),
+            per_model={m: float(a) for m, a in sim.per_model_attainment.items()},
+            requests=sim.n_requests,
+            baselines={b.policy: b.attainment for b in baselines},
+        ),
+        search=SearchInfo(
+            seconds=round(chosen.seconds, 4),
+            simulations=chosen.simulations,
+            placement=chosen.result.placement.describe(),
+        ),
+    )
 
 
 def latency_percentiles(sim: SimResult) -> dict[str, float]:

@@ -10,14 +10,11 @@ worker loop (receive, compute, pass on) until the leader shuts the group down.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from statmux.placement.spec import WeightSource
+from statmux.placement.plan import PlanGroup
 from statmux.runtime.batching import model_info
 from statmux.runtime.checkpoint import build_stage, load_state
 from statmux.runtime.dist_env import DistInfo
@@ -37,68 +34,20 @@ from statmux.runtime.tensor_parallel import TPInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GroupSpecError", "PipelineEngine", "RendezvousError", "parse_group", "start_group"]
+__all__ = ["GroupSpecError", "PipelineEngine", "RendezvousError", "start_group"]
 
 
 class GroupSpecError(ValueError):
     """The Plan's group entry is unusable; the message names the field."""
 
 
-# ------------------------------------------------------------------------ the group entry
-@dataclass
-class ModelEntry:
-    name: str
-    weights: WeightSource
-    slo_seconds: float | None
-    stage_latency_s: dict[int, list[float]] = field(default_factory=dict)
-
-
-def parse_group(group: Mapping[str, Any]) -> tuple[int, int, list[ModelEntry]]:
-    """pp, tp and the hosted models of a Plan group entry, with errors naming the field."""
-    gname = group.get("name", "?")
-    where = f"group {gname!r}"
-    sizes = []
-    for key in ("pp", "tp"):
-        value = group.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GroupSpecError(f"{where}: {key} must be a positive integer, got {value!r}")
-        sizes.append(value)
-    models = group.get("models")
-    if not isinstance(models, list) or not models:
-        raise GroupSpecError(f"{where}: models must be a non-empty list")
-    entries = []
-    for i, m in enumerate(models):
-        if not isinstance(m, Mapping) or not isinstance(m.get("name"), str):
-            raise GroupSpecError(f"{where}: models[{i}] needs a name")
-        try:
-            weights = WeightSource.model_validate(m.get("weights") or {})
-        except ValueError as err:
-            raise GroupSpecError(f"{where}: models[{i}].weights is invalid: {err}") from None
-        slo = m.get("sloSeconds")
-        lat = m.get("stageLatencySeconds") or {}
-        try:
-            stage_lat = {int(b): [float(x) for x in v] for b, v in lat.items()}
-        except (TypeError, ValueError, AttributeError):
-            raise GroupSpecError(
-                f"{where}: models[{i}].stageLatencySeconds must map batch sizes to lists of seconds"
-            ) from None
-        entries.append(
-            ModelEntry(m["name"], weights, None if slo is None else float(slo), stage_lat)
-        )
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise GroupSpecError(f"{where}: model names must be unique, got {names}")
-    return sizes[0], sizes[1], entries
-
-
 # ------------------------------------------------------------------------ start_group
 def start_group(
-    group: Mapping[str, Any],
+    group: PlanGroup,
     dist_info: DistInfo,
     device: str = "cpu",
     *,
     memory_budget_bytes: int | None = None,
-    max_batch_size: int | None = None,
     seed: int = 0,
     collective_timeout_s: float = 600.0,
     rendezvous_timeout_s: float = 600.0,
@@ -111,10 +60,10 @@ def start_group(
     (gloo) or "cuda" (NCCL, one GPU per rank: cuda:<local_rank>). `memory_budget_bytes` is
     the per-device byte budget for resident weights (None: all models stay resident).
     """
-    pp, tp, entries = parse_group(group)
+    pp, tp, entries = group.pp, group.tp, group.models
     if dist_info.world_size != pp * tp:
         raise GroupSpecError(
-            f"group {group.get('name', '?')!r} has pp={pp} x tp={tp} = {pp * tp} ranks but "
+            f"group {group.name!r} has pp={pp} x tp={tp} = {pp * tp} ranks but "
             f"the world size is {dist_info.world_size}"
         )
     if device not in ("cpu", "cuda"):
@@ -153,14 +102,13 @@ def start_group(
         except Exception as err:
             error = err
             break
-        batch = max_batch_size or max(entry.stage_latency_s, default=1)
         info = model_info(
             entry.name,
             entry.weights.architecture,
             cfg,
-            batch,
+            entry.max_batch_size,
             entry.slo_seconds,
-            entry.stage_latency_s,
+            entry.stage_latency_seconds,
         )
         models.append(HostedModel(i, entry.name, entry.weights.architecture, cfg, info, shard))
     # every rank learns whether all built, and each model's largest shard (the budget unit)

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from statmux.placement.plan import Plan
+from statmux.placement.plan import Plan, PlanError, PlanGroup
 from statmux.runtime.frontend import DEFAULT_MAX_REQUEST_BYTES, FrontEnd
 from statmux.runtime.launcher import child_env, launch, ranks_to_launch
 from statmux.runtime.server_runner import serve
@@ -116,23 +116,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def find_group(plan_path: str, name: str) -> tuple[dict[str, Any], Plan]:
+def find_group(plan_path: str, name: str) -> PlanGroup:
+    """This process's group, from the Plan file parsed once here (the runtime's boundary)."""
     try:
         plan = Plan.read(plan_path)
-    except FileNotFoundError:
-        raise UsageError(f"plan file {plan_path!r} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"plan file {plan_path!r} is a directory") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"plan file {plan_path!r} is not a statmux Plan: {e}") from None
-    groups = plan.data.get("groups")
-    if not isinstance(groups, list):
-        raise UsageError(f"plan file {plan_path!r} has no 'groups' list")
-    for g in groups:
-        if isinstance(g, dict) and g.get("name") == name:
-            return g, plan
-    names = ", ".join(str(g.get("name")) for g in groups if isinstance(g, dict))
-    raise UsageError(f"plan {plan_path!r} has no group {name!r} (groups: {names or 'none'})")
+    except PlanError as e:  # names the file and the field
+        raise UsageError(str(e)) from None
+    try:
+        return plan.group(name)
+    except PlanError:
+        names = ", ".join(g.name for g in plan.groups)
+        raise UsageError(
+            f"plan {plan_path!r} has no group {name!r} (groups: {names or 'none'})"
+        ) from None
 
 
 def _free_port() -> int:
@@ -141,21 +137,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rank_of(group: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+def rank_of(group: PlanGroup, env: Mapping[str, str]) -> Any:
     """This process's DistInfo; a one-rank group needs no rendezvous variables."""
     from statmux.runtime.dist_env import DistEnvError, DistInfo, dist_info_from_env
 
-    world = group.get("pp", 0) * group.get("tp", 0) if _sizes_ok(group) else None
-    if world == 1 and not any(k in env for k in RENDEZVOUS_VARS):
+    if group.gpus == 1 and not any(k in env for k in RENDEZVOUS_VARS):
         return DistInfo(0, 1, "127.0.0.1", _free_port())
     try:
         return dist_info_from_env(env)
     except DistEnvError as e:
         raise UsageError(f"bad environment: {e}") from None
-
-
-def _sizes_ok(group: Mapping[str, Any]) -> bool:
-    return all(isinstance(group.get(k), int) and group[k] > 0 for k in ("pp", "tp"))
 
 
 def runtime_main(argv: Sequence[str]) -> int:
@@ -180,17 +171,10 @@ def runtime_main(argv: Sequence[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    group, plan = find_group(args.plan, args.group)
+    group = find_group(args.plan, args.group)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     dist_info = rank_of(group, os.environ)
-    max_batch = plan.data.get("maxBatchSize")
-    if max_batch is not None and (
-        not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1
-    ):
-        raise UsageError(
-            f"plan {args.plan!r}: maxBatchSize must be a positive integer, got {max_batch!r}"
-        )
     from statmux.runtime.engine import EngineError
     from statmux.runtime.group import GroupSpecError, RendezvousError, start_group
     from statmux.runtime.presets import ModelConfigError
@@ -206,7 +190,6 @@ def _run(args: argparse.Namespace) -> int:
             dist_info,
             args.device,
             memory_budget_bytes=args.memory_budget,
-            max_batch_size=max_batch,
             rendezvous_timeout_s=args.rendezvous_timeout,
         )
     except (GroupSpecError, ModelConfigError) as e:
@@ -219,9 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         log.info("rank %d of group %s finished", dist_info.rank, args.group)
         return 0
     try:
-        front = FrontEnd(
-            engine, max_in_flight=int(group["pp"]), max_request_bytes=args.max_request_bytes
-        )
+        front = FrontEnd(engine, max_in_flight=group.pp, max_request_bytes=args.max_request_bytes)
         asyncio.run(_serve_until_signal(front, args))
     finally:
         engine.shutdown()

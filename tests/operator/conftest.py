@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from statmux.operator.kinds import Kind, kind_of
 from statmux.operator.resources import Owner
+from statmux.placement.plan import Plan
+
+HELPERS = str(Path(__file__).resolve().parents[1] / "helpers")
+if HELPERS not in sys.path:
+    sys.path.insert(0, HELPERS)
+
+from plans import make_test_plan  # noqa: E402  (tests/helpers, put on the path above)
 
 
 def _merge(old: Any, new: Any) -> Any:
@@ -153,33 +162,15 @@ def manual_spec(groups: list[tuple[int, int, list[str]]], gpus: int = 16, **extr
     return spec
 
 
-def table_planner(name: str, namespace: str, spec: Any) -> dict[str, Any]:
+def table_planner(name: str, namespace: str, spec: Any) -> Plan:
     """Stands in for the placement engine: the manual groups as a Plan (pure-logic tests)."""
-    groups = []
-    for i, g in enumerate(spec.placement.groups or []):
-        groups.append(
-            {
-                "name": f"g{i}",
-                "gpus": g.pipeline_stages * g.tensor_parallel,
-                "pp": g.pipeline_stages,
-                "tp": g.tensor_parallel,
-                "models": [{"name": m, "sloSeconds": 1.0} for m in g.models],
-            }
-        )
-    return {
-        "apiVersion": "statmux.io/v1alpha1",
-        "kind": "Plan",
-        "modelSet": name,
-        "policy": spec.placement.policy,
-        "maxBatchSize": spec.max_batch_size,
-        "cluster": {
-            "gpus": spec.cluster.gpus,
-            "gpuMemoryBytes": spec.cluster.gpu_memory_bytes,
-            "gpusPerNode": spec.cluster.gpus_per_node,
-        },
-        "groups": groups,
-        "predicted": {"attainment": 0.9, "perModel": {}},
-    }
+    return make_test_plan(
+        [(g.pipeline_stages, g.tensor_parallel, list(g.models)) for g in spec.placement.groups],
+        model_set=name,
+        policy=spec.placement.policy,
+        gpus=spec.cluster.gpus,
+        gpus_per_node=spec.cluster.gpus_per_node,
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
+from plans import make_test_plan  # tests/helpers (on the path via conftest.py)
 
 from statmux.operator.config import OperatorConfig
 from statmux.operator.resources import (
@@ -22,25 +23,14 @@ from statmux.operator.resources import (
     group_workloads,
     pod_layout,
 )
+from statmux.placement.plan import Plan
 
 OWNER = Owner(name="a" * 36, namespace="ns", uid="u-1")
 CFG = OperatorConfig(runtime_image="rt:1", router_image="router:1")
 
 
-def plan(groups: list[tuple[int, int, list[str]]], gpus_per_node: int = 8) -> dict:
-    return {
-        "apiVersion": "statmux.io/v1alpha1",
-        "kind": "Plan",
-        "policy": "manual",
-        "maxBatchSize": 1,
-        "cluster": {"gpus": 64, "gpuMemoryBytes": 1, "gpusPerNode": gpus_per_node},
-        "groups": [
-            {"name": f"g{i}", "pp": pp, "tp": tp, "gpus": pp * tp, "models": [{"name": m}]}
-            for i, (pp, tp, ms) in enumerate(groups)
-            for m in ms[:1]
-        ],
-        "predicted": {"attainment": 0.5},
-    }
+def plan(groups: list[tuple[int, int, list[str]]], gpus_per_node: int = 8) -> Plan:
+    return make_test_plan([(pp, tp, ms[:1]) for pp, tp, ms in groups], gpus_per_node=gpus_per_node)
 
 
 def env_of(container: dict) -> dict[str, object]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from statmux.placement.plan import PlanGroup
 from statmux.placement.spec import WeightSource
 from statmux.runtime.checkpoint import build_full_model, build_stage, load_state, state_bytes
 from statmux.runtime.dist_env import DistInfo
@@ -90,6 +91,7 @@ def scenario_exact(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, A
             "outputs": [(t.name, t.shape) for t in i.outputs],
             "slo": i.slo_seconds,
             "stage_latency": {str(k): v for k, v in i.stage_latency_s.items()},
+            "max_batch_size": i.max_batch_size,
         }
         for n, i in engine.model_infos().items()
     }
@@ -182,7 +184,8 @@ def run(argv: list[str]) -> None:
             for s in range(group["pp"])
         )
         options["memory_budget_bytes"] = int(largest * options.pop("budget_models"))
-    engine = start_group(group, DistInfo(rank, world, "127.0.0.1", port), "cpu", **options)
+    plan_group = PlanGroup.model_validate(group)  # as the runtime parses it from the Plan
+    engine = start_group(plan_group, DistInfo(rank, world, "127.0.0.1", port), "cpu", **options)
     if rank != 0:
         return
     assert engine is not None

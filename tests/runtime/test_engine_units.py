@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+from statmux.placement.plan import PlanGroup
 from statmux.placement.spec import WeightSource
 from statmux.runtime.batching import InputError, make_batch, split_output
 from statmux.runtime.dist_env import DistEnvError, dist_info_from_env
-from statmux.runtime.group import GroupSpecError, parse_group
 from statmux.runtime.model_base import stage_layers
 from statmux.runtime.pipeline import Message, Op, header_len, pack_header, unpack_header
 from statmux.runtime.presets import ModelConfigError, resolve_config
@@ -144,10 +145,11 @@ def test_stage_layers_cover_every_layer_once() -> None:
 
 
 def test_bad_group_entries_and_presets_are_named() -> None:
-    with pytest.raises(GroupSpecError, match="pp must be a positive integer"):
-        parse_group({"name": "g", "pp": 0, "tp": 1, "models": [{"name": "m"}]})
-    with pytest.raises(GroupSpecError, match="models must be a non-empty list"):
-        parse_group({"name": "g", "pp": 1, "tp": 1, "models": []})
+    group = {"name": "g", "gpus": 1, "pp": 1, "tp": 1, "memoryPerGpuBytes": 0, "models": []}
+    with pytest.raises(ValidationError, match=r"pp\n  Input should be greater than or equal to 1"):
+        PlanGroup.model_validate(group | {"pp": 0})
+    with pytest.raises(ValidationError, match=r"gpus \(2\) must equal pp \* tp \(1\)"):
+        PlanGroup.model_validate(group | {"gpus": 2})
     with pytest.raises(ModelConfigError, match="not a bert preset; allowed: tiny"):
         resolve_config(WeightSource(architecture="bert", preset="llama-7b"))
     with pytest.raises(ModelConfigError, match="'hidden_size' must be int"):

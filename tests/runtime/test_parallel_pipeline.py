@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from statmux.placement.plan import PlanGroup
+
 RANK_SCRIPT = Path(__file__).with_name("group_rank.py")
 TOL = 1e-5
 # Ranks fork from a server that imported torch once: starting a rank costs milliseconds
@@ -37,12 +39,7 @@ def _model(name: str, arch: str, **config: Any) -> dict[str, Any]:
     }
     if config:
         weights["config"] = config
-    return {
-        "name": name,
-        "sloSeconds": 0.5,
-        "stageLatencySeconds": {"1": [0.01], "4": [0.02]},
-        "weights": weights,
-    }
+    return {"name": name, "sloSeconds": 0.5, "maxBatchSize": 3, "weights": weights}
 
 
 def _launch(
@@ -54,7 +51,13 @@ def _launch(
     options: dict[str, Any] | None = None,
     idle_seconds: float = 0.0,
 ) -> list[Proc]:
-    group = {"name": "g0", "pp": pp, "tp": tp, "models": models, "idleSeconds": idle_seconds}
+    entries = [
+        m | {"stageLatencySeconds": {"1": [0.01] * pp, "4": [0.02] * pp}, "weightBytesPerGpu": 1}
+        for m in models
+    ]
+    group = PlanGroup(
+        name="g0", gpus=pp * tp, pp=pp, tp=tp, memory_per_gpu_bytes=0, models=entries
+    ).model_dump(mode="json", by_alias=True) | {"idleSeconds": idle_seconds}
     (tmp / "group.json").write_text(json.dumps({"group": group, "options": options or {}}))
     port = _free_port()
     procs = []
@@ -104,7 +107,8 @@ def test_group_output_equals_single_process(tmp_path: Path, pp: int, tp: int) ->
     assert infos["bert-a"]["outputs"] == [["last_hidden_state", [-1, -1, 32]]]
     assert infos["gpt2-a"]["outputs"] == [["logits", [-1, -1, 128]]]
     assert infos["llama-a"]["slo"] == 0.5
-    assert infos["llama-a"]["stage_latency"] == {"1": [0.01], "4": [0.02]}
+    assert infos["llama-a"]["stage_latency"] == {"1": [0.01] * pp, "4": [0.02] * pp}
+    assert infos["llama-a"]["max_batch_size"] == 3  # the Plan's per-model maxBatchSize
 
 
 def test_swapping_is_lru_under_a_byte_budget(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ def plan_doc() -> dict:
         return {
             "name": "bert-a",
             "sloSeconds": 30.0,
+            "maxBatchSize": 4,
             "stageLatencySeconds": {"1": [0.01] * stages, "4": [0.02] * stages},
             "weightBytesPerGpu": 1e6,
             "weights": BERT,
@@ -39,11 +40,24 @@ def plan_doc() -> dict:
         "kind": "Plan",
         "modelSet": "test",
         "policy": "manual",
-        "maxBatchSize": 4,
         "cluster": {"gpus": 3, "gpuMemoryBytes": 1e9, "gpusPerNode": 8},
         "groups": [
-            {"name": "g0", "gpus": 1, "pp": 1, "tp": 1, "models": [model(1)]},
-            {"name": "g1", "gpus": 2, "pp": 2, "tp": 1, "models": [model(2)]},
+            {
+                "name": "g0",
+                "gpus": 1,
+                "pp": 1,
+                "tp": 1,
+                "memoryPerGpuBytes": 1e6,
+                "models": [model(1)],
+            },
+            {
+                "name": "g1",
+                "gpus": 2,
+                "pp": 2,
+                "tp": 1,
+                "memoryPerGpuBytes": 1e6,
+                "models": [model(2)],
+            },
         ],
         "predicted": {"attainment": 1.0, "goodput": 1.0, "perModel": {}, "baselines": {}},
         "search": {"seconds": 0, "simulations": 0},
@@ -67,14 +81,22 @@ def free_port() -> int:
 def test_missing_plan_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert runtime_main(["--plan", str(tmp_path / "nope.json"), "--group", "g0"]) == 2
     err = capsys.readouterr().err
-    assert "nope.json' does not exist" in err and "Traceback" not in err
+    assert "nope.json: cannot read the Plan: No such file" in err and "Traceback" not in err
 
 
 def test_not_a_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"kind": "Deployment"}')
     assert runtime_main(["--plan", str(bad), "--group", "g0"]) == 2
-    assert "is not a statmux Plan" in capsys.readouterr().err
+    assert "bad.json: not a statmux Plan: expected kind: Plan" in capsys.readouterr().err
+
+
+def test_a_modelset_is_not_a_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    demo = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+    assert runtime_main(["--plan", str(demo), "--group", "g0"]) == 2
+    err = capsys.readouterr().err
+    assert "this is a ModelSet: make a Plan from it with `statmux plan`" in err
+    assert "Traceback" not in err
 
 
 def test_unknown_group(capsys: pytest.CaptureFixture[str], plan_file: Path) -> None:
@@ -136,9 +158,19 @@ def weights_of(doc: dict, **weights: object) -> None:
             "weights.path: cannot read /nonexistent/config.json",
         ),
         (
-            lambda d: d.update(maxBatchSize="lots"),
+            lambda d: d["groups"][0]["models"][0].update(maxBatchSize="lots"),
             [],
-            "maxBatchSize must be a positive integer, got 'lots'",
+            "groups.0.models.0.maxBatchSize: Input should be a valid integer",
+        ),
+        (
+            lambda d: d["groups"][0].update(pp=0),
+            [],
+            "groups.0.pp: Input should be greater than or equal to 1",
+        ),
+        (
+            lambda d: d["groups"][0]["models"][0].pop("sloSeconds"),
+            [],
+            "groups.0.models.0.sloSeconds: Field required",
         ),
         (
             lambda d: None,
