@@ -1,0 +1,432 @@
+"""The router's state and request path: dispatch, admission, retries, health, plan changes.
+
+Everything runs on one event loop (no locks). Protocol servers (router_http, router_grpc)
+call `Router.infer` with the request body as bytes and get the group's reply as bytes.
+
+- Dispatch and admission: statmux.runtime.router_dispatch (the simulator's rule).
+- Faults: a group that refuses the connection, breaks it, or answers 503 is taken out of
+  rotation and the request goes to the next-best live replica (inference has no side effects,
+  so a request whose connection broke mid-way is safe to send again); health checks
+  (GET /v2/health/ready every --health-interval) put groups back when they answer again. A
+  hop that times out is not retried (the group may still be running it): 504.
+- Plan changes: `apply` swaps in a new RouterConfig. Groups that stay keep their state; groups
+  that leave get no new requests and are kept until their outstanding requests are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from statmux.runtime.router_config import RoutedGroup, RouterConfig
+from statmux.runtime.router_dispatch import Backlog, Candidate, admit, choose
+from statmux.runtime.router_metrics import GroupGauges, ModelMetrics, RouterMetrics
+from statmux.runtime.router_upstream import (
+    Broken,
+    HopTimeout,
+    NotAccepted,
+    Reply,
+    Upstreams,
+    probe_ready,
+)
+from statmux.runtime.serving_errors import (
+    ModelNotFound,
+    Rejected,
+    ServingError,
+    Unavailable,
+)
+
+log = logging.getLogger("statmux.router")
+
+ReadyWhen = Literal["all", "any"]
+
+
+class GatewayTimeout(ServingError):
+    """A group did not answer within the hop timeout."""
+
+    http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+@dataclass(eq=False)
+class GroupState:
+    group: RoutedGroup
+    backlog: Backlog
+    up: bool = False
+    why_down: str = "not checked yet"
+    leaving: bool = False
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+
+    def set_group(self, group: RoutedGroup) -> None:
+        self.group = group
+        self.candidates = {
+            name: Candidate(group.name, m, self.backlog) for name, m in group.models.items()
+        }
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        upstreams: Upstreams,
+        health_interval_s: float = 1.0,
+        health_timeout_s: float = 1.0,
+        ready_when: ReadyWhen = "all",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.upstreams = upstreams
+        self.health_interval_s = health_interval_s
+        self.health_timeout_s = health_timeout_s
+        self.ready_when = ready_when
+        self.clock = clock
+        self.metrics = RouterMetrics(
+            GroupGauges(
+                up=lambda: {s.group.name: s.up and not s.leaving for s in self._all_states()},
+                outstanding=lambda: {s.group.name: s.backlog.count for s in self._all_states()},
+                slo=lambda: dict(self.config.slo_seconds),
+                rates=lambda: {m: mm.arrivals.rate() for m, mm in self.metrics.models.items()},
+            )
+        )
+        self.closing: str | None = None
+        self.states: dict[tuple[str, str], GroupState] = {}
+        self.leaving: list[GroupState] = []
+        self.by_model: dict[str, list[GroupState]] = {}
+        self._model_metrics: dict[str, ModelMetrics] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.config = config
+        self.apply(config)
+
+    # ----------------------------------------------------------------- configuration
+    def apply(self, config: RouterConfig) -> list[GroupState]:
+        """Serve `config` from now on; returns the groups that are new (not yet probed)."""
+        states: dict[tuple[str, str], GroupState] = {}
+        fresh = []
+        for g in config.groups:
+            st = self.states.get(g.key)
+            if st is None or st.backlog.pp != g.pp:
+                st = GroupState(g, Backlog(g.pp))
+                fresh.append(st)
+            st.set_group(g)
+            states[g.key] = st
+        for key, st in self.states.items():
+            if key not in states:
+                st.leaving = True
+                self.leaving.append(st)
+                log.info("group %s (%s) left the plan; draining", st.group.name, st.group.url)
+        self.states = states
+        self.by_model = {m: [states[g.key] for g in hosts] for m, hosts in config.hosts.items()}
+        self._model_metrics = {m: self.metrics.model(m) for m in config.hosts}
+        self.config = config
+        if config.unrouted:
+            log.warning("plan groups without an address (out of rotation): %s", config.unrouted)
+        return fresh
+
+    def _all_states(self) -> list[GroupState]:
+        return [*self.states.values(), *self.leaving]
+
+    # ----------------------------------------------------------------- health
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if self.closing is not None:
+            return False
+        if self.ready_when == "any":
+            return any(s.up for s in self.states.values())
+        return all(any(s.up for s in hosts) for hosts in self.by_model.values())
+
+    def not_ready_reason(self) -> str:
+        if self.closing is not None:
+            return self.closing
+        down = [m for m, hosts in sorted(self.by_model.items()) if not any(s.up for s in hosts)]
+        if self.ready_when == "any" or len(down) == len(self.by_model):
+            return "no group is reachable: " + "; ".join(
+                f"{s.group.name} ({s.group.url}): {s.why_down}" for s in self.states.values()
+            )
+        return f"no live group hosts model(s) {', '.join(down)}"
+
+    def model_ready(self, model: str) -> bool:
+        return self.closing is None and any(s.up for s in self._hosts(model))
+
+    def mark_down(self, st: GroupState, why: str) -> None:
+        if st.up:
+            log.warning("group %s (%s) out of rotation: %s", st.group.name, st.group.url, why)
+        st.up = False
+        st.why_down = why
+
+    async def probe(self, st: GroupState) -> None:
+        why = await probe_ready(self.upstreams, st.group.url, self.health_timeout_s)
+        if why is None:
+            if not st.up:
+                log.info("group %s (%s) in rotation", st.group.name, st.group.url)
+            st.up = True
+            st.why_down = ""
+            return
+        if why.startswith("no answer within"):
+            self.metrics.hop_timeouts.labels(st.group.name).inc()
+        self.mark_down(st, why)
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(s) for s in list(self.states.values())))
+
+    async def health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            await self.probe_all()
+            self.leaving = [s for s in self.leaving if s.backlog.count > 0]
+
+    # ----------------------------------------------------------------- lookup
+    def _hosts(self, model: str) -> list[GroupState]:
+        hosts = self.by_model.get(model)
+        if hosts is None:
+            raise ModelNotFound(
+                f"unknown model '{model}' (this ModelSet serves: "
+                f"{', '.join(self.config.models) or 'nothing'})"
+            )
+        return hosts
+
+    def check_model(self, model: str) -> None:
+        self._hosts(model)
+
+    def _why_unavailable(self, model: str, hosts: list[GroupState], tried: list[str]) -> str:
+        if self.closing is not None:
+            return self.closing
+        if not hosts:
+            return (
+                f"no live group hosts model '{model}': its groups have no address "
+                f"(unrouted: {', '.join(self.config.unrouted)})"
+            )
+        states = "; ".join(
+            f"{s.group.name} ({s.group.url}): {s.why_down or 'in rotation'}" for s in hosts
+        )
+        extra = f" (tried: {', '.join(tried)})" if tried else ""
+        return f"no live group hosts model '{model}'{extra}: {states}"
+
+    # ----------------------------------------------------------------- inference
+    async def infer(
+        self,
+        model: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        rows: int,
+        arrival: float,
+    ) -> Reply:
+        """Send one inference request to the best group; the group's reply, or a
+        ServingError the router decided on (404, 429, 503, 504)."""
+        hosts = self._hosts(model)
+        mm = self._model_metrics[model]
+        mm.requests.inc()
+        mm.arrivals.add()
+        try:
+            return await self._dispatch(model, hosts, mm, path, body, headers, rows, arrival)
+        except asyncio.CancelledError:  # the client went away
+            mm.failed["cancelled"].inc()
+            raise
+        except ServingError:
+            raise  # counted where it was decided
+        except Exception:
+            mm.failed["internal"].inc()
+            raise
+
+    async def _dispatch(
+        self,
+        model: str,
+        hosts: list[GroupState],
+        mm: ModelMetrics,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        rows: int,
+        arrival: float,
+    ) -> Reply:
+        slo = self.config.slo_seconds[model]
+        deadline = arrival + slo
+        tried: list[str] = []
+        while True:
+            if self.closing is not None:
+                mm.rejected["unavailable"].inc()
+                raise Unavailable(self.closing)
+            pairs = [
+                (s.candidates[model], s)
+                for s in hosts
+                if s.up and not s.leaving and s.group.name not in tried
+            ]
+            if not pairs:
+                mm.rejected["unavailable"].inc()
+                raise Unavailable(self._why_unavailable(model, hosts, tried))
+            now = self.clock()
+            choice = choose((c for c, _ in pairs), rows, now)
+            if not admit(choice, deadline):
+                mm.rejected["slo"].inc()
+                best = choice.completion - arrival
+                raise Rejected(
+                    f"model '{model}': rejected by the router's SLO admission: the soonest a "
+                    f"group can finish it is {best * 1000:.1f} ms after arrival > SLO "
+                    f"{slo * 1000:.1f} ms ({self._backlogs(pairs)})"
+                )
+            cand = choice.candidate
+            assert cand is not None
+            st = next(s for c, s in pairs if c is cand)
+            if tried:
+                mm.retries.inc()
+            ticket = st.backlog.commit(now, cand.model.stage_latency(rows))
+            try:
+                reply = await self.upstreams.request("POST", st.group.url + path, body, headers)
+            except (NotAccepted, Broken) as e:
+                self.mark_down(st, str(e))
+                tried.append(st.group.name)
+                continue
+            except HopTimeout as e:
+                self.metrics.hop_timeouts.labels(st.group.name).inc()
+                mm.failed["timeout"].inc()
+                raise GatewayTimeout(f"group {st.group.name} ({st.group.url}): {e}") from None
+            finally:
+                st.backlog.release(ticket, self.clock())
+            if reply.status == 503:  # the group does not accept it (stopping, unhealthy)
+                self.mark_down(st, f"answered 503: {_error_text(reply)}")
+                tried.append(st.group.name)
+                continue
+            self._record(mm, reply.status, arrival, slo)
+            return reply
+
+    def _record(self, mm: ModelMetrics, status: int, arrival: float, slo: float) -> None:
+        if status == 200:
+            latency = self.clock() - arrival
+            mm.success.inc()
+            mm.duration.observe(latency)
+            if latency <= slo:
+                mm.within_slo.inc()
+        elif status == 429:
+            mm.rejected["group"].inc()
+        elif status < 500:
+            mm.failed["invalid"].inc()
+        else:
+            mm.failed["group"].inc()
+
+    def record_invalid(self, model: str) -> None:
+        """A request the router itself refused as malformed (counted like a group's 4xx)."""
+        mm = self._model_metrics.get(model)
+        if mm is not None:
+            mm.requests.inc()
+            mm.arrivals.add()
+            mm.failed["invalid"].inc()
+
+    @staticmethod
+    def _backlogs(pairs: list[tuple[Candidate, GroupState]]) -> str:
+        return ", ".join(f"{s.group.name}: {s.backlog.count} outstanding" for _, s in pairs)
+
+    # ----------------------------------------------------------------- other requests
+    async def forward(self, model: str, method: str, path: str, body: bytes | None = None) -> Reply:
+        """A metadata/config/stats request: the first live group hosting `model` answers."""
+        hosts = self._hosts(model)
+        tried: list[str] = []
+        for st in hosts:
+            if not st.up or st.leaving:
+                continue
+            try:
+                reply = await self.upstreams.request(method, st.group.url + path, body)
+            except (NotAccepted, Broken) as e:
+                self.mark_down(st, str(e))
+                tried.append(st.group.name)
+                continue
+            except HopTimeout as e:
+                self.metrics.hop_timeouts.labels(st.group.name).inc()
+                raise GatewayTimeout(f"group {st.group.name} ({st.group.url}): {e}") from None
+            return reply
+        raise Unavailable(self._why_unavailable(model, hosts, tried))
+
+    async def forward_each(self, model: str, method: str, path: str, body: bytes) -> list[Reply]:
+        """Send to every live group hosting `model` (repository load/unload)."""
+        replies = []
+        hosts = [s for s in self._hosts(model) if s.up and not s.leaving]
+        if not hosts:
+            raise Unavailable(self._why_unavailable(model, self._hosts(model), []))
+        for st in hosts:
+            try:
+                replies.append(await self.upstreams.request(method, st.group.url + path, body))
+            except (NotAccepted, Broken, HopTimeout) as e:
+                raise Unavailable(f"group {st.group.name} ({st.group.url}): {e}") from None
+        return replies
+
+    async def all_stats(self) -> dict[str, Any]:
+        """Statistics of every model, summed over the live groups that host it."""
+        merged: dict[str, dict[str, Any]] = {}
+        for st in list(self.states.values()):
+            if not st.up:
+                continue
+            try:
+                reply = await self.upstreams.request("GET", st.group.url + "/v2/models/stats")
+                doc = json.loads(reply.body) if reply.status == 200 else {}
+            except (NotAccepted, Broken, HopTimeout, ValueError):
+                continue
+            for entry in doc.get("model_stats", []):
+                name = entry.get("name")
+                if isinstance(name, str):
+                    merged[name] = sum_stats(merged[name], entry) if name in merged else entry
+        return {"model_stats": [merged[m] for m in sorted(merged)]}
+
+    def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
+        out = []
+        for model in self.config.models:
+            ready = self.model_ready(model)
+            if ready_only and not ready:
+                continue
+            out.append(
+                {
+                    "name": model,
+                    "state": "READY" if ready else "UNAVAILABLE",
+                    "reason": "" if ready else "no live group hosts it",
+                }
+            )
+        return out
+
+    # ----------------------------------------------------------------- lifecycle
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self, reason: str = "the router is shutting down") -> None:
+        self.closing = reason
+
+    def outstanding(self) -> int:
+        return sum(s.backlog.count for s in self._all_states())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (at most timeout_s) until every request sent to a group is answered."""
+        end = self.clock() + timeout_s
+        while self.outstanding() and self.clock() < end:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.upstreams.close()
+
+
+def _error_text(reply: Reply) -> str:
+    try:
+        doc = json.loads(reply.body)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return str(doc["error"])
+    except ValueError:
+        pass
+    return reply.body[:200].decode("utf-8", "replace")
+
+
+def sum_stats(a: Any, b: Any, key: str = "") -> Any:
+    """Sum two Triton statistics entries of one model: counts and durations add up,
+    last_inference is the later one, names, versions and lists come from the first."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = {k: sum_stats(v, b[k], k) if k in b else v for k, v in a.items()}
+        return out | {k: v for k, v in b.items() if k not in a}
+    if isinstance(a, bool) or not isinstance(a, int | float) or not isinstance(b, int | float):
+        return a
+    return max(a, b) if key == "last_inference" else a + b
