@@ -82,7 +82,7 @@ def test_same_decisions_as_the_simulator_on_a_gamma_workload() -> None:
     host_groups = np.array([0, 1, 0])
     npp = np.array([1, 2])
     record = np.zeros(n)
-    good, rejected, _ = run_unbatched(
+    good, rejected, _, routed = run_unbatched(
         arrivals, model_ids, deadlines, host_ptr, host_groups, npp, lat, 2, True, record
     )
 
@@ -96,10 +96,13 @@ def test_same_decisions_as_the_simulator_on_a_gamma_workload() -> None:
     }
     router_good = np.zeros(2, np.int64)
     router_rejected = np.zeros(2, np.int64)
+    router_routed = np.zeros(2, np.int64)
     latencies = np.zeros(n)
     for i in range(n):
         t, m = float(arrivals[i]), int(model_ids[i])
         choice = choose(hosts[m], 1, t)
+        if choice.candidate is not None:
+            router_routed[int(choice.candidate.name[1])] += 1
         if not admit(choice, float(deadlines[i])):
             router_rejected[m] += 1
             latencies[i] = -1
@@ -111,6 +114,8 @@ def test_same_decisions_as_the_simulator_on_a_gamma_workload() -> None:
     assert rejected.sum() > 0 and good.sum() > 0  # the workload exercises both outcomes
     np.testing.assert_array_equal(router_good, good)
     np.testing.assert_array_equal(router_rejected, rejected)
+    np.testing.assert_array_equal(router_routed, routed)
+    assert routed.min() > 0  # both groups were chosen
     np.testing.assert_allclose(latencies, record)
 
 
