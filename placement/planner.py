@@ -77,7 +77,7 @@ def build_problem(
         num_gpus=spec.cluster.gpus,
         budget=budget,
         gpus_per_node=spec.cluster.gpus_per_node,
-        max_batch_size=spec.max_batch_size,
+        max_batch_size={m.name: spec.max_batch_size_of(m) for m in spec.models},
         progress=progress,
     )
 
@@ -170,7 +170,7 @@ def make_plan(
                 PlanModel(
                     name=name,
                     slo_seconds=problem.slo[name],
-                    max_batch_size=spec.max_batch_size,
+                    max_batch_size=spec.max_batch_size_of(by_name[name]),
                     stage_latency_seconds={
                         int(b): [float(x) for x in cp.stage_latency[r]]
                         for r, b in enumerate(cp.batch_sizes)

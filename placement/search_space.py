@@ -30,7 +30,7 @@ class SearchProblem:
     num_gpus: int
     budget: float  # weight bytes per GPU
     gpus_per_node: int = 8
-    max_batch_size: int = 1
+    max_batch_size: int | dict[str, int] = 1  # one cap, or one per model
     progress: Progress | None = None
     # The full workload for the final evaluation, when `workload` is a sample of it.
     eval_workload: Workload | None = None

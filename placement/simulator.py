@@ -36,7 +36,7 @@ and per-group utilization = busy time of the group's busiest stage / duration.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -172,22 +172,31 @@ class Simulator:
         profiles: dict[str, ModelProfile],
         workload: Workload,
         slo_seconds: dict[str, float],
-        max_batch_size: int = 1,
+        max_batch_size: int | Mapping[str, int] = 1,
         event_driven: bool | None = None,
     ) -> None:
-        """event_driven: use the queueing (batching) kernel; default: when max_batch_size > 1.
-        With max_batch_size 1 it serves queues earliest-deadline-first instead of in arrival
-        order, which is the same when all models share one SLO."""
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1 (got {max_batch_size})")
+        """max_batch_size: one cap for every model, or a cap per model (the Plan's
+        per-model maxBatchSize). event_driven: use the queueing (batching) kernel; default:
+        when some cap > 1. With every cap 1 it serves queues earliest-deadline-first instead
+        of in arrival order, which is the same when all models share one SLO."""
+        names = list(workload.model_names)
+        if isinstance(max_batch_size, int):
+            caps = dict.fromkeys(names, max_batch_size)
+        else:
+            caps = dict(max_batch_size)
+            if no_cap := [m for m in names if m not in caps]:
+                raise ValueError(f"max_batch_size has no cap for model(s) {', '.join(no_cap)}")
+        if bad := {m: c for m, c in caps.items() if c < 1}:
+            raise ValueError(f"max_batch_size must be >= 1 (got {bad})")
         missing = [m for m in workload.model_names if m not in slo_seconds]
         if missing:
             raise ValueError(f"slo_seconds has no SLO for model(s) {', '.join(missing)}")
         self.profiles = profiles
         self.workload = workload
-        self.model_names = list(workload.model_names)
-        self.max_batch_size = max_batch_size
-        self.event_driven = max_batch_size > 1 if event_driven is None else event_driven
+        self.model_names = names
+        self._max_batch = [caps[m] for m in names]
+        self.max_batch_size = max(self._max_batch, default=1)  # the largest cap
+        self.event_driven = self.max_batch_size > 1 if event_driven is None else event_driven
         self._index = {n: i for i, n in enumerate(self.model_names)}
         self._slo = np.array([float(slo_seconds[m]) for m in self.model_names])
         # A request's fixed overhead (front end, router) delays its completion without
@@ -211,7 +220,7 @@ class Simulator:
             (max(c.batch_sizes) for p in profiles.values() for c in p.configs.values()),
             default=1,
         )
-        self._b_dim = min(max_batch_size, largest) if self.event_driven else 1
+        self._b_dim = min(self.max_batch_size, largest) if self.event_driven else 1
         # Per config: (M, b_dim, pp) stage latencies (NaN: model lacks the config) and (M,)
         # usable max batch; filled lazily, once per config. Configs get small integer ids;
         # the stacked tables (all configs, padded to the largest pp) let _prepare fill a
@@ -244,7 +253,7 @@ class Simulator:
                 )
             lat = prof.overheads.apply(lat) if prof is not None else lat
             sizes = np.asarray(cp.batch_sizes)
-            usable = min(self.max_batch_size, int(sizes.max()))
+            usable = min(self._max_batch[i], int(sizes.max()))
             rows = np.searchsorted(sizes, np.arange(1, min(usable, b_dim) + 1), side="left")
             table[i, : rows.size] = lat[rows]
             maxb[i] = usable

@@ -185,6 +185,12 @@ class ModelSpec(_Model):
     profile: ProfileRef
     weights: WeightSource = Field(default_factory=WeightSource)
     slo: SLO | None = Field(default=None, description="overrides spec.slo for this model")
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="largest batch the runtime forms for this model; default spec.maxBatchSize",
+    )
 
 
 # --------------------------------------------------------------------------- workload
@@ -317,7 +323,12 @@ class ModelSetSpec(_Model):
     workload: Workload
     cluster: Cluster
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
-    max_batch_size: int = Field(default=1, ge=1, le=256)
+    max_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="largest batch the runtime forms per model, unless the model sets its own",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelSetSpec:
@@ -351,6 +362,10 @@ class ModelSetSpec(_Model):
 
     def slo_for(self, model: ModelSpec) -> SLO:
         return model.slo or self.slo
+
+    def max_batch_size_of(self, model: ModelSpec) -> int:
+        """The one meaning of maxBatchSize: the model's own, else the ModelSet's."""
+        return model.max_batch_size or self.max_batch_size
 
 
 class Metadata(_Model):

@@ -148,3 +148,43 @@ def test_runs_from_any_directory(tmp_path):
     small_modelset(tmp_path)
     res = statmux("plan", "ms.yaml", "--no-baselines", "-q", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+
+
+def test_simulate_given_a_modelset_as_the_plan_says_so():
+    res = statmux("simulate", str(DEMO), "--plan", str(DEMO))
+    assert_user_error(res, "demo.yaml: not a statmux Plan", "this is a ModelSet", "statmux plan")
+
+
+def test_simulate_names_the_bad_plan_field(tmp_path):
+    ms = small_modelset(
+        tmp_path,
+        placement={
+            "policy": "manual",
+            "groups": [{"pipelineStages": 1, "tensorParallel": 1, "models": ["bert-a"]}],
+        },
+    )
+    res = statmux("plan", str(ms), "--json", "--no-baselines", "-q")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    plan["groups"][0]["pp"] = 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(plan))
+    res = statmux("simulate", str(ms), "--plan", str(bad))
+    assert_user_error(res, "bad.json: groups.0.pp: Input should be greater than or equal to 1")
+
+
+def test_per_model_max_batch_size_reaches_the_plan():
+    from statmux.placement.planner import plan_modelset
+    from statmux.placement.spec import parse_modelset
+
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"]["durationSeconds"] = 60
+    doc["spec"]["maxBatchSize"] = 2
+    doc["spec"]["models"][1]["maxBatchSize"] = 8
+    doc["spec"]["placement"] = {
+        "policy": "manual",
+        "groups": [{"pipelineStages": 2, "tensorParallel": 1, "models": ["bert-a", "bert-b"]}],
+    }
+    plan = plan_modelset(parse_modelset(doc))
+    (group,) = plan.groups
+    assert {m.name: m.max_batch_size for m in group.models} == {"bert-a": 2, "bert-b": 8}

@@ -430,3 +430,23 @@ def test_routed_counts_every_request_sent_to_a_group() -> None:
     # routed; a@0.5 -> g0 (tie: lowest index)
     assert routed.tolist() == [2, 2]
     assert good.tolist() == [3, 0]
+
+
+def test_per_model_batch_caps_act_per_model():
+    # a and b in separate groups: each model's results depend on its own cap only.
+    names = ["a", "b"]
+    lat = [[0.05], [0.06], [0.07], [0.08]]
+    profiles = {n: make_profile(n, {(1, 1): lat}) for n in names}
+    work = gamma_workload(names, [30.0, 30.0], 2.0, 30.0, seed=5)
+    slo = dict.fromkeys(names, 0.3)
+    placement = Placement([group(1, "a"), group(1, "b")])
+    mixed = Simulator(profiles, work, slo, max_batch_size={"a": 4, "b": 1}).run(placement)
+    four = Simulator(profiles, work, slo, max_batch_size=4).run(placement)
+    one = Simulator(profiles, work, slo, max_batch_size=1, event_driven=True).run(placement)
+    assert mixed.per_model_attainment["a"] == four.per_model_attainment["a"]
+    assert mixed.per_model_attainment["b"] == one.per_model_attainment["b"]
+    assert four.per_model_attainment["b"] > one.per_model_attainment["b"]  # the cap matters
+    same = Simulator(profiles, work, slo, max_batch_size=dict.fromkeys(names, 4)).run(placement)
+    assert same.attainment == four.attainment
+    with pytest.raises(ValueError, match="no cap for model"):
+        Simulator(profiles, work, slo, max_batch_size={"a": 4})

@@ -147,3 +147,12 @@ inline:
     inline = ms.spec.models[0].profile.inline
     assert inline is not None
     assert inline.configs[0].stage_latency_s == {"1": [0.05], "2": [0.08]}
+
+
+def test_per_model_max_batch_size_defaults_to_the_modelset_value():
+    doc = variant(spec__maxBatchSize=4, spec__models__1__maxBatchSize=16)
+    spec = parse_modelset(doc).spec
+    caps = [spec.max_batch_size_of(m) for m in spec.models]
+    assert caps[0] == 4 and caps[1] == 16 and set(caps[2:]) == {4}
+    msg = error_of(variant(spec__models__0__maxBatchSize=0))
+    assert "spec.models.0.maxBatchSize" in msg and "greater than or equal to 1" in msg
