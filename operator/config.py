@@ -28,6 +28,7 @@ class OperatorConfig:
     workload: WorkloadMode = "auto"
     master_port: int = 29500
     serve_port: int = 8000  # Open Inference Protocol (HTTP) of the runtime and the router
+    grpc_port: int = 8001  # Open Inference Protocol (gRPC) of the router
     cluster_domain: str = "cluster.local"
     resync_seconds: float = 10.0  # the status/readiness timer
     rollout_timeout_seconds: float = 300.0  # then old groups retire one by one
@@ -69,6 +70,7 @@ class OperatorConfig:
             workload=workload,
             master_port=int(number("STATMUX_MASTER_PORT", d.master_port, 1)),
             serve_port=int(number("STATMUX_SERVE_PORT", d.serve_port, 1)),
+            grpc_port=int(number("STATMUX_GRPC_PORT", d.grpc_port, 1)),
             cluster_domain=text("STATMUX_CLUSTER_DOMAIN", d.cluster_domain),
             resync_seconds=number("STATMUX_RESYNC_SECONDS", d.resync_seconds, 0.5),
             rollout_timeout_seconds=number(

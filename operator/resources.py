@@ -1,7 +1,8 @@
 """Build the manifests (plain dicts) the operator applies for one ModelSet and its Plan.
 
 Objects per ModelSet `<ms>` (all in its namespace, all owned by it):
-- ConfigMap `<ms>-plan` (key plan.json): the current Plan, read by the router.
+- ConfigMap `<ms>-plan`: the current Plan (plan.json) and where each group's leader serves
+  (groups.json), read by the router, which follows its updates without a restart.
 - per plan group, the workload `<ms>-<group>-<hash>` where hash covers everything its pods
   run (the group's slice of the Plan, images, ports, scheduling): a StatefulSet (or a
   LeaderWorkerSet), a headless Service of the same name (StatefulSet path; LWS makes its
@@ -49,6 +50,10 @@ L_POD_INDEX = "apps.kubernetes.io/pod-index"  # set by the StatefulSet controlle
 PLAN_KEY = "plan.json"
 PLAN_DIR = "/etc/statmux"
 PLAN_PATH = f"{PLAN_DIR}/{PLAN_KEY}"
+# The router's ConfigMap also holds where each group's leader serves REST (`statmux router
+# --groups-file`): {"g0": "http://<leader pod>.<group Service>.<ns>.svc.<domain>:<port>"}.
+GROUPS_KEY = "groups.json"
+GROUPS_PATH = f"{PLAN_DIR}/{GROUPS_KEY}"
 GPU = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 MAX_WORKLOAD_NAME = 52  # StatefulSet names leave room for "-<ordinal>" and the revision hash
@@ -184,6 +189,18 @@ def group_workloads(
     return out
 
 
+def leader_address(owner: Owner, gw: GroupWorkload, cfg: OperatorConfig) -> str:
+    """DNS name of a group's leader pod (rank 0, the one serving REST) through the group's
+    headless Service; the same for StatefulSets and LeaderWorkerSets (pod `<workload>-0`,
+    Service `<workload>`)."""
+    return f"{gw.name}-0.{gw.name}.{owner.namespace}.svc.{cfg.cluster_domain}"
+
+
+def group_endpoints(owner: Owner, gws: list[GroupWorkload], cfg: OperatorConfig) -> dict[str, str]:
+    """What the router reads (GROUPS_KEY): each plan group's leader REST address."""
+    return {gw.group: f"http://{leader_address(owner, gw, cfg)}:{cfg.serve_port}" for gw in gws}
+
+
 # --------------------------------------------------------------------------- ConfigMaps
 def plan_configmap(
     owner: Owner, plan: Plan, name: str | None = None, component: str = "plan"
@@ -222,7 +239,7 @@ def runtime_env(
     pod_index = f"metadata.labels['{L_POD_INDEX}']"
     env: list[Obj] = []
     if kind == "StatefulSet":
-        leader = f"{gw.name}-0.{gw.name}.{owner.namespace}.svc.{cfg.cluster_domain}"
+        leader = leader_address(owner, gw, cfg)
         env += [
             {"name": "LWS_LEADER_ADDRESS", "value": leader},
             {"name": "LWS_GROUP_SIZE", "value": str(gw.pods)},
@@ -420,41 +437,49 @@ def group_objects(
 
 # --------------------------------------------------------------------------- router
 def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
+    """The router: `statmux router` over the Plan and the group addresses in the ModelSet's
+    ConfigMap. It follows ConfigMap updates itself, so a new plan does not restart it (the
+    plan hash is on the Deployment, not in its pod template). Its readiness probe asks
+    whether it reaches at least one group (--ready-when any): one dead group must not take
+    the others' models off the Service."""
     name = router_name(owner.name)
     labels = base_labels(owner, "router")
-    ph = plan.plan_hash
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 2}
     return {
         "apiVersion": DEPLOYMENT.api_version,
         "kind": DEPLOYMENT.kind,
-        "metadata": _metadata(owner, name, labels | {L_PLAN_HASH: ph}),
+        "metadata": _metadata(owner, name, labels | {L_PLAN_HASH: plan.plan_hash}),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {L_MODELSET: owner.name, L_COMPONENT: "router"}},
             "template": {
-                # The plan hash in the template restarts the router on a new plan.
-                "metadata": {"labels": labels, "annotations": {L_PLAN_HASH: ph}},
+                "metadata": {"labels": labels},
                 "spec": {
                     "containers": [
                         {
                             "name": "router",
                             "image": cfg.router_image,
                             "imagePullPolicy": cfg.image_pull_policy,
-                            "command": [
-                                "statmux",
-                                "router",
-                                "--plan",
-                                PLAN_PATH,
-                                "--port",
-                                str(cfg.serve_port),
-                            ],
+                            "command": router_command(cfg),
                             "env": [
                                 {"name": "STATMUX_PLAN", "value": PLAN_PATH},
                                 {"name": "STATMUX_MODELSET", "value": owner.name},
                                 _field_env("POD_NAMESPACE", "metadata.namespace"),
                             ],
                             "ports": [
-                                {"name": "http", "containerPort": cfg.serve_port, "protocol": "TCP"}
+                                {
+                                    "name": "http",
+                                    "containerPort": cfg.serve_port,
+                                    "protocol": "TCP",
+                                },
+                                {"name": "grpc", "containerPort": cfg.grpc_port, "protocol": "TCP"},
                             ],
+                            "readinessProbe": probe | {"failureThreshold": 2},
+                            "livenessProbe": {
+                                "httpGet": {"path": "/v2/health/live", "port": "http"},
+                                "periodSeconds": 10,
+                                "failureThreshold": 3,
+                            },
                             "volumeMounts": [
                                 {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}
                             ],
@@ -468,10 +493,30 @@ def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
                     "volumes": [
                         {"name": "plan", "configMap": {"name": plan_configmap_name(owner.name)}}
                     ],
+                    "terminationGracePeriodSeconds": 40,  # the router drains for up to 30 s
                 },
             },
         },
     }
+
+
+def router_command(cfg: OperatorConfig) -> list[str]:
+    return [
+        "statmux",
+        "router",
+        "--plan",
+        PLAN_PATH,
+        "--groups-file",
+        GROUPS_PATH,
+        "--http-port",
+        str(cfg.serve_port),
+        "--grpc-port",
+        str(cfg.grpc_port),
+        "--ready-when",
+        "any",
+        "--drain-timeout",
+        "30",
+    ]
 
 
 def router_service(owner: Owner, cfg: OperatorConfig) -> Obj:
@@ -483,7 +528,10 @@ def router_service(owner: Owner, cfg: OperatorConfig) -> Obj:
         "spec": {
             "type": "ClusterIP",
             "selector": {L_MODELSET: owner.name, L_COMPONENT: "router"},
-            "ports": [{"name": "http", "port": cfg.serve_port, "targetPort": cfg.serve_port}],
+            "ports": [
+                {"name": "http", "port": cfg.serve_port, "targetPort": cfg.serve_port},
+                {"name": "grpc", "port": cfg.grpc_port, "targetPort": cfg.grpc_port},
+            ],
         },
     }
 
@@ -496,8 +544,12 @@ def desired_objects(
     gpu_product: str | None = None,
 ) -> list[Obj]:
     """Everything the ModelSet should own for this Plan, in apply order."""
-    out = [plan_configmap(owner, plan)]
-    for gw in group_workloads(owner, plan, cfg, kind, gpu_product):
+    gws = group_workloads(owner, plan, cfg, kind, gpu_product)
+    router_config = plan_configmap(owner, plan)
+    endpoints = group_endpoints(owner, gws, cfg)
+    router_config["data"][GROUPS_KEY] = json.dumps(endpoints, indent=1, sort_keys=True)
+    out = [router_config]
+    for gw in gws:
         out += group_objects(owner, plan, gw, cfg, kind, gpu_product)
     out += [router_service(owner, cfg), router_deployment(owner, plan, cfg)]
     return out

@@ -11,6 +11,8 @@ from plans import make_test_plan  # tests/helpers (on the path via conftest.py)
 from statmux.operator.config import OperatorConfig
 from statmux.operator.resources import (
     GPU,
+    GROUPS_KEY,
+    GROUPS_PATH,
     L_GROUP_HASH,
     L_MODELSET,
     L_PLAN_HASH,
@@ -173,16 +175,36 @@ def test_gang_hooks() -> None:
 
 
 def test_router_objects() -> None:
-    objs = desired_objects(OWNER, plan([(1, 1, ["a"])]), CFG, "StatefulSet")
+    """The router Deployment runs a command the real `statmux router` accepts, over the Plan
+    and a groups.json naming every group's leader through its headless Service."""
+    import json
+
+    from statmux.runtime.router import build_parser
+
+    p = plan([(1, 1, ["a"]), (2, 1, ["b"])])
+    objs = desired_objects(OWNER, p, CFG, "StatefulSet")
     dep = next(o for o in objs if o["kind"] == "Deployment")
     svc = next(
         o for o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-router")
     )
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "router:1"
-    assert c["command"][:4] == ["statmux", "router", "--plan", PLAN_PATH]
+    assert c["command"][:2] == ["statmux", "router"]
+    args = build_parser().parse_args(c["command"][2:])
+    assert (args.plan, args.groups_file) == (PLAN_PATH, GROUPS_PATH)
+    assert (args.http_port, args.grpc_port, args.ready_when) == (8000, 8001, "any")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert GPU not in str(c.get("resources"))
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    assert (
-        dep["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"] == f"{OWNER.name}-plan"
-    )
+    assert {x["name"] for x in svc["spec"]["ports"]} == {"http", "grpc"}
+    cm_name = dep["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
+    assert cm_name == f"{OWNER.name}-plan"
+    # a new plan must not restart the router: it follows the ConfigMap itself
+    assert L_PLAN_HASH not in str(dep["spec"]["template"])
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name)
+    groups = json.loads(cm["data"][GROUPS_KEY])
+    services = {o["metadata"]["name"] for o in objs if o["kind"] == "Service"}
+    assert set(groups) == {g.name for g in p.groups}
+    for gw in group_workloads(OWNER, p, CFG, "StatefulSet"):
+        assert gw.name in services
+        assert groups[gw.group] == f"http://{gw.name}-0.{gw.name}.ns.svc.cluster.local:8000"
