@@ -392,7 +392,33 @@ def test_modelset_is_planned_scheduled_and_ready(
         assert svc is not None and svc["spec"]["clusterIP"] == "None"
     router = kubectl.get("service", f"{name}-router", namespace)
     assert router is not None and router["spec"]["ports"][0]["port"] > 0
+    assert_router_names_every_group_service(kubectl, namespace, name, st, cm)
     assert_exactly_the_plan(kubectl, namespace, ms)
+
+
+def assert_router_names_every_group_service(
+    kubectl: Kubectl, ns: str, name: str, st: dict[str, Any], cm: dict[str, Any]
+) -> None:
+    """The router's configuration (its ConfigMap's groups.json, read by `statmux router
+    --groups-file`) sends each group's requests to its leader through the group's Service."""
+    deployment = kubectl.get("deployment", f"{name}-router", ns)
+    assert deployment is not None
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    command = c["command"]
+    assert command[:2] == ["statmux", "router"]
+    groups_file = command[command.index("--groups-file") + 1]
+    assert groups_file == "/etc/statmux/groups.json"
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+    endpoints = json.loads(cm["data"]["groups.json"])
+    assert set(endpoints) == {g["name"] for g in st["groups"]}
+    for g in st["groups"]:
+        workload = g["workload"]
+        svc = kubectl.get("service", workload, ns)
+        assert svc is not None, workload
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+        host = f"{workload}-0.{workload}.{ns}.svc.cluster.local"
+        assert endpoints[g["name"]] == f"http://{host}:{port}"
 
 
 # --------------------------------------------------------------------------- 4. invalid
