@@ -53,6 +53,9 @@ class ModelInfo:
     # Per batch size, per pipeline stage, seconds (from the Plan): used by admission control.
     stage_latency_s: dict[int, list[float]] = field(default_factory=dict)
     version: str = "1"
+    # The longest sequence (dimension 1 of a [batch, sequence] input) a request may carry:
+    # it bounds a request's cost. None: the model has no sequence dimension.
+    max_sequence_length: int | None = None
 
 
 Request = Mapping[str, np.ndarray]  # input name -> array whose first dim is this request's rows

@@ -7,8 +7,9 @@ one event loop (the servers and the scheduler), so the same queues serve both pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,11 @@ from statmux.runtime.metrics import (
     make_registry,
     triton_model_stats,
 )
-from statmux.runtime.oip_codec import InferRequest, check_inputs, check_outputs
+from statmux.runtime.oip_codec import InferRequest, check_inputs, check_outputs, request_units
 from statmux.runtime.scheduler import Clock, Scheduler
 from statmux.runtime.serving_errors import (
+    Cancelled,
+    Draining,
     EngineFailed,
     ModelNotFound,
     ServingError,
@@ -53,12 +56,20 @@ class FrontEnd:
         self.max_request_bytes = max_request_bytes
         self.clock = clock
         self.scheduler = Scheduler(engine, max_in_flight, clock)
+        # Set by drain(): readiness is false and new requests are refused (503) while the
+        # accepted ones finish.
+        self.draining = False
+        self.unknown_model_requests = 0
+        self._active = 0  # inference handlers running (from the request head to the answer)
+        self._quiet = asyncio.Event()
         self.registry: CollectorRegistry = make_registry(
             ServingCollector(
                 stats=self._scrape_stats,
                 models_loaded=lambda: len(self.engine.loaded()),
                 stage_seconds=self.engine.stage_seconds,
                 gpu_memory=cuda_memory(),
+                drift=self.scheduler.drift,
+                unknown_model=lambda: self.unknown_model_requests,
             )
         )
 
@@ -75,7 +86,7 @@ class FrontEnd:
         return True
 
     def ready(self) -> bool:
-        return not self.scheduler.closed and self.engine.healthy()
+        return not self.draining and not self.scheduler.closed and self.engine.healthy()
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         self.info(model, version)
@@ -119,18 +130,49 @@ class FrontEnd:
                 for s in specs
             ]
 
+        parameters = {"slo_seconds": {"string_value": str(info.slo_seconds or "")}}
+        if info.max_sequence_length is not None:
+            parameters["max_sequence_length"] = {"string_value": str(info.max_sequence_length)}
         return {
             "name": info.name,
             "platform": info.platform,
             "max_batch_size": info.max_batch_size,
             "input": tensors(info.inputs),
             "output": tensors(info.outputs),
-            "parameters": {
-                "slo_seconds": {"string_value": str(info.slo_seconds or "")},
-            },
+            "parameters": parameters,
         }
 
     # ----------------------------------------------------------------- inference
+    @contextlib.contextmanager
+    def refusals(self, model: str, arrival: float) -> Iterator[None]:
+        """Count a request that ends before the scheduler takes it, exactly once.
+
+        Wraps everything a protocol handler does with a request before `submit`: reading
+        and decoding the body, checking it against the model. From `submit` on, the
+        scheduler counts the outcome."""
+        try:
+            if self.draining:
+                raise Draining("the server is draining (shutting down); retry on another replica")
+            yield
+        except ServingError as e:
+            self._refused(model, e, arrival)
+            raise
+        except asyncio.CancelledError:
+            self._refused(model, Cancelled("the client went away"), arrival)
+            raise
+        except Exception:
+            self._refused(model, EngineFailed("internal error"), arrival)
+            raise
+
+    def _refused(self, model: str, error: ServingError, arrival: float) -> None:
+        stats = self.scheduler.stats.get(model)
+        if stats is None:  # an unknown model has no per-model series (no label explosion)
+            self.unknown_model_requests += 1
+            return
+        stats.record_failure(
+            error.failure_reason, int((self.clock() - arrival) * 1e9), error.outcome
+        )
+
     async def infer(
         self,
         model: str,
@@ -139,16 +181,19 @@ class FrontEnd:
         arrival: float,
         info: ModelInfo | None = None,
     ) -> tuple[ModelInfo, list[OutputTensor]]:
-        """`info`: what `self.info(model, version)` returned, if the caller already asked."""
-        if info is None:
-            info = self.info(model, version)
-        try:
+        """`info`: what `self.info(model, version)` returned, if the caller already asked.
+
+        Callers run the decoding before this inside `refusals(model, arrival)` too."""
+        with self.refusals(model, arrival):
+            if info is None:
+                info = self.info(model, version)
             rows = check_inputs(info, request.inputs)
             check_outputs(info, request.outputs)
-        except ServingError as e:
-            self.record_invalid(model, e, arrival)
-            raise
-        response = await self.scheduler.submit(model, request.inputs, rows, arrival)
+            units = request_units(info, request.inputs, rows)
+            input_ns = int((self.clock() - arrival) * 1e9)
+        response = await self.scheduler.submit(
+            model, request.inputs, rows, arrival, input_ns, units
+        )
         out: list[OutputTensor] = []
         if request.outputs is None:
             binary = request.binary_outputs
@@ -159,10 +204,42 @@ class FrontEnd:
                 out.append((o.name, _output(response, model, o.name), o.binary))
         return info, out
 
-    def record_invalid(self, model: str, error: ServingError, arrival: float) -> None:
+    def record_output(self, model: str, started: float) -> None:
+        """Time spent encoding a successful response (Triton's compute_output)."""
         stats = self.scheduler.stats.get(model)
         if stats is not None:
-            stats.record_failure(error.failure_reason, int((self.clock() - arrival) * 1e9))
+            stats.compute_output_ns += int((self.clock() - started) * 1e9)
+
+    # ----------------------------------------------------------------- drain
+    def drain(self) -> None:
+        """Stop taking requests (readiness false, new ones 503); accepted ones go on."""
+        self.draining = True
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        """Around a protocol handler's whole inference request, so a drain waits for it."""
+        self._active += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._quiet.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until every accepted request has been answered; False if `timeout_s` passed."""
+
+        async def quiet() -> None:
+            while self._active:  # _quiet is set exactly when no handler is active
+                await self._quiet.wait()
+            await self.scheduler.wait_idle()
+
+        try:
+            await asyncio.wait_for(quiet(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     # ----------------------------------------------------------------- repository
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:

@@ -3,12 +3,16 @@
 Uses the server stubs and messages shipped in tritonclient's grpc package rather than
 copies of the proto files. ModelInfer always answers with raw_output_contents (the only form
 tritonclient.grpc's `as_numpy` reads). Errors map to status codes via serving_errors:
-NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED (admission, too large), UNAVAILABLE.
+NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED (admission, too large; with a retry-after
+trailer), UNAVAILABLE. A request that is not a valid protobuf is INVALID_ARGUMENT (grpc
+itself would answer UNKNOWN). A passed deadline cancels the request (counted CANCELED).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -27,7 +31,12 @@ from statmux.runtime.oip_codec import (
     raw_bytes,
     tensor_from_raw,
 )
-from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
+from statmux.runtime.serving_errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    Rejected,
+    ServingError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +97,7 @@ def _from_contents(t: Any, shape: tuple[int, ...]) -> np.ndarray:
             arr = np.asarray(values, dtype=dtype)
     except (OverflowError, ValueError) as e:
         raise InvalidRequest(f"input '{t.name}': contents do not fit {t.datatype}: {e}") from None
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if arr.size != count:
         raise InvalidRequest(
             f"input '{t.name}': {arr.size} elements in contents.{field}, but shape "
@@ -102,7 +111,10 @@ class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.front = front
 
     async def _fail(self, context: grpc.aio.ServicerContext, e: ServingError) -> NoReturn:
-        await context.abort(grpc.StatusCode[e.grpc_code], str(e))
+        trailer: tuple[tuple[str, str], ...] = ()
+        if isinstance(e, Rejected):
+            trailer = (("retry-after", str(max(1, math.ceil(e.retry_after_s)))),)
+        await context.abort(grpc.StatusCode[e.grpc_code], str(e), trailing_metadata=trailer)
         raise AssertionError("context.abort returns only by raising")
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -140,28 +152,29 @@ class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        arrival = self.front.clock()
+        front = self.front
+        arrival = front.clock()
         model, version = request.model_name, request.model_version or None
-        try:
-            self.front.info(model, version)
+        with front.handling():
             try:
-                decoded = decode_grpc_request(request, self.front.max_request_bytes)
+                with front.refusals(model, arrival):
+                    front.info(model, version)
+                    decoded = decode_grpc_request(request, front.max_request_bytes)
+                info, outputs = await front.infer(model, version, decoded, arrival)
+                started = front.clock()
+                response = service_pb2.ModelInferResponse(
+                    model_name=info.name, model_version=info.version, id=request.id
+                )
+                for name, array, _binary in outputs:
+                    out = response.outputs.add()
+                    out.name = name
+                    out.datatype = oip_datatype(array, name)
+                    out.shape.extend(array.shape)
+                    response.raw_output_contents.append(raw_bytes(array, name))
+                front.record_output(model, started)
+                return response
             except ServingError as e:
-                self.front.record_invalid(model, e, arrival)
-                raise
-            info, outputs = await self.front.infer(model, version, decoded, arrival)
-            response = service_pb2.ModelInferResponse(
-                model_name=info.name, model_version=info.version, id=request.id
-            )
-            for name, array, _binary in outputs:
-                out = response.outputs.add()
-                out.name = name
-                out.datatype = oip_datatype(array, name)
-                out.shape.extend(array.shape)
-                response.raw_output_contents.append(raw_bytes(array, name))
-            return response
-        except ServingError as e:
-            await self._fail(context, e)
+                await self._fail(context, e)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming inference is not supported")
@@ -201,14 +214,62 @@ class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryModelUnloadResponse()
 
 
+class _Malformed:
+    """What a request that is not a valid protobuf deserializes to."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):
+    """Answers INVALID_ARGUMENT (not grpc's UNKNOWN) to bytes that are not the request type."""
+
+    def __init__(self, front: FrontEnd) -> None:
+        self.front = front
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+        behavior = handler.unary_unary
+        method = str(details.method).rsplit("/", 1)[-1]
+
+        def safe(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except Exception as e:  # DecodeError, or worse: never grpc's UNKNOWN
+                return _Malformed(e)
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                if method == "ModelInfer":  # names no model: counted as such
+                    self.front.unknown_model_requests += 1
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the {method} request is not a valid inference.{method}Request protobuf",
+                )
+            return await behavior(request, context)
+
+        return handler._replace(request_deserializer=safe, unary_unary=guarded)
+
+
 async def start_grpc(front: FrontEnd, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """Serve on host:port from the running event loop; returns the server and its port."""
     limit = front.max_request_bytes + 65536
     server = grpc.aio.server(
+        interceptors=[MalformedRequests(front)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", -1),
-        ]
+            # bound what one client can hold open: streams per connection, idle connections
+            ("grpc.max_concurrent_streams", 256),
+            ("grpc.max_connection_idle_ms", 300_000),
+        ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcServicer(front), server)
     bound = server.add_insecure_port(f"{host}:{port}")

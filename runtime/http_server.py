@@ -1,23 +1,41 @@
 """Open Inference Protocol over REST (aiohttp), plus /metrics, on the group leader.
 
 Errors are always `{"error": "..."}` with a 4xx/5xx status from serving_errors; unknown paths
-and methods get 404/405 in the same shape. A request without a Content-Type is accepted (that
-is what tritonclient.http sends for pure JSON).
+and methods get 404/405 in the same shape, and so do requests the HTTP parser refuses. A
+request without a Content-Type is accepted (that is what tritonclient.http sends for pure
+JSON). A 429 carries Retry-After.
+
+Connections are guarded (`ServerLimits`): a request head must arrive within a timeout (else
+408 and close: slowloris), a body within another, and connections beyond a cap are closed
+at once. A client that disconnects cancels its request (aiohttp handler cancellation): a
+queued request is dropped and counted as CANCELED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp.web_protocol import RequestHandler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from statmux.runtime.frontend import FrontEnd
+from statmux.runtime.metrics import exposition
 from statmux.runtime.oip_codec import decode_rest_request, encode_rest_response
-from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
+from statmux.runtime.server_limits import ServerLimits
+from statmux.runtime.serving_errors import (
+    Draining,
+    InvalidRequest,
+    PayloadTooLarge,
+    Rejected,
+    RequestTimeout,
+    ServingError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +55,21 @@ def _error(message: str, status: int) -> web.Response:
     return _json({"error": message}, status)
 
 
+def _serving_error(e: ServingError) -> web.Response:
+    resp = _error(str(e), e.http_status)
+    if isinstance(e, Rejected):
+        resp.headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
+    if isinstance(e, (Draining, RequestTimeout)):
+        resp.force_close()  # Connection: close: go elsewhere / the stream is out of step
+    return resp
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ServingError as e:
-        return _error(str(e), e.http_status)
+        return _serving_error(e)
     except web.HTTPRequestEntityTooLarge as e:
         return _error(f"request body too large: {e.text}", 413)
     except web.HTTPException as e:
@@ -55,8 +82,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class RestServer:
-    def __init__(self, front: FrontEnd) -> None:
+    def __init__(self, front: FrontEnd, limits: ServerLimits | None = None) -> None:
         self.front = front
+        self.limits = limits or ServerLimits()
 
     def app(self) -> web.Application:
         # Leave room for the JSON header around a maximum-size tensor.
@@ -118,25 +146,26 @@ class RestServer:
         m = request.match_info
         model = m["model"]
         version = m.get("version")
-        info = self.front.info(model, version)  # 404 before reading a body for nothing
-        length = request.content_length
-        if length is not None and length > self.front.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request body has {length} bytes, more than the maximum "
-                f"{self.front.max_request_bytes} bytes"
-            )
-        body = await request.read()
-        try:
-            decoded = decode_rest_request(
-                body,
-                _header_length(request.headers.get(HEADER_LENGTH)),
-                self.front.max_request_bytes,
-            )
-        except ServingError as e:
-            self.front.record_invalid(model, e, arrival)
-            raise
-        info, outputs = await self.front.infer(model, version, decoded, arrival, info)
-        payload, header_len = encode_rest_response(info.name, info.version, decoded.id, outputs)
+        front = self.front
+        with front.handling():
+            with front.refusals(model, arrival):
+                info = front.info(model, version)  # 404 before reading a body for nothing
+                length = request.content_length
+                if length is not None and length > front.max_request_bytes:
+                    raise PayloadTooLarge(
+                        f"request body has {length} bytes, more than the maximum "
+                        f"{front.max_request_bytes} bytes"
+                    )
+                body = await _read_body(request, self.limits.body_timeout_s)
+                decoded = decode_rest_request(
+                    body,
+                    _header_length(request.headers.get(HEADER_LENGTH)),
+                    front.max_request_bytes,
+                )
+            info, outputs = await front.infer(model, version, decoded, arrival, info)
+            started = front.clock()
+            payload, header_len = encode_rest_response(info.name, info.version, decoded.id, outputs)
+            front.record_output(model, started)
         if header_len is None:
             return web.Response(body=payload, content_type=_JSON)
         return web.Response(
@@ -171,7 +200,7 @@ class RestServer:
         return web.Response(status=200)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.front.registry)
+        body = exposition(self.front.registry)
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
@@ -186,8 +215,15 @@ def _header_length(value: str | None) -> int | None:
         raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
 
 
+async def _read_body(request: web.Request, timeout_s: float) -> bytes:
+    try:
+        return await asyncio.wait_for(request.read(), timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+
+
 async def _optional_json(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
+    body = await _read_body(request, 30.0)
     if not body.strip():
         return {}
     try:
@@ -199,9 +235,118 @@ async def _optional_json(request: web.Request) -> dict[str, Any]:
     return doc
 
 
-async def start_http(front: FrontEnd, host: str, port: int) -> web.AppRunner:
+class _GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, with OIP JSON parser errors, a head timeout and a cap."""
+
+    def __init__(self, manager: web.Server, *, limits: ServerLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        manager = self._manager
+        if manager is not None and len(manager.connections) > self._limits.max_connections:
+            log.warning(
+                "closing a connection: %d open, the limit is %d",
+                len(manager.connections),
+                self._limits.max_connections,
+            )
+            self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages or self._current_request is not None:
+            self._stop_head_timer()  # a complete head: the handler takes over
+        elif data and self._head_timer is None and self.transport is not None:
+            self._head_timer = self._loop.call_later(
+                self._limits.head_timeout_s, self._head_timed_out
+            )
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._messages or self._current_request is not None or self.transport is None:
+            return
+        body = json.dumps(
+            {"error": f"the request head did not arrive within {self._limits.head_timeout_s:g} s"}
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Errors raised outside the app (mostly the HTTP parser's): the OIP JSON body."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is already under way")
+        if status >= 500:
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+            text = "internal server error"
+        else:
+            detail = (message or (str(exc) if exc else "") or "malformed request").strip()
+            text = f"malformed HTTP request: {detail.splitlines()[0][:200]}"
+        resp = _error(text, status)
+        resp.force_close()
+        return resp
+
+
+class _GuardedServer(web.Server):
+    def __init__(self, *args: Any, limits: ServerLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+
+    def __call__(self) -> RequestHandler:
+        return _GuardedHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+
+
+class _GuardedRunner(web.AppRunner):
+    def __init__(self, app: web.Application, limits: ServerLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()
+        return _GuardedServer(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            limits=self._limits,
+            **base._kwargs,
+        )
+
+
+async def start_http(
+    front: FrontEnd, host: str, port: int, limits: ServerLimits | None = None
+) -> web.AppRunner:
     """Serve on host:port from the running event loop; returns the runner to clean up."""
-    runner = web.AppRunner(RestServer(front).app(), access_log=None, handle_signals=False)
+    limits = limits or ServerLimits()
+    runner = _GuardedRunner(
+        RestServer(front, limits).app(),
+        limits,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,  # a client that disconnects cancels its request
+        keepalive_timeout=limits.keepalive_timeout_s,
+        shutdown_timeout=limits.drain_timeout_s,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

@@ -27,6 +27,12 @@ from statmux.runtime.serving_errors import EngineFailed, InvalidRequest, Payload
 
 BYTES = "BYTES"
 MAX_DIMS = 16
+# No tensor a server could hold has more elements than this; checked before any size
+# arithmetic, so absurd shapes ([2**32, 2**32], [0, 2**62]) are plain 400s.
+MAX_ELEMENTS = 2**40
+# The sequence length the Plan's latency profiles are taken at: a request longer than this
+# costs proportionally more batch units at admission (see request_units).
+PROFILE_SEQUENCE_LENGTH = 128
 _OBJECT = np.dtype(object)
 _LEN = struct.Struct("<I")
 ALLOWED_DATATYPES = ", ".join([*OIP_TO_NUMPY, BYTES])
@@ -81,6 +87,14 @@ def parse_shape(shape: object, tensor: str) -> tuple[int, ...]:
             raise InvalidRequest(
                 f"tensor '{tensor}': shape must be a list of non-negative integers, got {shape!r}"
             )
+        if d > MAX_ELEMENTS:
+            raise InvalidRequest(
+                f"tensor '{tensor}': shape {shape!r} has a dimension above {MAX_ELEMENTS}"
+            )
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise InvalidRequest(
+            f"tensor '{tensor}': shape {shape!r} has more than {MAX_ELEMENTS} elements"
+        )
     return tuple(shape)
 
 
@@ -494,6 +508,17 @@ def check_inputs(info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> int:
                 f"input '{spec.name}' of model '{info.name}' has shape {list(arr.shape)}, "
                 f"expected {list(spec.shape)} (-1: any size)"
             )
+        limit = info.max_sequence_length
+        if (
+            limit is not None
+            and len(spec.shape) >= 2
+            and spec.shape[1] == -1
+            and arr.shape[1] > limit
+        ):
+            raise InvalidRequest(
+                f"input '{spec.name}' of model '{info.name}' has sequence length "
+                f"{arr.shape[1]}, more than the model's max_sequence_length {limit}"
+            )
         if rows is None:
             rows = arr.shape[0]
         elif arr.shape[0] != rows:
@@ -509,6 +534,17 @@ def check_inputs(info: ModelInfo, inputs: Mapping[str, np.ndarray]) -> int:
             f"{info.max_batch_size}"
         )
     return rows
+
+
+def request_units(info: ModelInfo, inputs: Mapping[str, np.ndarray], rows: int) -> int:
+    """A checked request's cost in batch units: its rows, times how many profile-length
+    sequences each row holds (a 4,096-token row costs 32 rows of 128 tokens)."""
+    length = 1
+    for spec in info.inputs:
+        arr = inputs.get(spec.name)
+        if arr is not None and len(spec.shape) >= 2 and spec.shape[1] == -1:
+            length = max(length, int(arr.shape[1]))
+    return rows * max(1, math.ceil(length / PROFILE_SEQUENCE_LENGTH))
 
 
 def check_outputs(info: ModelInfo, requested: list[RequestedOutput] | None) -> None:

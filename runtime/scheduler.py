@@ -23,6 +23,7 @@ so its handlers' awaits return without an event-loop iteration.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -31,9 +32,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from statmux.runtime.engine import GroupEngine, ModelInfo, Request, Response
+from statmux.runtime.engine import EngineError, GroupEngine, ModelInfo, Request, Response
 from statmux.runtime.metrics import ModelStats
 from statmux.runtime.serving_errors import (
+    EngineFailed,
     InvalidRequest,
     ModelNotFound,
     Rejected,
@@ -41,19 +43,67 @@ from statmux.runtime.serving_errors import (
     Unavailable,
 )
 
+log = logging.getLogger(__name__)
+
 Clock = Callable[[], float]
 # An engine's optional fast path: run a small batch now, or None when it must be submitted.
 InlineRunner = Callable[[str, list[Request]], list[Response] | None]
 
 
-class LatencyModel:
-    """A model's per-batch-size, per-stage latency (from the Plan's profile)."""
+class Drift:
+    """How far a model's observed batch latencies are from its profile (EWMA of the ratio).
 
-    def __init__(self, stage_latency_s: dict[int, list[float]]) -> None:
+    Each finished batch gives one sample: its observed latency over what the profile
+    predicted for it. Kept per batch size and for the model as a whole; a batch size with
+    too few samples of its own uses the model's ratio. `scale()` is what admission and
+    dispatch multiply the profile by: 1 while the ratio stays within [1/threshold,
+    threshold] (the profile is trusted), the ratio itself once it leaves that band.
+    """
+
+    def __init__(self, alpha: float = 0.2, warmup: int = 3, threshold: float = 1.25) -> None:
+        self.alpha = alpha
+        self.warmup = warmup
+        self.threshold = threshold
+        self._by_size: dict[int, tuple[float, int]] = {}  # batch units -> (ewma, samples)
+        self._all: tuple[float, int] = (1.0, 0)
+
+    def observe(self, units: int, ratio: float) -> None:
+        if not math.isfinite(ratio) or ratio <= 0:
+            return
+        for key in (units, None):
+            ewma, n = self._all if key is None else self._by_size.get(key, (ratio, 0))
+            # the first samples carry more weight, so that the estimate settles quickly
+            weight = max(self.alpha, 1.0 / (n + 1))
+            updated = (ewma + weight * (ratio - ewma), n + 1)
+            if key is None:
+                self._all = updated
+            else:
+                self._by_size[key] = updated
+
+    @property
+    def ratio(self) -> float:
+        """The model's observed / profiled latency (1.0 before any sample)."""
+        return self._all[0]
+
+    def scale(self, units: int) -> float:
+        ewma, n = self._by_size.get(units, (1.0, 0))
+        if n < self.warmup:
+            ewma, n = self._all
+        if n < self.warmup or 1 / self.threshold <= ewma <= self.threshold:
+            return 1.0
+        return ewma
+
+
+class LatencyModel:
+    """A model's per-batch-size, per-stage latency (from the Plan's profile), corrected by
+    what the group actually measured once that diverges (see `Drift`)."""
+
+    def __init__(self, stage_latency_s: dict[int, list[float]], drift: Drift | None = None) -> None:
         rows = sorted((int(b), list(s)) for b, s in stage_latency_s.items() if s)
         self._sizes = [b for b, _ in rows]
         self._first = [float(sum(s)) for _, s in rows]
         self._bottleneck = [float(max(s)) for _, s in rows]
+        self.drift = drift or Drift()
 
     @property
     def known(self) -> bool:
@@ -61,11 +111,15 @@ class LatencyModel:
 
     def first(self, batch: int) -> float:
         """Latency of a batch through an idle pipeline: the sum of its stages."""
-        return self._lookup(self._first, batch)
+        return self._lookup(self._first, batch) * self.drift.scale(batch)
 
     def bottleneck(self, batch: int) -> float:
         """What each further batch adds once the pipeline is full: its slowest stage."""
-        return self._lookup(self._bottleneck, batch)
+        return self._lookup(self._bottleneck, batch) * self.drift.scale(batch)
+
+    def profiled_first(self, batch: int) -> float:
+        """`first` as the profile alone predicts it (what drift is measured against)."""
+        return self._lookup(self._first, batch)
 
     def _lookup(self, values: list[float], batch: int) -> float:
         if not self._sizes:
@@ -121,11 +175,13 @@ def predict_completion(
 class Pending:
     model: str
     request: Request
-    rows: int
+    rows: int  # cost in batch units: rows times the sequence-length factor (request_units)
     arrival: float
     deadline: float  # math.inf without an SLO
     future: asyncio.Future[Response]
     solo: bool = False  # retried alone after its batch failed
+    input_ns: int = 0  # decoding and checking the request before it was submitted
+    inferences: int = 0  # its actual rows (Triton's inference count)
 
 
 @dataclass(eq=False)
@@ -133,6 +189,7 @@ class _InFlight:
     model: str
     members: list[Pending]
     batch: RunningBatch
+    alone: bool = True  # dispatched onto an empty pipeline: its latency is the batch's own
     started_ns: int = field(default_factory=time.perf_counter_ns)
 
 
@@ -147,6 +204,7 @@ class Scheduler:
         self._clock = clock
         self.infos: dict[str, ModelInfo] = engine.model_infos()
         self.latency = {n: LatencyModel(i.stage_latency_s) for n, i in self.infos.items()}
+        self._idle = asyncio.Event()
         self.stats = {n: ModelStats(n, i.version) for n, i in self.infos.items()}
         self._queues: dict[str, deque[Pending]] = {n: deque() for n in self.infos}
         self._retry: deque[Pending] = deque()
@@ -169,33 +227,62 @@ class Scheduler:
         return info
 
     def submit(
-        self, model: str, request: Request, rows: int, arrival: float | None = None
+        self,
+        model: str,
+        request: Request,
+        rows: int,
+        arrival: float | None = None,
+        input_ns: int = 0,
+        units: int | None = None,
     ) -> asyncio.Future[Response]:
-        """Queue one (already validated) request; raises Rejected/Unavailable at once."""
+        """Queue one (already validated) request; raises Rejected/Unavailable at once.
+
+        From here on the scheduler counts the request's outcome exactly once: a refusal
+        here, or whatever ends its future (a cancelled future counts as CANCELED).
+        `units` is the request's cost in batch units (oip_codec.request_units; default
+        `rows`): admission, batching and latency predictions use it."""
+        cost = rows if units is None else units
         now = self._clock()
         arrival = now if arrival is None else arrival
         info = self.info(model)
         stats = self.stats[model]
+        refusal: ServingError | None = None
         if self._closed is not None or not self.engine.healthy():
-            raise Unavailable(self._closed or "the group is unhealthy: a rank is gone")
-        if model in self.unloaded:
-            raise Unavailable(
+            refusal = Unavailable(self._closed or "the group is unhealthy: a rank is gone")
+        elif model in self.unloaded:
+            refusal = Unavailable(
                 f"model '{model}' is not loaded; POST /v2/repository/models/{model}/load"
             )
+        if refusal is not None:
+            stats.record_failure(
+                refusal.failure_reason, int((now - arrival) * 1e9), refusal.outcome
+            )
+            raise refusal
         slo = info.slo_seconds
         deadline = math.inf if slo is None else arrival + slo
         if slo is not None:
-            predicted = self.predict(model, rows, deadline, now)
+            predicted = self.predict(model, cost, deadline, now)
             if predicted > deadline:
                 stats.record_rejection("admission", int((now - arrival) * 1e9))
                 raise Rejected(
                     f"model '{model}': rejected by SLO admission: predicted "
-                    f"{(predicted - arrival) * 1000:.1f} ms > SLO {slo * 1000:.1f} ms"
+                    f"{(predicted - arrival) * 1000:.1f} ms > SLO {slo * 1000:.1f} ms",
+                    retry_after_s=predicted - deadline,
                 )
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
-        p = Pending(model, request, rows, arrival, deadline, self._loop.create_future())
+        p = Pending(
+            model,
+            request,
+            cost,
+            arrival,
+            deadline,
+            self._loop.create_future(),
+            input_ns=input_ns,
+            inferences=rows,
+        )
+        self._idle.clear()
         stats.pending += 1
         queue = self._queues[model]
         if not queue and not self._retry and len(self._running) < self.max_in_flight:
@@ -233,6 +320,20 @@ class Scheduler:
 
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values()) + len(self._retry)
+
+    def busy(self) -> bool:
+        """Whether any accepted request is still queued or running."""
+        return bool(self._running) or self.queued() > 0
+
+    async def wait_idle(self) -> None:
+        """Return once no accepted request is queued or running (drain)."""
+        while self.busy():
+            self._idle.clear()
+            await self._idle.wait()
+
+    def drift(self) -> dict[str, float]:
+        """Per model: observed over profiled batch latency (1.0 before any batch)."""
+        return {name: lm.drift.ratio for name, lm in self.latency.items() if lm.known}
 
     @property
     def closed(self) -> bool:
@@ -295,7 +396,9 @@ class Scheduler:
                 queue.popleft()
                 self._reject_late(p, now)
                 continue
-            if rows + p.rows > cap or now + lm.first(rows + p.rows) > min(tightest, p.deadline):
+            if batch and (
+                rows + p.rows > cap or now + lm.first(rows + p.rows) > min(tightest, p.deadline)
+            ):
                 break
             queue.popleft()
             batch.append(p)
@@ -306,7 +409,12 @@ class Scheduler:
     def _drop_cancelled(self, p: Pending) -> None:
         stats = self.stats[p.model]
         stats.pending -= 1
-        stats.record_failure("CANCELED", int((self._clock() - p.arrival) * 1e9))
+        stats.record_failure("CANCELED", int((self._clock() - p.arrival) * 1e9), "cancelled")
+        self._note_idle()
+
+    def _note_idle(self) -> None:
+        if not self.busy():
+            self._idle.set()
 
     def _reject_late(self, p: Pending, now: float) -> None:
         stats = self.stats[p.model]
@@ -319,10 +427,16 @@ class Scheduler:
                 f"{slo * 1000:.1f} ms ({(now - p.arrival) * 1000:.1f} ms already queued)"
             )
         )
+        self._note_idle()
 
     def _dispatch(self, model: str, batch: list[Pending]) -> None:
         rows = batch[0].rows if len(batch) == 1 else sum(p.rows for p in batch)
-        flight = _InFlight(model, batch, RunningBatch(self._clock(), self.latency[model], rows))
+        flight = _InFlight(
+            model,
+            batch,
+            RunningBatch(self._clock(), self.latency[model], rows),
+            alone=not self._running,
+        )
         self._running.append(flight)
         loop = self._loop
         assert loop is not None
@@ -379,26 +493,47 @@ class Scheduler:
                 f"engine returned {len(results)} responses for {len(flight.members)} requests"
             )
         if exc is None and results is not None:
-            stats.record_batch(flight.batch.rows, compute_ns)
+            stats.record_batch(sum(p.inferences for p in flight.members), compute_ns)
             now = self._clock()
+            self._learn(flight, now)
             for p, r in zip(flight.members, results, strict=True):
                 stats.pending -= 1
                 duration = now - p.arrival
+                if p.future.cancelled():  # the client left while it ran: nobody waits
+                    stats.record_failure("CANCELED", int(duration * 1e9), "cancelled")
+                    continue
                 stats.record_success(
                     int(duration * 1e9),
-                    max(0, int((duration * 1e9) - compute_ns)),
+                    max(0, int((duration * 1e9) - compute_ns - p.input_ns)),
                     compute_ns,
                     now <= p.deadline,
+                    p.input_ns,
                 )
                 if not p.future.done():
                     p.future.set_result(r)
         else:
             self._failed(flight, exc)
+        self._note_idle()
+
+    def _learn(self, flight: _InFlight, now: float) -> None:
+        """One drift sample: this batch's latency over what the profile predicts for it.
+
+        Only batches that started on an empty pipeline measure their own latency; others
+        also waited for the batches ahead of them."""
+        if not flight.alone:
+            return
+        lm = flight.batch.latency
+        profiled = lm.profiled_first(flight.batch.rows)
+        if profiled > 0:
+            lm.drift.observe(flight.batch.rows, (now - flight.batch.start) / profiled)
 
     def _failed(self, flight: _InFlight, exc: BaseException | None) -> None:
         model = flight.model
         if not self.engine.healthy():
-            err: ServingError = Unavailable(f"the group is unhealthy: {exc}")
+            # the reason (a rank's error text) is logged by the engine, not sent to clients
+            err: ServingError = Unavailable(
+                "the group is unhealthy: a rank failed or stopped answering"
+            )
             self._finish_failed(flight.members, err)
             self._fail_queued(err)
             return
@@ -410,11 +545,17 @@ class Scheduler:
                 p.solo = True
             self._retry.extend(flight.members)
             return
-        self._finish_failed(
-            flight.members,
-            InvalidRequest(f"model '{model}' failed on this request: {exc}"),
-            reason="BACKEND",
-        )
+        if isinstance(exc, EngineError):  # the engine's own words about the input
+            self._finish_failed(
+                flight.members,
+                InvalidRequest(f"model '{model}' failed on this request: {exc}"),
+                reason="BACKEND",
+            )
+            return
+        # anything else is a bug or a library error whose text (build paths, internals)
+        # is not for clients: log it, answer a generic internal error
+        log.error("model %s failed on a request: %r", model, exc)
+        self._finish_failed(flight.members, EngineFailed(f"model '{model}' failed on this request"))
 
     def _finish_failed(
         self, members: list[Pending], err: ServingError, reason: str | None = None
@@ -423,9 +564,14 @@ class Scheduler:
         for p in members:
             stats = self.stats[p.model]
             stats.pending -= 1
-            stats.record_failure(reason or err.failure_reason, int((now - p.arrival) * 1e9))
+            ns = int((now - p.arrival) * 1e9)
+            if p.future.cancelled():
+                stats.record_failure("CANCELED", ns, "cancelled")
+                continue
+            stats.record_failure(reason or err.failure_reason, ns, err.outcome)
             if not p.future.done():
                 p.future.set_exception(err)
+        self._note_idle()
 
     def _fail_queued(self, err: ServingError) -> None:
         for queue in self._queues.values():

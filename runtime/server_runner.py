@@ -7,8 +7,10 @@ same servers on a background thread (tests, benchmarks, embedding in another pro
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
@@ -16,6 +18,11 @@ from aiohttp import web
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.grpc_server import start_grpc
 from statmux.runtime.http_server import bound_port, start_http
+from statmux.runtime.server_limits import ServerLimits
+
+__all__ = ["BackgroundServer", "ServerLimits", "Servers", "serve", "start_servers"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,18 +31,38 @@ class Servers:
     http_port: int
     grpc: grpc.aio.Server | None
     grpc_port: int | None
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
-    async def stop(self, front: FrontEnd, grace_s: float = 1.0) -> None:
+    async def stop(self, front: FrontEnd) -> None:
+        """Drain, then close: readiness goes false and new requests get 503 at once, the
+        listeners stay open (in-flight keep-alive connections keep working) until every
+        accepted request is answered or the drain timeout passes, then everything closes."""
+        start = time.monotonic()
+        front.drain()
+        log.info("draining: readiness is false; waiting for accepted requests to finish")
+        done = await front.drained(self.limits.drain_timeout_s)
+        if done:
+            log.info("drained in %.2f s", time.monotonic() - start)
+        else:
+            log.warning(
+                "drain timeout %.1f s passed with requests still running; failing them",
+                self.limits.drain_timeout_s,
+            )
         front.close()
         if self.grpc is not None:
-            await self.grpc.stop(grace_s)
+            await self.grpc.stop(1.0)
         await self.http.cleanup()
 
 
 async def start_servers(
-    front: FrontEnd, host: str, http_port: int, grpc_port: int | None
+    front: FrontEnd,
+    host: str,
+    http_port: int,
+    grpc_port: int | None,
+    limits: ServerLimits | None = None,
 ) -> Servers:
-    runner = await start_http(front, host, http_port)
+    limits = limits or ServerLimits()
+    runner = await start_http(front, host, http_port, limits)
     grpc_server, bound = (None, None)
     if grpc_port is not None:
         try:
@@ -43,14 +70,19 @@ async def start_servers(
         except BaseException:
             await runner.cleanup()
             raise
-    return Servers(runner, bound_port(runner), grpc_server, bound)
+    return Servers(runner, bound_port(runner), grpc_server, bound, limits)
 
 
 async def serve(
-    front: FrontEnd, host: str, http_port: int, grpc_port: int | None, stop: asyncio.Event
+    front: FrontEnd,
+    host: str,
+    http_port: int,
+    grpc_port: int | None,
+    stop: asyncio.Event,
+    limits: ServerLimits | None = None,
 ) -> None:
-    """Serve until `stop` is set, then refuse new requests and shut the servers down."""
-    servers = await start_servers(front, host, http_port, grpc_port)
+    """Serve until `stop` is set, then drain (see Servers.stop) and shut the servers down."""
+    servers = await start_servers(front, host, http_port, grpc_port, limits)
     try:
         await stop.wait()
     finally:
@@ -66,9 +98,11 @@ class BackgroundServer:
         host: str = "127.0.0.1",
         http_port: int = 0,
         grpc_port: int | None = 0,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.front = front
         self.host = host
+        self.limits = limits
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -105,7 +139,7 @@ class BackgroundServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._servers = self._loop.run_until_complete(
-                start_servers(self.front, self.host, http_port, grpc_port)
+                start_servers(self.front, self.host, http_port, grpc_port, self.limits)
             )
         except BaseException as e:
             self._error = e

@@ -13,6 +13,7 @@ class ServingError(Exception):
     http_status = 400
     grpc_code = "INVALID_ARGUMENT"  # a grpc.StatusCode member name
     failure_reason = "OTHER"  # the Triton nv_inference_request_failure reason label
+    outcome = "invalid"  # statmux_requests_total{outcome}: invalid, rejected, unavailable, ...
 
 
 class InvalidRequest(ServingError):
@@ -29,12 +30,25 @@ class PayloadTooLarge(ServingError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class RequestTimeout(ServingError):
+    """The client took longer than the server allows to send its request."""
+
+    http_status = 408
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
 class Rejected(ServingError):
     """Admission control or the dispatcher predicts that the request would miss its SLO."""
 
     http_status = 429
     grpc_code = "RESOURCE_EXHAUSTED"
     failure_reason = "REJECTED"
+    outcome = "rejected"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        # When a retry could be admitted: the predicted backlog beyond the deadline.
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(ServingError):
@@ -43,6 +57,11 @@ class Unavailable(ServingError):
     http_status = 503
     grpc_code = "UNAVAILABLE"
     failure_reason = "BACKEND"
+    outcome = "unavailable"
+
+
+class Draining(Unavailable):
+    """The server is shutting down: it finishes what it accepted and takes nothing new."""
 
 
 class EngineFailed(ServingError):
@@ -51,3 +70,16 @@ class EngineFailed(ServingError):
     http_status = 500
     grpc_code = "INTERNAL"
     failure_reason = "BACKEND"
+    outcome = "internal"
+
+
+class Cancelled(ServingError):
+    """The client went away (REST disconnect) or its gRPC deadline passed."""
+
+    http_status = 499
+    grpc_code = "CANCELLED"
+    failure_reason = "CANCELED"
+    outcome = "cancelled"
+
+
+OUTCOMES = ("success", "rejected", "cancelled", "invalid", "unavailable", "internal")

@@ -82,7 +82,9 @@ def scrape(server: BackgroundServer) -> dict[tuple[str, tuple[tuple[str, str], .
     out = {}
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            # the parser appends _total to counter samples; Triton's names have none
+            name = s.name.removesuffix("_total") if s.name.startswith("nv_") else s.name
+            out[(name, tuple(sorted(s.labels.items())))] = s.value
     return out
 
 

@@ -13,7 +13,14 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from statmux.runtime.engine import GroupEngine, ModelInfo, Request, Response, TensorSpec
+from statmux.runtime.engine import (
+    EngineError,
+    GroupEngine,
+    ModelInfo,
+    Request,
+    Response,
+    TensorSpec,
+)
 from statmux.runtime.scheduler import (
     LatencyModel,
     RunningBatch,
@@ -250,12 +257,12 @@ def test_failed_batch_is_retried_request_by_request() -> None:
         await settle()
         await blocker
         assert len(engine.batches[1][1]) == 2
-        engine.batches[1][2].set_exception(RuntimeError("negative input"))
+        engine.batches[1][2].set_exception(EngineError("negative input"))
         await settle()
         assert [len(b) for _, b, _ in engine.batches[2:]] == [1]
         engine.complete(2)
         await settle()
-        engine.batches[3][2].set_exception(RuntimeError("negative input"))
+        engine.batches[3][2].set_exception(EngineError("negative input"))
         assert (await good)["y"][0, 0] == 2
         with pytest.raises(Exception, match="failed on this request: negative input"):
             await bad
@@ -278,7 +285,9 @@ def test_unhealthy_group_fails_running_and_queued_requests_and_refuses_new() -> 
                 await f
         with pytest.raises(Unavailable):
             sched.submit("a", req(2), 1)
-        assert sched.stats["a"].failures["BACKEND"] == 2 and sched.stats["a"].pending == 0
+        # the refusal counts too: every request ends as exactly one outcome
+        assert sched.stats["a"].failures["BACKEND"] == 3 and sched.stats["a"].pending == 0
+        assert sched.stats["a"].outcomes["unavailable"] == 3
 
     asyncio.run(scenario())
 
