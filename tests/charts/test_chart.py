@@ -84,7 +84,7 @@ def _exprs(dashboard: dict[str, Any]) -> list[str]:
 def test_dashboard_covers_rate_attainment_latency_queue_and_gpu_memory():
     dash = json.loads(DASHBOARD.read_text())
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for word in ("rate", "slo attainment", "latency", "queue", "gpu memory"):
+    for word in ("rate", "slo attainment", "latency", "queue", "gpu memory", "rejections"):
         assert word in titles, f"no panel about {word!r}: {titles}"
     exprs = " ".join(_exprs(dash))
     for metric in (
@@ -95,12 +95,15 @@ def test_dashboard_covers_rate_attainment_latency_queue_and_gpu_memory():
         "nv_inference_queue_duration_us",
         "nv_inference_pending_request_count",
         "statmux_gpu_memory_used_bytes",
+        "statmux_router_within_slo_total",
+        "statmux_router_requests_total",
+        "statmux_router_rejected_total",
     ):
         assert metric in exprs, f"the dashboard never queries {metric}"
     # Per model: every serving panel groups by the model label.
     for p in dash["panels"]:
         if "memory" not in p["title"].lower():
-            assert all("by (model)" in t["expr"] for t in p["targets"]), p["title"]
+            assert all(re.search(r"by \(model\b", t["expr"]) for t in p["targets"]), p["title"]
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     variables = {v["name"] for v in dash["templating"]["list"]}
@@ -109,13 +112,14 @@ def test_dashboard_covers_rate_attainment_latency_queue_and_gpu_memory():
 
 
 def test_dashboard_metric_names_exist_in_the_runtime():
-    """The dashboard must query what runtime/metrics.py really exports."""
+    """The dashboard must query what the runtime and the router really export."""
     source = (ROOT / "runtime" / "metrics.py").read_text()
+    source += (ROOT / "runtime" / "router_metrics.py").read_text()
     exprs = " ".join(_exprs(json.loads(DASHBOARD.read_text())))
     # Metric names precede "{" in the queries (label names such as statmux_io_modelset don't).
     for name in set(re.findall(r"\b((?:nv_inference|statmux)_[a-z_]+)\{", exprs)):
         base = name.removesuffix("_total")  # prometheus_client adds _total to counters
-        assert f'"{base}"' in source, f"{name} is not exported by runtime/metrics.py"
+        assert f'"{base}"' in source, f"{name} is not exported by runtime/(router_)metrics.py"
 
 
 # --------------------------------------------------------------------------- helm
