@@ -2,6 +2,7 @@
 
     statmux runtime --plan plan.json --group g0 [--http-port 8000] [--grpc-port 8001]
                     [--device cpu|cuda] [--memory-budget BYTES] [--max-request-bytes N]
+                    [--emulate-device]
 
 Every rank runs the same command; where a rank sits in its group comes from the environment
 only (torch's MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE or LeaderWorkerSet's LWS_* variables),
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port")
     p.add_argument("--no-grpc", action="store_true", help="serve REST only")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--emulate-device",
+        action="store_true",
+        help="each stage's forward takes the Plan's profiled time (stageLatencySeconds): the "
+        "real shard runs, then the rank sleeps for the rest; see runtime/emulation.py",
+    )
     p.add_argument(
         "--memory-budget",
         type=_positive_int,
@@ -191,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
             args.device,
             memory_budget_bytes=args.memory_budget,
             rendezvous_timeout_s=args.rendezvous_timeout,
+            emulate_device=args.emulate_device,
         )
     except (GroupSpecError, ModelConfigError) as e:
         raise UsageError(f"plan group {args.group!r}: {e}") from None

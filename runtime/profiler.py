@@ -1,0 +1,332 @@
+"""`statmux profile`: per-stage latency measured with the real runtime, as a profile file.
+
+    statmux profile --preset bert-small --device cpu --pp 1,2 --tp 1 --batch 1,2,4 \
+        -o profiles/bert-small-cpu.yaml
+
+For each (pp, tp) it starts a real group of pp x tp `statmux runtime` processes (the same
+launch as `statmux up`), sends requests of `--sequence-length` tokens one at a time (no
+queueing), and reads each stage's compute and transfer seconds from the leader's /metrics
+around every request (runtime/stage_timing.py: every rank times its own stage). After
+`--warmup` requests per batch size, the median of `--repeats` requests is the stage's
+latency: compute + transfer, i.e. how long the stage is busy with one batch.
+
+The output is the documented profile file format (docs/profiles.md), so a ModelSet can use it
+as `profile: {file: ...}`. Descriptive keys (`about`, `hardware`, `model`) say what was
+measured; `about` also gives the median request overhead (end-to-end at the client minus the
+sum of the stages: HTTP, scheduling, the result's return), which the stage latencies do not
+include.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from statmux.placement.plan import Plan
+from statmux.placement.spec import WeightSource
+from statmux.runtime.loadgen import DEFAULT_SEQUENCE_LENGTH
+from statmux.runtime.local_cluster import ClusterError, ClusterOptions, LocalCluster
+from statmux.runtime.presets import PRESETS, ModelConfigError, resolve_config
+
+MODEL = "profiled"
+
+
+class ProfileUsageError(Exception):
+    """A user mistake (exit 2)."""
+
+
+@dataclass
+class ConfigMeasurement:
+    pp: int
+    tp: int
+    stage_latency: dict[int, list[float]]  # batch -> per-stage median seconds
+    end_to_end: dict[int, float]  # batch -> median client latency
+    weight_bytes_per_gpu: list[float]
+
+
+def weights_for(preset: str, overrides: dict[str, Any], dtype: str) -> WeightSource:
+    if preset not in PRESETS:
+        raise ProfileUsageError(
+            f"--preset {preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
+        )
+    arch = PRESETS[preset][0]
+    weights = WeightSource(
+        source="synthetic", architecture=arch, preset=preset, config=overrides or None, dtype=dtype
+    )
+    try:
+        resolve_config(weights, "--preset/--config")
+    except ModelConfigError as e:
+        raise ProfileUsageError(str(e)) from None
+    return weights
+
+
+def stage_weight_bytes(weights: WeightSource, pp: int, tp: int) -> list[float]:
+    """Weight bytes on one GPU of each stage (built on the meta device: no memory)."""
+    import torch
+
+    from statmux.runtime.checkpoint import build_stage
+    from statmux.runtime.tensor_parallel import TPInfo
+
+    cfg = resolve_config(weights)
+    size = torch.empty(0, dtype=getattr(torch, weights.dtype)).element_size()
+    out = []
+    for stage in range(pp):
+        module = build_stage(cfg, stage, pp, TPInfo(0, tp, None))
+        out.append(float(sum(p.numel() for p in module.parameters()) * size))
+    return out
+
+
+def profile_plan(weights: WeightSource, pp: int, tp: int, batches: list[int]) -> Plan:
+    model = {
+        "name": MODEL,
+        "sloSeconds": 3600.0,  # never rejected: we measure the pipeline, not admission
+        "maxBatchSize": max(batches),
+        "stageLatencySeconds": {str(b): [1e-3] * pp for b in batches},
+        "weightBytesPerGpu": 0.0,
+        "weights": weights.model_dump(by_alias=True, exclude_none=True),
+    }
+    return Plan.from_dict(
+        {
+            "apiVersion": "statmux.io/v1alpha1",
+            "kind": "Plan",
+            "modelSet": "profile",
+            "policy": "manual",
+            "cluster": {"gpus": pp * tp, "gpuMemoryBytes": 2**40, "gpusPerNode": pp * tp},
+            "groups": [
+                {
+                    "name": "g0",
+                    "gpus": pp * tp,
+                    "pp": pp,
+                    "tp": tp,
+                    "memoryPerGpuBytes": 0.0,
+                    "models": [model],
+                }
+            ],
+            "predicted": {"attainment": 1.0},
+        }
+    )
+
+
+def stage_totals(metrics_url: str) -> dict[int, float]:
+    """Cumulative compute + transfer seconds per stage of the profiled model."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=30) as r:
+        text = r.read().decode()
+    totals: dict[int, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("statmux_stage_compute_seconds", "statmux_stage_transfer_seconds"):
+            continue
+        for s in family.samples:
+            if s.name.endswith("_sum") and s.labels.get("model") == MODEL:
+                stage = int(s.labels["stage"])
+                totals[stage] = totals.get(stage, 0.0) + float(s.value)
+    return totals
+
+
+def measure_group(
+    url: str, pp: int, batches: list[int], seq_len: int, warmup: int, repeats: int
+) -> tuple[dict[int, list[float]], dict[int, float]]:
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=600)
+    stages: dict[int, list[float]] = {}
+    e2e: dict[int, float] = {}
+    for batch in batches:
+        ids = (np.arange(batch * seq_len) % 97 + 1).reshape(batch, seq_len).astype(np.int64)
+        inp = httpclient.InferInput("input_ids", list(ids.shape), "INT64")
+        inp.set_data_from_numpy(ids)
+        for _ in range(warmup):
+            client.infer(MODEL, [inp])
+        samples: list[list[float]] = []
+        ends: list[float] = []
+        for _ in range(repeats):
+            before = stage_totals(url + "/metrics")
+            start = time.perf_counter()
+            client.infer(MODEL, [inp])
+            ends.append(time.perf_counter() - start)
+            after = stage_totals(url + "/metrics")
+            samples.append([after.get(s, 0.0) - before.get(s, 0.0) for s in range(pp)])
+        stages[batch] = [
+            max(1e-6, statistics.median(x[s] for x in samples)) for s in range(pp)
+        ]
+        e2e[batch] = statistics.median(ends)
+    client.close()
+    return stages, e2e
+
+
+def profile_config(
+    weights: WeightSource,
+    pp: int,
+    tp: int,
+    batches: list[int],
+    device: str,
+    seq_len: int,
+    warmup: int,
+    repeats: int,
+    workdir: Path,
+) -> ConfigMeasurement:
+    plan = profile_plan(weights, pp, tp, batches)
+    cfg_dir = workdir / f"pp{pp}-tp{tp}"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = cfg_dir / "plan.json"
+    plan.write(plan_path)
+    options = ClusterOptions(device=device, with_router=False)
+    with LocalCluster(plan, plan_path, cfg_dir, options) as cluster:
+        cluster.start()
+        cluster.wait_ready(600)
+        stages, e2e = measure_group(
+            cluster.groups[0].url, pp, batches, seq_len, warmup, repeats
+        )
+    return ConfigMeasurement(pp, tp, stages, e2e, stage_weight_bytes(weights, pp, tp))
+
+
+def profile_document(
+    preset: str, weights: WeightSource, device: str, seq_len: int, rows: list[ConfigMeasurement]
+) -> dict[str, Any]:
+    total = sum(stage_weight_bytes(weights, 1, 1))
+    cfg = resolve_config(weights)
+    overheads = [
+        m.end_to_end[b] - sum(m.stage_latency[b]) for m in rows for b in m.stage_latency
+    ]
+    return {
+        "about": (
+            f"measured by `statmux profile` on {time.strftime('%Y-%m-%d')}: median of each "
+            f"stage's compute + transfer, {seq_len} tokens per row; request overhead "
+            f"(end-to-end minus stages) median {1000 * statistics.median(overheads):.2f} ms"
+        ),
+        "hardware": f"{device}: {platform.processor() or platform.machine()}",
+        "model": {
+            "preset": preset,
+            "architecture": weights.architecture,
+            "config": weights.config or {},
+            "dtype": weights.dtype,
+            "sequenceLength": seq_len,
+        },
+        "weightBytes": total,
+        "numLayers": cfg.num_layers,
+        "configs": [
+            {
+                "pipelineStages": m.pp,
+                "tensorParallel": m.tp,
+                "stageLatencyS": {
+                    str(b): [round(x, 7) for x in lat] for b, lat in sorted(m.stage_latency.items())
+                },
+                "weightBytesPerGpu": m.weight_bytes_per_gpu,
+            }
+            for m in rows
+        ],
+    }
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,2,4")
+    return sorted(set(values))
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: use KEY=VALUE, e.g. hidden_size=256")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="statmux profile",
+        description="Measure per-stage latency of a model with the real runtime and write a "
+        "profile file a ModelSet can reference (profile: {file: ...}).",
+    )
+    p.add_argument("--preset", required=True, help="a runtime preset, e.g. bert-small")
+    p.add_argument(
+        "--config",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an HF config field over the preset (as weights.config in a ModelSet)",
+    )
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--pp", type=_int_list, default=[1], help="pipeline stages, e.g. 1,2")
+    p.add_argument("--tp", type=_int_list, default=[1], help="tensor-parallel degrees, e.g. 1,2")
+    p.add_argument("--batch", type=_int_list, default=[1, 2, 4], help="batch sizes, e.g. 1,2,4")
+    p.add_argument("--sequence-length", type=int, default=DEFAULT_SEQUENCE_LENGTH)
+    p.add_argument("--warmup", type=int, default=3, help="requests before measuring")
+    p.add_argument("--repeats", type=int, default=15, help="measured requests per batch size")
+    p.add_argument("-o", "--output", required=True, help="the profile file (.yaml or .json)")
+    return p
+
+
+def profile_main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    try:
+        if args.repeats < 1 or args.warmup < 0 or args.sequence_length < 1:
+            raise ProfileUsageError("--repeats and --sequence-length must be >= 1, --warmup >= 0")
+        if args.device == "cuda":
+            from statmux.runtime.local_cluster import visible_gpus
+
+            need = max(pp * tp for pp in args.pp for tp in args.tp)
+            if visible_gpus() < need:
+                raise ProfileUsageError(
+                    f"--device cuda: the largest config needs {need} GPUs, "
+                    f"{visible_gpus()} visible"
+                )
+        weights = weights_for(args.preset, dict(args.config), args.dtype)
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="statmux-profile-") as tmp:
+            for pp in args.pp:
+                for tp in args.tp:
+                    print(f"profiling {args.preset} pp{pp}×tp{tp} …", file=sys.stderr)
+                    try:
+                        rows.append(
+                            profile_config(
+                                weights, pp, tp, args.batch, args.device,
+                                args.sequence_length, args.warmup, args.repeats, Path(tmp),
+                            )  # fmt: skip
+                        )
+                    except ClusterError as e:
+                        raise ProfileUsageError(f"pp{pp}×tp{tp}: {e}") from None
+        doc = profile_document(args.preset, weights, args.device, args.sequence_length, rows)
+    except ProfileUsageError as e:
+        print(f"statmux profile: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    else:
+        out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    for m in rows:
+        lat = ", ".join(
+            f"b{b}: " + "+".join(f"{1000 * x:.2f}" for x in s) + " ms"
+            for b, s in sorted(m.stage_latency.items())
+        )
+        print(f"pp{m.pp}×tp{m.tp}: {lat}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(profile_main(sys.argv[1:]))
