@@ -18,6 +18,7 @@ from statmux.placement.plan import PlanGroup
 from statmux.runtime.batching import model_info
 from statmux.runtime.checkpoint import build_stage, load_state
 from statmux.runtime.dist_env import DistInfo
+from statmux.runtime.emulation import EmulationError, StageEmulator
 from statmux.runtime.engine import EngineError
 from statmux.runtime.heartbeat import Heartbeat, HeartbeatMonitor
 from statmux.runtime.pipeline import Links, Topology
@@ -53,12 +54,14 @@ def start_group(
     rendezvous_timeout_s: float = 600.0,
     heartbeat_interval_s: float = 0.5,
     heartbeat_timeout_s: float = 10.0,
+    emulate_device: bool = False,
 ) -> PipelineEngine | None:
     """Join the group and build this rank's shards; the leader gets the engine, others None.
 
     Non-leader ranks return only after the leader shuts the group down. `device` is "cpu"
     (gloo) or "cuda" (NCCL, one GPU per rank: cuda:<local_rank>). `memory_budget_bytes` is
     the per-device byte budget for resident weights (None: all models stay resident).
+    `emulate_device`: each stage's forward takes the Plan's profiled time (emulation.py).
     """
     pp, tp, entries = group.pp, group.tp, group.models
     if dist_info.world_size != pp * tp:
@@ -80,6 +83,15 @@ def start_group(
         compute = torch.device("cpu")
     if memory_budget_bytes is not None and memory_budget_bytes <= 0:
         raise GroupSpecError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
+    emulator = None
+    if emulate_device:  # checked before the rendezvous: every rank fails alike
+        try:
+            emulator = StageEmulator(
+                Topology(pp, tp, dist_info.rank).stage,
+                {i: (e.name, e.stage_latency_s) for i, e in enumerate(entries)},
+            )
+        except EmulationError as err:
+            raise GroupSpecError(str(err)) from None
 
     join_world(
         dist_info,
@@ -122,7 +134,7 @@ def start_group(
         if error is not None:
             raise error
         raise EngineError("building the models failed on another rank of the group (see its log)")
-    state = RankState(topo, links, models, compute)
+    state = RankState(topo, links, models, compute, emulator=emulator)
     residency = Residency(
         {m.name: int(sizes[m.index + 1].item()) for m in models}, memory_budget_bytes
     )

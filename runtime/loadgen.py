@@ -110,12 +110,14 @@ class _Client:
         out = []
         for spec in chosen:
             shape = [int(d) for d in spec.get("shape", [])]
-            shape = [1 if i == 0 and d < 0 else (seq_len if d < 0 else d) for i, d in enumerate(shape)]
+            shape = [
+                1 if i == 0 and d < 0 else (seq_len if d < 0 else d) for i, d in enumerate(shape)
+            ]
             dtype = spec["datatype"]
             np_dtype = _NUMPY.get(dtype)
             if np_dtype is None:
                 raise ValueError(f"input {spec['name']!r}: datatype {dtype} is not supported")
-            data = (np.arange(int(np.prod(shape))) % 97 + 1).reshape(shape).astype(np_dtype)
+            data: np.ndarray = (np.arange(int(np.prod(shape))) % 97 + 1).reshape(shape).astype(np_dtype)
             inp = self.mod.InferInput(spec["name"], shape, dtype)
             inp.set_data_from_numpy(data)
             out.append(inp)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,10 +45,21 @@ class ClusterError(RuntimeError):
     """The cluster cannot start (no GPUs for the ranks, ports, the router)."""
 
 
+# Ports are picked below Linux's ephemeral range (32768-60999): a port the kernel hands out
+# for an outgoing connection (gloo opens many) cannot then take a server's port in between
+# our pick and the child's bind.
+_PORT_RANGE = (20000, 32000)
+_taken: set[int] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that is free now and that this process has not handed out before."""
+    for _ in range(1000):
+        port = random.randrange(*_PORT_RANGE)
+        if port not in _taken and not port_in_use(port, host):
+            _taken.add(port)
+            return port
+    raise ClusterError(f"no free port in {_PORT_RANGE[0]}..{_PORT_RANGE[1]}")
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:

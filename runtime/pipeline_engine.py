@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from statmux.runtime.batching import Split, make_batch, output_name, split_output
+from statmux.runtime.emulation import StageEmulator
 from statmux.runtime.engine import EngineError, GroupEngine, ModelInfo, Request, Response
 from statmux.runtime.heartbeat import HeartbeatMonitor
 from statmux.runtime.metrics import StageSeconds
@@ -55,6 +56,7 @@ class RankState:
     models: list[HostedModel]
     comm_device: torch.device
     clock: StageClock = field(default_factory=StageClock)
+    emulator: StageEmulator | None = None  # --emulate-device: stages take profiled time
 
 
 # ------------------------------------------------------------------------ one rank's work
@@ -84,6 +86,9 @@ def step(state: RankState, msg: Message) -> Message:
         result = shard.module(inputs)
         if shard.device.type == "cuda":  # the kernels are asynchronous: time their end
             torch.cuda.synchronize(shard.device)
+        if state.emulator is not None:
+            rows = int(msg.tensors[0].shape[0]) if msg.tensors else 1
+            state.emulator.hold(msg.model, rows, start)
         clock, topo = state.clock, state.topo
         clock.add(msg.model, time.perf_counter_ns() - start, msg.transfer_ns)
         timings = clock.stamp(msg.timings, topo.stage, topo.pp, msg.model)

@@ -62,8 +62,14 @@ def weights_for(preset: str, overrides: dict[str, Any], dtype: str) -> WeightSou
             f"--preset {preset!r} is unknown; allowed: {', '.join(sorted(PRESETS))}"
         )
     arch = PRESETS[preset][0]
-    weights = WeightSource(
-        source="synthetic", architecture=arch, preset=preset, config=overrides or None, dtype=dtype
+    weights = WeightSource.model_validate(
+        {
+            "source": "synthetic",
+            "architecture": arch,
+            "preset": preset,
+            "config": overrides or None,
+            "dtype": dtype,
+        }
     )
     try:
         resolve_config(weights, "--preset/--config")
@@ -160,9 +166,7 @@ def measure_group(
             ends.append(time.perf_counter() - start)
             after = stage_totals(url + "/metrics")
             samples.append([after.get(s, 0.0) - before.get(s, 0.0) for s in range(pp)])
-        stages[batch] = [
-            max(1e-6, statistics.median(x[s] for x in samples)) for s in range(pp)
-        ]
+        stages[batch] = [max(1e-6, statistics.median(x[s] for x in samples)) for s in range(pp)]
         e2e[batch] = statistics.median(ends)
     client.close()
     return stages, e2e
@@ -188,9 +192,7 @@ def profile_config(
     with LocalCluster(plan, plan_path, cfg_dir, options) as cluster:
         cluster.start()
         cluster.wait_ready(600)
-        stages, e2e = measure_group(
-            cluster.groups[0].url, pp, batches, seq_len, warmup, repeats
-        )
+        stages, e2e = measure_group(cluster.groups[0].url, pp, batches, seq_len, warmup, repeats)
     return ConfigMeasurement(pp, tp, stages, e2e, stage_weight_bytes(weights, pp, tp))
 
 
@@ -199,9 +201,7 @@ def profile_document(
 ) -> dict[str, Any]:
     total = sum(stage_weight_bytes(weights, 1, 1))
     cfg = resolve_config(weights)
-    overheads = [
-        m.end_to_end[b] - sum(m.stage_latency[b]) for m in rows for b in m.stage_latency
-    ]
+    overheads = [m.end_to_end[b] - sum(m.stage_latency[b]) for m in rows for b in m.stage_latency]
     return {
         "about": (
             f"measured by `statmux profile` on {time.strftime('%Y-%m-%d')}: median of each "
@@ -236,7 +236,9 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,2,4")
     return sorted(set(values))
@@ -290,8 +292,7 @@ def profile_main(argv: Sequence[str]) -> int:
             need = max(pp * tp for pp in args.pp for tp in args.tp)
             if visible_gpus() < need:
                 raise ProfileUsageError(
-                    f"--device cuda: the largest config needs {need} GPUs, "
-                    f"{visible_gpus()} visible"
+                    f"--device cuda: the largest config needs {need} GPUs, {visible_gpus()} visible"
                 )
         weights = weights_for(args.preset, dict(args.config), args.dtype)
         rows = []
@@ -302,9 +303,16 @@ def profile_main(argv: Sequence[str]) -> int:
                     try:
                         rows.append(
                             profile_config(
-                                weights, pp, tp, args.batch, args.device,
-                                args.sequence_length, args.warmup, args.repeats, Path(tmp),
-                            )  # fmt: skip
+                                weights,
+                                pp,
+                                tp,
+                                args.batch,
+                                args.device,
+                                args.sequence_length,
+                                args.warmup,
+                                args.repeats,
+                                Path(tmp),
+                            )
                         )
                     except ClusterError as e:
                         raise ProfileUsageError(f"pp{pp}×tp{tp}: {e}") from None

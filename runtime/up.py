@@ -175,7 +175,7 @@ def print_endpoint(cluster: LocalCluster, plan: Plan, seconds: float) -> None:
     )
     curl = (
         f"curl -s -X POST http://{host}/v2/models/{first.name}/infer -d "
-        f"'{{\"inputs\":[{{\"name\":\"input_ids\",\"datatype\":\"INT64\",\"shape\":[1,4],"
+        f'\'{{"inputs":[{{"name":"input_ids","datatype":"INT64","shape":[1,4],'
         f'"data":[101,7,42,102]}}]}}\''
     )
     py = (
@@ -227,13 +227,13 @@ def _up(args: argparse.Namespace) -> int:
             f"--load {args.load:g} s is longer than spec.workload.durationSeconds "
             f"({ms.spec.workload.duration_seconds:g} s)"
         )
+    plan = get_plan(ms, args.plan, args.quiet)
+    check_plan(ms, plan)
     if not args.no_router:
         try:
             import statmux.runtime.router  # noqa: F401
         except ImportError as e:
             raise UpError(f"the router is not available in this installation: {e}") from None
-    plan = get_plan(ms, args.plan, args.quiet)
-    check_plan(ms, plan)
     prepared = None
     if args.load is not None:
         from statmux.runtime.load_cli import LoadUsageError, prepare

@@ -16,10 +16,10 @@ import tritonclient.http as th
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
-from local_modelset import alive, descendants, modelset, write_modelset  # noqa: E402
+from local_modelset import alive, descendants, modelset, write_modelset
 
-from statmux.runtime.local_cluster import free_port  # noqa: E402
-from statmux.runtime.up import up_main  # noqa: E402
+from statmux.runtime.local_cluster import free_port
+from statmux.runtime.up import up_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,9 @@ def test_port_in_use_exits_2(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        code = up_main([str(ms), "--workdir", str(tmp_path / "run"), "-q", "--http-port", str(port)])
+        code = up_main(
+            [str(ms), "--workdir", str(tmp_path / "run"), "-q", "--http-port", str(port)]
+        )
     assert code == 2
     assert f"--http-port {port}: the port is in use" in capsys.readouterr().err
 
