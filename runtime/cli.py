@@ -1,7 +1,8 @@
-"""The runtime's subcommands: runtime (one rank of a serving group) and router.
+"""The runtime's subcommands: runtime (one rank of a serving group), router, and the local
+serving tools up (a whole ModelSet on this machine), load (replay its workload) and profile.
 
 Imported on every `statmux` start, so torch and the servers load inside the entries only.
-Both parse their own flags (`statmux runtime --help`).
+Each parses its own flags (`statmux runtime --help`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,24 @@ def _router(argv: list[str]) -> int:
     return int(router_main(argv))
 
 
+def _up(argv: list[str]) -> int:
+    from statmux.runtime.up import up_main
+
+    return up_main(argv)
+
+
+def _load(argv: list[str]) -> int:
+    from statmux.runtime.load_cli import load_main
+
+    return load_main(argv)
+
+
+def _profile(argv: list[str]) -> int:
+    from statmux.runtime.profiler import profile_main
+
+    return profile_main(argv)
+
+
 def register(commands: Commands) -> None:
     commands.add_entry(
         "runtime",
@@ -28,3 +47,12 @@ def register(commands: Commands) -> None:
         help="run one rank of a Plan's group (rank 0 serves OIP REST/gRPC and /metrics)",
     )
     commands.add_entry("router", _router, help="route inference requests to the Plan's groups")
+    commands.add_entry(
+        "up", _up, help="serve a ModelSet on this machine: every group's ranks and the router"
+    )
+    commands.add_entry(
+        "load", _load, help="replay a ModelSet's workload at an endpoint; measured vs predicted"
+    )
+    commands.add_entry(
+        "profile", _profile, help="measure per-stage latency with the real runtime; a profile file"
+    )

@@ -117,7 +117,8 @@ class _Client:
             np_dtype = _NUMPY.get(dtype)
             if np_dtype is None:
                 raise ValueError(f"input {spec['name']!r}: datatype {dtype} is not supported")
-            data: np.ndarray = (np.arange(int(np.prod(shape))) % 97 + 1).reshape(shape).astype(np_dtype)
+            tokens = np.arange(int(np.prod(shape))) % 97 + 1
+            data: np.ndarray = tokens.reshape(shape).astype(np_dtype)
             inp = self.mod.InferInput(spec["name"], shape, dtype)
             inp.set_data_from_numpy(data)
             out.append(inp)

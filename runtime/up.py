@@ -229,11 +229,6 @@ def _up(args: argparse.Namespace) -> int:
         )
     plan = get_plan(ms, args.plan, args.quiet)
     check_plan(ms, plan)
-    if not args.no_router:
-        try:
-            import statmux.runtime.router  # noqa: F401
-        except ImportError as e:
-            raise UpError(f"the router is not available in this installation: {e}") from None
     prepared = None
     if args.load is not None:
         from statmux.runtime.load_cli import LoadUsageError, prepare
@@ -259,6 +254,11 @@ def _up(args: argparse.Namespace) -> int:
 
     cluster = LocalCluster(plan, plan_path, workdir, options, on_event=event)
     cluster.check()  # ports and GPUs: exit 2 before any process starts
+    if not args.no_router:
+        try:
+            import statmux.runtime.router  # noqa: F401
+        except ImportError as e:
+            raise UpError(f"the router is not available in this installation: {e}") from None
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     start = time.monotonic()
     code = 0
