@@ -88,7 +88,7 @@ def start_group(
         try:
             emulator = StageEmulator(
                 Topology(pp, tp, dist_info.rank).stage,
-                {i: (e.name, e.stage_latency_s) for i, e in enumerate(entries)},
+                {i: (e.name, e.stage_latency_seconds) for i, e in enumerate(entries)},
             )
         except EmulationError as err:
             raise GroupSpecError(str(err)) from None

@@ -7,14 +7,17 @@ For each (pp, tp) it starts a real group of pp x tp `statmux runtime` processes 
 launch as `statmux up`), sends requests of `--sequence-length` tokens one at a time (no
 queueing), and reads each stage's compute and transfer seconds from the leader's /metrics
 around every request (runtime/stage_timing.py: every rank times its own stage). After
-`--warmup` requests per batch size, the median of `--repeats` requests is the stage's
-latency: compute + transfer, i.e. how long the stage is busy with one batch.
+`--warmup` requests per batch size, the median of `--repeats` requests gives:
+
+- `stageLatencyS`: each stage's forward (compute, tensor-parallel all-reduces included);
+- `overheads.stageSeconds`: the activation transfer per stage boundary (pp > 1 configs: the
+  stages' transfer seconds over pp - 1 boundaries), median over configs and batch sizes;
+- `overheads.requestSeconds`: what a request costs outside the stages (HTTP, scheduling,
+  the result's return): end-to-end at the client minus compute and transfer, median.
 
 The output is the documented profile file format (docs/profiles.md), so a ModelSet can use it
-as `profile: {file: ...}`. Descriptive keys (`about`, `hardware`, `model`) say what was
-measured; `about` also gives the median request overhead (end-to-end at the client minus the
-sum of the stages: HTTP, scheduling, the result's return), which the stage latencies do not
-include.
+as `profile: {file: ...}`; the simulator applies the overheads. Descriptive keys (`about`,
+`hardware`, `model`) say what was measured.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class ProfileUsageError(Exception):
 class ConfigMeasurement:
     pp: int
     tp: int
-    stage_latency: dict[int, list[float]]  # batch -> per-stage median seconds
+    stage_latency: dict[int, list[float]]  # batch -> per-stage median compute seconds
+    transfer: dict[int, float]  # batch -> median transfer seconds, all stages together
     end_to_end: dict[int, float]  # batch -> median client latency
     weight_bytes_per_gpu: list[float]
 
@@ -125,31 +129,34 @@ def profile_plan(weights: WeightSource, pp: int, tp: int, batches: list[int]) ->
     )
 
 
-def stage_totals(metrics_url: str) -> dict[int, float]:
-    """Cumulative compute + transfer seconds per stage of the profiled model."""
+def stage_totals(metrics_url: str) -> dict[tuple[str, int], float]:
+    """Cumulative (compute|transfer, stage) seconds of the profiled model."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(metrics_url, timeout=30) as r:
         text = r.read().decode()
-    totals: dict[int, float] = {}
+    totals: dict[tuple[str, int], float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in ("statmux_stage_compute_seconds", "statmux_stage_transfer_seconds"):
+        kind = family.name.removeprefix("statmux_stage_").removesuffix("_seconds")
+        if kind not in ("compute", "transfer"):
             continue
         for s in family.samples:
             if s.name.endswith("_sum") and s.labels.get("model") == MODEL:
-                stage = int(s.labels["stage"])
-                totals[stage] = totals.get(stage, 0.0) + float(s.value)
+                totals[(kind, int(s.labels["stage"]))] = float(s.value)
     return totals
 
 
 def measure_group(
     url: str, pp: int, batches: list[int], seq_len: int, warmup: int, repeats: int
-) -> tuple[dict[int, list[float]], dict[int, float]]:
+) -> tuple[dict[int, list[float]], dict[int, float], dict[int, float]]:
+    """Per batch size: median compute per stage, median transfer (all stages), median
+    end-to-end latency; one request at a time."""
     import numpy as np
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=600)
-    stages: dict[int, list[float]] = {}
+    compute: dict[int, list[float]] = {}
+    transfer: dict[int, float] = {}
     e2e: dict[int, float] = {}
     for batch in batches:
         ids = (np.arange(batch * seq_len) % 97 + 1).reshape(batch, seq_len).astype(np.int64)
@@ -158,6 +165,7 @@ def measure_group(
         for _ in range(warmup):
             client.infer(MODEL, [inp])
         samples: list[list[float]] = []
+        moved: list[float] = []
         ends: list[float] = []
         for _ in range(repeats):
             before = stage_totals(url + "/metrics")
@@ -165,11 +173,14 @@ def measure_group(
             client.infer(MODEL, [inp])
             ends.append(time.perf_counter() - start)
             after = stage_totals(url + "/metrics")
-            samples.append([after.get(s, 0.0) - before.get(s, 0.0) for s in range(pp)])
-        stages[batch] = [max(1e-6, statistics.median(x[s] for x in samples)) for s in range(pp)]
+            delta = {k: after[k] - before.get(k, 0.0) for k in after}
+            samples.append([delta.get(("compute", s), 0.0) for s in range(pp)])
+            moved.append(sum(delta.get(("transfer", s), 0.0) for s in range(pp)))
+        compute[batch] = [max(1e-6, statistics.median(x[s] for x in samples)) for s in range(pp)]
+        transfer[batch] = statistics.median(moved)
         e2e[batch] = statistics.median(ends)
     client.close()
-    return stages, e2e
+    return compute, transfer, e2e
 
 
 def profile_config(
@@ -192,8 +203,10 @@ def profile_config(
     with LocalCluster(plan, plan_path, cfg_dir, options) as cluster:
         cluster.start()
         cluster.wait_ready(600)
-        stages, e2e = measure_group(cluster.groups[0].url, pp, batches, seq_len, warmup, repeats)
-    return ConfigMeasurement(pp, tp, stages, e2e, stage_weight_bytes(weights, pp, tp))
+        stages, transfer, e2e = measure_group(
+            cluster.groups[0].url, pp, batches, seq_len, warmup, repeats
+        )
+    return ConfigMeasurement(pp, tp, stages, transfer, e2e, stage_weight_bytes(weights, pp, tp))
 
 
 def profile_document(
@@ -201,12 +214,19 @@ def profile_document(
 ) -> dict[str, Any]:
     total = sum(stage_weight_bytes(weights, 1, 1))
     cfg = resolve_config(weights)
-    overheads = [m.end_to_end[b] - sum(m.stage_latency[b]) for m in rows for b in m.stage_latency]
+    boundaries = [m.transfer[b] / (m.pp - 1) for m in rows if m.pp > 1 for b in m.transfer]
+    stage_s = statistics.median(boundaries) if boundaries else 0.0
+    outside = [
+        max(0.0, m.end_to_end[b] - sum(m.stage_latency[b]) - m.transfer[b])
+        for m in rows
+        for b in m.stage_latency
+    ]
+    request_s = statistics.median(outside)
     return {
         "about": (
-            f"measured by `statmux profile` on {time.strftime('%Y-%m-%d')}: median of each "
-            f"stage's compute + transfer, {seq_len} tokens per row; request overhead "
-            f"(end-to-end minus stages) median {1000 * statistics.median(overheads):.2f} ms"
+            f"measured by `statmux profile` on {time.strftime('%Y-%m-%d')}: medians of "
+            f"each stage's compute, the transfers and the end-to-end latency at the client, "
+            f"{seq_len} tokens per row, one request at a time"
         ),
         "hardware": f"{device}: {platform.processor() or platform.machine()}",
         "model": {
@@ -229,6 +249,7 @@ def profile_document(
             }
             for m in rows
         ],
+        "overheads": {"requestSeconds": round(request_s, 7), "stageSeconds": round(stage_s, 7)},
     }
 
 
@@ -326,6 +347,10 @@ def profile_main(argv: Sequence[str]) -> int:
         out.write_text(json.dumps(doc, indent=2) + "\n")
     else:
         out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    print(
+        f"overheads: request {1000 * doc['overheads']['requestSeconds']:.2f} ms, "
+        f"per stage boundary {1000 * doc['overheads']['stageSeconds']:.2f} ms"
+    )
     for m in rows:
         lat = ", ".join(
             f"b{b}: " + "+".join(f"{1000 * x:.2f}" for x in s) + " ms"

@@ -12,14 +12,14 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
-from local_modelset import inline_profile, write_modelset  # noqa: E402
+from local_modelset import inline_profile, write_modelset
 
-from statmux.placement.planner import plan_modelset  # noqa: E402
-from statmux.placement.spec import load_modelset  # noqa: E402
-from statmux.placement.workload import workload_from_spec  # noqa: E402
-from statmux.runtime.load_cli import load_main, prepare  # noqa: E402
-from statmux.runtime.loadgen import classify  # noqa: E402
-from statmux.runtime.local_cluster import ClusterOptions, LocalCluster  # noqa: E402
+from statmux.placement.planner import plan_modelset
+from statmux.placement.spec import load_modelset
+from statmux.placement.workload import workload_from_spec
+from statmux.runtime.load_cli import load_main, prepare
+from statmux.runtime.loadgen import classify
+from statmux.runtime.local_cluster import ClusterOptions, LocalCluster
 
 
 def one_group_modelset() -> dict:

@@ -1,0 +1,34 @@
+"""`statmux profile`: a real group measured, written in the profile format a ModelSet reads."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from statmux.placement.profile import ParallelConfig
+from statmux.placement.profiles import load_profile_file
+from statmux.runtime.profiler import profile_main
+
+
+def test_unknown_preset_exits_2(tmp_path, capsys):
+    assert profile_main(["--preset", "bert-huge", "-o", str(tmp_path / "p.yaml")]) == 2
+    assert "--preset 'bert-huge' is unknown" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_profile_of_a_real_group_loads_as_a_profile_file(tmp_path):
+    out = tmp_path / "bert.yaml"
+    argv = ["--preset", "bert-tiny", "--pp", "1,2", "--batch", "1,2"]
+    assert profile_main([*argv, "--repeats", "3", "--warmup", "1", "-o", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert doc["numLayers"] == 4 and doc["weightBytes"] > 0
+    assert doc["overheads"]["requestSeconds"] >= 0 and doc["overheads"]["stageSeconds"] > 0
+    profile = load_profile_file(out, "bert-a")
+    for pp in (1, 2):
+        config = profile.get(pp, 1)
+        assert config is not None and config.measured
+        assert config.stage_latency.shape[1] == pp and (config.stage_latency > 0).all()
+        measured = doc["configs"][pp - 1]["stageLatencyS"]["2"]
+        assert list(config.stage_latency[config.batch_sizes.index(2)]) == measured
+    assert ParallelConfig(1, 1) in profile.configs
+    assert profile.overheads.stage_seconds == doc["overheads"]["stageSeconds"]
