@@ -92,8 +92,10 @@ class SearchProblem:
         key = (model, config)
         d = self._demand.get(key)
         if d is None:
-            cp = self.profiles[model].configs[config]
-            d = self._demand[key] = self.rates.get(model, 0.0) * cp.max_stage(1)
+            cp = self.profiles[model].configs.get(config)
+            # a model without the config never goes on such a group: no load there
+            d = 0.0 if cp is None else self.rates.get(model, 0.0) * cp.max_stage(1)
+            self._demand[key] = d
         return d
 
     # ------------------------------------------------------------------ memory
