@@ -54,6 +54,7 @@ def test_tight_memory_never_below_alpaserve(memory: str) -> None:
     ours = run_policy(problem, "statmux")
     theirs = run_policy(problem, "alpaserve")
     assert ours.attainment >= theirs.attainment - 1e-9
+
     def placed(ev) -> set[str]:
         return {m for g in ev.result.placement.groups for m in g.models}
 
