@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from statmux.contract import GRPC_PORT, HTTP_PORT, MASTER_PORT
+
 GangMode = Literal["none", "kueue", "volcano"]
 WorkloadMode = Literal["auto", "statefulset", "leaderworkerset"]
 
@@ -26,9 +28,9 @@ class OperatorConfig:
     gang: GangMode = "none"
     kueue_queue: str | None = None  # kueue.x-k8s.io/queue-name for the group pods
     workload: WorkloadMode = "auto"
-    master_port: int = 29500
-    serve_port: int = 8000  # Open Inference Protocol (HTTP) of the runtime and the router
-    grpc_port: int = 8001  # Open Inference Protocol (gRPC) of the router
+    master_port: int = MASTER_PORT
+    serve_port: int = HTTP_PORT  # Open Inference Protocol (HTTP) of the runtime and the router
+    grpc_port: int = GRPC_PORT  # Open Inference Protocol (gRPC) of the router
     cluster_domain: str = "cluster.local"
     resync_seconds: float = 10.0  # the status/readiness timer
     rollout_timeout_seconds: float = 300.0  # then old groups retire one by one

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import logging
 
+from statmux.contract import (
+    ANNOTATION_GANG_EPOCH,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_MODELSET,
+    LABEL_WORKLOAD,
+    MANAGER,
+)
 from statmux.operator.kinds import POD, STATEFULSET
 from statmux.operator.kube import Api
-from statmux.operator.resources import (
-    A_GANG_EPOCH,
-    L_COMPONENT,
-    L_MODELSET,
-    L_WORKLOAD,
-    MANAGED_BY,
-    MANAGER,
-    Obj,
-    Owner,
-)
+from statmux.operator.resources import Obj, Owner
 
 log = logging.getLogger("statmux.operator")
 
@@ -44,7 +43,7 @@ def gang_epoch(obj: Obj | None) -> int:
     else:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
     try:
-        return int(annotations.get(A_GANG_EPOCH, 0))
+        return int(annotations.get(ANNOTATION_GANG_EPOCH, 0))
     except (TypeError, ValueError):
         return 0
 
@@ -61,7 +60,7 @@ def delete_stale_gang_pods(
         return []
     epoch = gang_epoch(sts)
     gone = []
-    for pod in api.list(POD, ns, {L_MODELSET: owner.name, L_WORKLOAD: workload}):
+    for pod in api.list(POD, ns, {LABEL_MODELSET: owner.name, LABEL_WORKLOAD: workload}):
         if pod["metadata"].get("deletionTimestamp"):
             continue
         if gang_epoch(pod) < epoch and api.delete(POD, ns, pod["metadata"]["name"]):
@@ -99,7 +98,7 @@ def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
     """
     meta = pod.get("metadata", {})
     labels = meta.get("labels") or {}
-    if labels.get(MANAGED_BY) != MANAGER or labels.get(L_COMPONENT) != "group":
+    if labels.get(LABEL_MANAGED_BY) != MANAGER or labels.get(LABEL_COMPONENT) != "group":
         return []
     sts_name = _owning_statefulset(pod)
     reason = gang_failure(event_type, pod)
@@ -126,10 +125,14 @@ def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
         STATEFULSET,
         ns,
         sts_name,
-        {"spec": {"template": {"metadata": {"annotations": {A_GANG_EPOCH: new_epoch}}}}},
+        {"spec": {"template": {"metadata": {"annotations": {ANNOTATION_GANG_EPOCH: new_epoch}}}}},
     )
     if patched is None:
         return []
     return delete_stale_gang_pods(
-        api, ns, Owner(labels.get(L_MODELSET, ""), ns, ""), labels.get(L_WORKLOAD, ""), patched
+        api,
+        ns,
+        Owner(labels.get(LABEL_MODELSET, ""), ns, ""),
+        labels.get(LABEL_WORKLOAD, ""),
+        patched,
     )

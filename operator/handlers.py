@@ -13,12 +13,13 @@ from typing import Any
 
 import kopf
 
+from statmux.contract import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER
 from statmux.operator import gang, metrics
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
 from statmux.operator.crd import GROUP, PLURAL, VERSION
 from statmux.operator.kube import KubeApi
-from statmux.operator.resources import L_COMPONENT, MANAGED_BY, MANAGER, Owner
+from statmux.operator.resources import Owner
 
 # Read at import: kopf takes the timer interval when the decorator runs.
 CONFIG = OperatorConfig.from_env()
@@ -114,7 +115,7 @@ def _changed(old: Any, new: dict[str, Any]) -> bool:
     return any(dict(old or {}).get(k) != v for k, v in new.items())
 
 
-@kopf.on.event("", "v1", "pods", labels={MANAGED_BY: MANAGER, L_COMPONENT: "group"})
+@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "group"})
 def gang_restart(event: kopf.RawEvent, memo: Any, body: kopf.Body, **_: Any) -> None:
     deleted = gang.handle_pod_event(memo["api"], str(event.get("type")), dict(event["object"]))
     if deleted:

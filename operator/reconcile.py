@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from statmux.contract import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_WORKLOAD, PLAN_KEY
 from statmux.operator.config import OperatorConfig
 from statmux.operator.gang import delete_stale_gang_pods
 from statmux.operator.kinds import (
@@ -28,9 +29,6 @@ from statmux.operator.kinds import (
 from statmux.operator.kube import Api
 from statmux.operator.planning import plan_for
 from statmux.operator.resources import (
-    L_COMPONENT,
-    L_WORKLOAD,
-    PLAN_KEY,
     GroupWorkload,
     Obj,
     Owner,
@@ -55,8 +53,6 @@ from statmux.placement.plan import Plan, PlanError, short_hash
 from statmux.placement.spec import ModelSetSpec, SpecError, parse_spec
 
 log = logging.getLogger("statmux.operator")
-
-A_SPEC_HASH = "statmux.io/spec-hash"  # on the plan ConfigMap: the spec it was planned from
 
 Planner = Callable[[str, str, ModelSetSpec], Plan]
 
@@ -159,7 +155,7 @@ def converge(
     desired = desired_objects(owner, plan, cfg, kind, gpu_product)
     if spec_digest:
         # Marks which spec this plan answers, so a resume does not search again.
-        desired[0]["metadata"]["annotations"] = {A_SPEC_HASH: spec_digest}
+        desired[0]["metadata"]["annotations"] = {ANNOTATION_SPEC_HASH: spec_digest}
     applied: dict[tuple[str, str], Obj] = {}
     for obj in desired:
         applied[(obj["kind"], obj["metadata"]["name"])] = api.apply(obj)
@@ -200,8 +196,8 @@ def converge(
             if key in wanted or obj["metadata"].get("deletionTimestamp"):
                 continue
             labels = obj["metadata"].get("labels") or {}
-            if labels.get(L_COMPONENT) == "group" and labels.get(L_WORKLOAD):
-                by_workload.setdefault(labels[L_WORKLOAD], []).append(obj)
+            if labels.get(LABEL_COMPONENT) == "group" and labels.get(LABEL_WORKLOAD):
+                by_workload.setdefault(labels[LABEL_WORKLOAD], []).append(obj)
             elif api.delete(k, ns, obj["metadata"]["name"]):
                 deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
 
@@ -261,7 +257,7 @@ def current_plan(api: Api, owner: Owner) -> tuple[Plan | None, str | None]:
     except PlanError as err:
         log.warning("ignoring the stored plan: %s", err)
         return None, None
-    return plan, annotations.get(A_SPEC_HASH)
+    return plan, annotations.get(ANNOTATION_SPEC_HASH)
 
 
 def reconcile(

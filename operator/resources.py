@@ -19,6 +19,34 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from statmux.contract import (
+    ENV_LWS_GROUP_SIZE,
+    ENV_LWS_LEADER_ADDRESS,
+    ENV_LWS_WORKER_INDEX,
+    ENV_MASTER_ADDR,
+    ENV_MASTER_PORT,
+    ENV_NODE_RANK,
+    ENV_NPROC_PER_NODE,
+    ENV_RANK,
+    ENV_WORLD_SIZE,
+    GROUPS_KEY,
+    GROUPS_PATH,
+    LABEL_COMPONENT,
+    LABEL_GROUP,
+    LABEL_GROUP_HASH,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_MODELSET,
+    LABEL_NAME,
+    LABEL_PLAN_HASH,
+    LABEL_POD_INDEX,
+    LABEL_ROLE,
+    LABEL_WORKLOAD,
+    MANAGER,
+    PLAN_DIR,
+    PLAN_KEY,
+    PLAN_PATH,
+)
 from statmux.operator.config import OperatorConfig
 from statmux.operator.kinds import (
     CONFIGMAP,
@@ -34,26 +62,6 @@ from statmux.placement.plan import Plan, short_hash
 Obj = dict[str, Any]
 WorkloadKind = Literal["StatefulSet", "LeaderWorkerSet"]
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "statmux"
-L_NAME = "app.kubernetes.io/name"
-L_INSTANCE = "app.kubernetes.io/instance"
-L_COMPONENT = "statmux.io/component"  # plan | group | router
-L_MODELSET = "statmux.io/modelset"
-L_GROUP = "statmux.io/group"
-L_WORKLOAD = "statmux.io/workload"
-L_GROUP_HASH = "statmux.io/group-hash"
-L_PLAN_HASH = "statmux.io/plan-hash"
-A_GANG_EPOCH = "statmux.io/gang-epoch"  # bumped to recreate a whole group (gang restart)
-L_POD_INDEX = "apps.kubernetes.io/pod-index"  # set by the StatefulSet controller
-
-PLAN_KEY = "plan.json"
-PLAN_DIR = "/etc/statmux"
-PLAN_PATH = f"{PLAN_DIR}/{PLAN_KEY}"
-# The router's ConfigMap also holds where each group's leader serves REST (`statmux router
-# --groups-file`): {"g0": "http://<leader pod>.<group Service>.<ns>.svc.<domain>:<port>"}.
-GROUPS_KEY = "groups.json"
-GROUPS_PATH = f"{PLAN_DIR}/{GROUPS_KEY}"
 GPU = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 MAX_WORKLOAD_NAME = 52  # StatefulSet names leave room for "-<ordinal>" and the revision hash
@@ -81,17 +89,17 @@ def owner_reference(owner: Owner) -> Obj:
 
 def base_labels(owner: Owner, component: str) -> dict[str, str]:
     return {
-        MANAGED_BY: MANAGER,
-        L_NAME: "statmux",
-        L_INSTANCE: owner.name,
-        L_MODELSET: owner.name,
-        L_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_NAME: "statmux",
+        LABEL_INSTANCE: owner.name,
+        LABEL_MODELSET: owner.name,
+        LABEL_COMPONENT: component,
     }
 
 
 def selector_for(owner: Owner) -> dict[str, str]:
     """The labels that find every object the operator made for this ModelSet."""
-    return {MANAGED_BY: MANAGER, L_MODELSET: owner.name}
+    return {LABEL_MANAGED_BY: MANAGER, LABEL_MODELSET: owner.name}
 
 
 def _metadata(owner: Owner, name: str, labels: dict[str, str]) -> Obj:
@@ -205,7 +213,7 @@ def group_endpoints(owner: Owner, gws: list[GroupWorkload], cfg: OperatorConfig)
 def plan_configmap(
     owner: Owner, plan: Plan, name: str | None = None, component: str = "plan"
 ) -> Obj:
-    labels = base_labels(owner, component) | {L_PLAN_HASH: plan.plan_hash}
+    labels = base_labels(owner, component) | {LABEL_PLAN_HASH: plan.plan_hash}
     return {
         "apiVersion": CONFIGMAP.api_version,
         "kind": CONFIGMAP.kind,
@@ -217,9 +225,9 @@ def plan_configmap(
 # --------------------------------------------------------------------------- group pods
 def group_labels(owner: Owner, gw: GroupWorkload) -> dict[str, str]:
     return base_labels(owner, "group") | {
-        L_GROUP: _dns_label(gw.group)[:63],
-        L_WORKLOAD: gw.name,
-        L_GROUP_HASH: gw.hash,
+        LABEL_GROUP: _dns_label(gw.group)[:63],
+        LABEL_WORKLOAD: gw.name,
+        LABEL_GROUP_HASH: gw.hash,
     }
 
 
@@ -230,46 +238,38 @@ def _field_env(name: str, path: str) -> Obj:
 def runtime_env(
     owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, kind: WorkloadKind
 ) -> list[Obj]:
-    """The env each group pod gets (torch.distributed and LWS conventions).
+    """The env each group pod gets: where its ranks sit in the group (statmux.contract).
 
     One pod per node-sized chunk: NPROC_PER_NODE processes per pod, global rank of a
     process = NODE_RANK * NPROC_PER_NODE + local rank (the runtime launcher sets RANK per
-    process; the operator sets RANK itself only when a pod runs a single process).
+    process; the operator sets RANK itself only when a pod runs a single process). The Plan,
+    the group and the port reach the runtime as flags (see `pod_template`), nothing else.
     """
-    pod_index = f"metadata.labels['{L_POD_INDEX}']"
+    pod_index = f"metadata.labels['{LABEL_POD_INDEX}']"
     env: list[Obj] = []
     if kind == "StatefulSet":
         leader = leader_address(owner, gw, cfg)
         env += [
-            {"name": "LWS_LEADER_ADDRESS", "value": leader},
-            {"name": "LWS_GROUP_SIZE", "value": str(gw.pods)},
-            _field_env("LWS_WORKER_INDEX", pod_index),
-            {"name": "MASTER_ADDR", "value": leader},
-            _field_env("NODE_RANK", pod_index),
+            {"name": ENV_LWS_LEADER_ADDRESS, "value": leader},
+            {"name": ENV_LWS_GROUP_SIZE, "value": str(gw.pods)},
+            _field_env(ENV_LWS_WORKER_INDEX, pod_index),
+            {"name": ENV_MASTER_ADDR, "value": leader},
+            _field_env(ENV_NODE_RANK, pod_index),
         ]
         if gw.gpus_per_pod == 1:
-            env.append(_field_env("RANK", pod_index))
+            env.append(_field_env(ENV_RANK, pod_index))
     else:
         # The LWS controller injects LWS_LEADER_ADDRESS, LWS_GROUP_SIZE, LWS_WORKER_INDEX.
         env += [
-            {"name": "MASTER_ADDR", "value": "$(LWS_LEADER_ADDRESS)"},
-            {"name": "NODE_RANK", "value": "$(LWS_WORKER_INDEX)"},
+            {"name": ENV_MASTER_ADDR, "value": f"$({ENV_LWS_LEADER_ADDRESS})"},
+            {"name": ENV_NODE_RANK, "value": f"$({ENV_LWS_WORKER_INDEX})"},
         ]
         if gw.gpus_per_pod == 1:
-            env.append({"name": "RANK", "value": "$(LWS_WORKER_INDEX)"})
+            env.append({"name": ENV_RANK, "value": f"$({ENV_LWS_WORKER_INDEX})"})
     env += [
-        {"name": "MASTER_PORT", "value": str(cfg.master_port)},
-        {"name": "WORLD_SIZE", "value": str(gw.gpus)},
-        {"name": "NNODES", "value": str(gw.pods)},
-        {"name": "NPROC_PER_NODE", "value": str(gw.gpus_per_pod)},
-        {"name": "STATMUX_PLAN", "value": PLAN_PATH},
-        {"name": "STATMUX_GROUP", "value": gw.group},
-        {"name": "STATMUX_MODELSET", "value": owner.name},
-        {"name": "STATMUX_PP", "value": str(gw.pp)},
-        {"name": "STATMUX_TP", "value": str(gw.tp)},
-        {"name": "STATMUX_SERVE_PORT", "value": str(cfg.serve_port)},
-        _field_env("POD_NAME", "metadata.name"),
-        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        {"name": ENV_MASTER_PORT, "value": str(cfg.master_port)},
+        {"name": ENV_WORLD_SIZE, "value": str(gw.gpus)},
+        {"name": ENV_NPROC_PER_NODE, "value": str(gw.gpus_per_pod)},
     ]
     return env
 
@@ -285,7 +285,7 @@ def pod_template(
     labels = group_labels(owner, gw)
     annotations: dict[str, str] = {}
     if role:
-        labels["statmux.io/role"] = role
+        labels[LABEL_ROLE] = role
     if cfg.gang == "kueue":
         labels["kueue.x-k8s.io/pod-group-name"] = gw.name
         annotations["kueue.x-k8s.io/pod-group-total-count"] = str(gw.pods)
@@ -337,7 +337,7 @@ def pod_template(
 def group_statefulset(
     owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_hash_: str, gpu_product: str | None
 ) -> Obj:
-    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    labels = group_labels(owner, gw) | {LABEL_PLAN_HASH: plan_hash_}
     return {
         "apiVersion": STATEFULSET.api_version,
         "kind": STATEFULSET.kind,
@@ -350,7 +350,7 @@ def group_statefulset(
             # Pods never roll in place: new content gets a new workload, and a gang restart
             # bumps the epoch annotation and deletes the old epoch's pods.
             "updateStrategy": {"type": "OnDelete"},
-            "selector": {"matchLabels": {L_MODELSET: owner.name, L_WORKLOAD: gw.name}},
+            "selector": {"matchLabels": {LABEL_MODELSET: owner.name, LABEL_WORKLOAD: gw.name}},
             "template": pod_template(owner, gw, cfg, "StatefulSet", gpu_product),
         },
     }
@@ -359,7 +359,7 @@ def group_statefulset(
 def group_leaderworkerset(
     owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_hash_: str, gpu_product: str | None
 ) -> Obj:
-    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    labels = group_labels(owner, gw) | {LABEL_PLAN_HASH: plan_hash_}
     return {
         "apiVersion": LEADERWORKERSET.api_version,
         "kind": LEADERWORKERSET.kind,
@@ -384,7 +384,7 @@ def group_leaderworkerset(
 
 def group_service(owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_hash_: str) -> Obj:
     """Headless Service: stable DNS names <pod>.<workload> for rendezvous."""
-    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    labels = group_labels(owner, gw) | {LABEL_PLAN_HASH: plan_hash_}
     return {
         "apiVersion": SERVICE.api_version,
         "kind": SERVICE.kind,
@@ -393,7 +393,7 @@ def group_service(owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_has
             "clusterIP": "None",
             # Ranks must resolve each other before any of them is ready.
             "publishNotReadyAddresses": True,
-            "selector": {L_MODELSET: owner.name, L_WORKLOAD: gw.name},
+            "selector": {LABEL_MODELSET: owner.name, LABEL_WORKLOAD: gw.name},
             "ports": [
                 {"name": "dist", "port": cfg.master_port, "targetPort": cfg.master_port},
                 {"name": "http", "port": cfg.serve_port, "targetPort": cfg.serve_port},
@@ -403,7 +403,7 @@ def group_service(owner: Owner, gw: GroupWorkload, cfg: OperatorConfig, plan_has
 
 
 def volcano_podgroup(owner: Owner, gw: GroupWorkload, plan_hash_: str) -> Obj:
-    labels = group_labels(owner, gw) | {L_PLAN_HASH: plan_hash_}
+    labels = group_labels(owner, gw) | {LABEL_PLAN_HASH: plan_hash_}
     return {
         "apiVersion": VOLCANO_PODGROUP.api_version,
         "kind": VOLCANO_PODGROUP.kind,
@@ -448,10 +448,10 @@ def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
     return {
         "apiVersion": DEPLOYMENT.api_version,
         "kind": DEPLOYMENT.kind,
-        "metadata": _metadata(owner, name, labels | {L_PLAN_HASH: plan.plan_hash}),
+        "metadata": _metadata(owner, name, labels | {LABEL_PLAN_HASH: plan.plan_hash}),
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": {L_MODELSET: owner.name, L_COMPONENT: "router"}},
+            "selector": {"matchLabels": {LABEL_MODELSET: owner.name, LABEL_COMPONENT: "router"}},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -461,11 +461,6 @@ def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
                             "image": cfg.router_image,
                             "imagePullPolicy": cfg.image_pull_policy,
                             "command": router_command(cfg),
-                            "env": [
-                                {"name": "STATMUX_PLAN", "value": PLAN_PATH},
-                                {"name": "STATMUX_MODELSET", "value": owner.name},
-                                _field_env("POD_NAMESPACE", "metadata.namespace"),
-                            ],
                             "ports": [
                                 {
                                     "name": "http",
@@ -527,7 +522,7 @@ def router_service(owner: Owner, cfg: OperatorConfig) -> Obj:
         "metadata": _metadata(owner, name, base_labels(owner, "router")),
         "spec": {
             "type": "ClusterIP",
-            "selector": {L_MODELSET: owner.name, L_COMPONENT: "router"},
+            "selector": {LABEL_MODELSET: owner.name, LABEL_COMPONENT: "router"},
             "ports": [
                 {"name": "http", "port": cfg.serve_port, "targetPort": cfg.serve_port},
                 {"name": "grpc", "port": cfg.grpc_port, "targetPort": cfg.grpc_port},

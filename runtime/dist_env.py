@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_PORT = 29500
+from statmux.contract import (
+    ENV_LOCAL_RANK,
+    ENV_LWS_GROUP_SIZE,
+    ENV_LWS_LEADER_ADDRESS,
+    ENV_LWS_WORKER_INDEX,
+    ENV_MASTER_ADDR,
+    ENV_MASTER_PORT,
+    ENV_RANK,
+    ENV_WORLD_SIZE,
+)
+from statmux.contract import MASTER_PORT as DEFAULT_PORT
 
 
 class DistEnvError(ValueError):
@@ -53,35 +63,35 @@ def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
 
 
 def _port(env: Mapping[str, str]) -> int:
-    if env.get("MASTER_PORT", "").strip() == "":
+    if env.get(ENV_MASTER_PORT, "").strip() == "":
         return DEFAULT_PORT
-    port = _int(env, "MASTER_PORT", 1)
+    port = _int(env, ENV_MASTER_PORT, 1)
     if port > 65535:
-        raise DistEnvError(f"environment variable MASTER_PORT={port} must be at most 65535")
+        raise DistEnvError(f"environment variable {ENV_MASTER_PORT}={port} must be at most 65535")
     return port
 
 
 def dist_info_from_env(env: Mapping[str, str]) -> DistInfo:
     """Read the rendezvous from torch's or LeaderWorkerSet's variables (see module doc)."""
-    local_rank = _int(env, "LOCAL_RANK", 0) if env.get("LOCAL_RANK") else 0
-    if "RANK" in env or "WORLD_SIZE" in env or "MASTER_ADDR" in env:
-        addr = env.get("MASTER_ADDR", "").strip()
+    local_rank = _int(env, ENV_LOCAL_RANK, 0) if env.get(ENV_LOCAL_RANK) else 0
+    if ENV_RANK in env or ENV_WORLD_SIZE in env or ENV_MASTER_ADDR in env:
+        addr = env.get(ENV_MASTER_ADDR, "").strip()
         if not addr:
-            raise DistEnvError("environment variable MASTER_ADDR is not set")
-        world = _int(env, "WORLD_SIZE", 1)
-        rank = _int(env, "RANK", 0)
+            raise DistEnvError(f"environment variable {ENV_MASTER_ADDR} is not set")
+        world = _int(env, ENV_WORLD_SIZE, 1)
+        rank = _int(env, ENV_RANK, 0)
         if rank >= world:
-            raise DistEnvError(f"RANK={rank} must be smaller than WORLD_SIZE={world}")
+            raise DistEnvError(f"{ENV_RANK}={rank} must be smaller than {ENV_WORLD_SIZE}={world}")
         return DistInfo(rank, world, addr, _port(env), local_rank)
     if any(k.startswith("LWS_") for k in env):
-        addr = env.get("LWS_LEADER_ADDRESS", "").strip()
+        addr = env.get(ENV_LWS_LEADER_ADDRESS, "").strip()
         if not addr:
-            raise DistEnvError("environment variable LWS_LEADER_ADDRESS is not set")
-        world = _int(env, "LWS_GROUP_SIZE", 1)
-        rank = _int(env, "LWS_WORKER_INDEX", 0)
+            raise DistEnvError(f"environment variable {ENV_LWS_LEADER_ADDRESS} is not set")
+        world = _int(env, ENV_LWS_GROUP_SIZE, 1)
+        rank = _int(env, ENV_LWS_WORKER_INDEX, 0)
         if rank >= world:
             raise DistEnvError(
-                f"LWS_WORKER_INDEX={rank} must be smaller than LWS_GROUP_SIZE={world}"
+                f"{ENV_LWS_WORKER_INDEX}={rank} must be smaller than {ENV_LWS_GROUP_SIZE}={world}"
             )
         return DistInfo(rank, world, addr, _port(env), local_rank)
     raise DistEnvError(

@@ -15,32 +15,38 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from statmux.contract import ENV_LOCAL_RANK, ENV_NODE_RANK, ENV_NPROC_PER_NODE, ENV_RANK
+
 
 def ranks_to_launch(env: Mapping[str, str]) -> int:
     """How many local ranks this process must start (0: run the single rank in-process)."""
-    if env.get("RANK"):
+    if env.get(ENV_RANK):
         return 0
-    raw = env.get("NPROC_PER_NODE", "").strip()
+    raw = env.get(ENV_NPROC_PER_NODE, "").strip()
     if not raw:
         return 0
     try:
         n = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable NPROC_PER_NODE={raw!r} is not an integer") from None
+        raise ValueError(
+            f"environment variable {ENV_NPROC_PER_NODE}={raw!r} is not an integer"
+        ) from None
     if n < 1:
-        raise ValueError(f"environment variable NPROC_PER_NODE={n} must be at least 1")
+        raise ValueError(f"environment variable {ENV_NPROC_PER_NODE}={n} must be at least 1")
     return n
 
 
 def child_env(env: Mapping[str, str], local_rank: int, nproc: int) -> dict[str, str]:
-    raw = env.get("NODE_RANK", "0").strip() or "0"
+    raw = env.get(ENV_NODE_RANK, "0").strip() or "0"
     try:
         node_rank = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable NODE_RANK={raw!r} is not an integer") from None
+        raise ValueError(
+            f"environment variable {ENV_NODE_RANK}={raw!r} is not an integer"
+        ) from None
     out = dict(env)
-    out["RANK"] = str(node_rank * nproc + local_rank)
-    out["LOCAL_RANK"] = str(local_rank)
+    out[ENV_RANK] = str(node_rank * nproc + local_rank)
+    out[ENV_LOCAL_RANK] = str(local_rank)
     return out
 
 

@@ -27,6 +27,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from statmux.contract import (
+    ENV_LWS_GROUP_SIZE,
+    ENV_LWS_LEADER_ADDRESS,
+    ENV_MASTER_ADDR,
+    ENV_RANK,
+    ENV_WORLD_SIZE,
+    GRPC_PORT,
+    HTTP_PORT,
+)
 from statmux.placement.plan import Plan, PlanError, PlanGroup
 from statmux.runtime.frontend import DEFAULT_MAX_REQUEST_BYTES, FrontEnd
 from statmux.runtime.launcher import child_env, launch, ranks_to_launch
@@ -34,7 +43,14 @@ from statmux.runtime.server_runner import serve
 
 log = logging.getLogger("statmux.runtime")
 
-RENDEZVOUS_VARS = ("MASTER_ADDR", "RANK", "WORLD_SIZE", "LWS_LEADER_ADDRESS", "LWS_GROUP_SIZE")
+# Any of these means the process is one rank of a larger group (see runtime/dist_env.py).
+RENDEZVOUS_VARS = (
+    ENV_MASTER_ADDR,
+    ENV_RANK,
+    ENV_WORLD_SIZE,
+    ENV_LWS_LEADER_ADDRESS,
+    ENV_LWS_GROUP_SIZE,
+)
 
 
 class UsageError(Exception):
@@ -70,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="the Plan JSON (from `statmux plan`)")
     p.add_argument("--group", required=True, help="the name of this process's group, e.g. g0")
     p.add_argument("--host", default="0.0.0.0", help="address to serve on (default 0.0.0.0)")
-    p.add_argument("--http-port", type=_port, default=8000, help="REST + /metrics port")
-    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port")
+    p.add_argument("--http-port", type=_port, default=HTTP_PORT, help="REST + /metrics port")
+    p.add_argument("--grpc-port", type=_port, default=GRPC_PORT, help="gRPC port")
     p.add_argument("--no-grpc", action="store_true", help="serve REST only")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(

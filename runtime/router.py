@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from statmux.contract import GRPC_PORT, HTTP_PORT
 from statmux.placement.plan import Plan, PlanError
 from statmux.runtime.frontend import DEFAULT_MAX_REQUEST_BYTES
 from statmux.runtime.main import _port, _positive_float, _positive_int
@@ -65,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "operator's ConfigMap holds it next to the Plan)",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to serve on (default 0.0.0.0)")
-    p.add_argument("--http-port", type=_port, default=8000, help="REST + /metrics port")
-    p.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port")
+    p.add_argument("--http-port", type=_port, default=HTTP_PORT, help="REST + /metrics port")
+    p.add_argument("--grpc-port", type=_port, default=GRPC_PORT, help="gRPC port")
     p.add_argument("--no-grpc", action="store_true", help="serve REST only")
     p.add_argument(
         "--ready-when",

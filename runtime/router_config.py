@@ -3,7 +3,7 @@
 The Plan says which group hosts which model, with each model's SLO and stage latencies; the
 endpoints say where each group's leader serves REST (`g0=http://host:port`). Locally they come
 from `--groups`; in Kubernetes the operator writes them next to the Plan in the router's
-ConfigMap (`groups.json`, see statmux.operator.resources).
+ConfigMap (`groups.json`, see statmux.contract.GROUPS_KEY).
 """
 
 from __future__ import annotations

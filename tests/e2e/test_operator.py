@@ -171,10 +171,10 @@ def group_pods(kubectl: Kubectl, ns: str, workload: str) -> list[dict[str, Any]]
 
 def plan_spec_hash(kubectl: Kubectl, ns: str, name: str) -> str | None:
     """The spec hash the plan ConfigMap was planned from (written first on every re-plan)."""
-    from statmux.operator.reconcile import A_SPEC_HASH
+    from statmux.contract import ANNOTATION_SPEC_HASH
 
     cm = kubectl.get("configmap", f"{name}-plan", ns)
-    return ((cm or {}).get("metadata", {}).get("annotations") or {}).get(A_SPEC_HASH)
+    return ((cm or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
 
 
 def assert_owned_by(obj: dict[str, Any], ms: dict[str, Any]) -> None:
@@ -386,7 +386,7 @@ def test_modelset_is_planned_scheduled_and_ready(
             assert p["status"]["phase"] == "Running"
             env = {e["name"]: e.get("value") for e in c["env"]}
             assert env["WORLD_SIZE"] == str(g["gpus"])
-            assert env["NNODES"] == str(g["pods"])
+            assert env["LWS_GROUP_SIZE"] == str(g["pods"])
         # The headless Service for rendezvous, and the group's plan.
         svc = kubectl.get("service", g["workload"], namespace)
         assert svc is not None and svc["spec"]["clusterIP"] == "None"

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from statmux.contract import ANNOTATION_GANG_EPOCH
 from statmux.operator import gang
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
 from statmux.operator.kinds import STATEFULSET
-from statmux.operator.resources import A_GANG_EPOCH, Owner
+from statmux.operator.resources import Owner
 
 CFG = OperatorConfig(runtime_image="rt:1", router_image="router:1", rollout_timeout_seconds=60)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -287,7 +288,7 @@ def test_resync_finishes_an_interrupted_gang_restart(api: Any, owner: Owner, hel
         STATEFULSET,
         "ns",
         sts,
-        {"spec": {"template": {"metadata": {"annotations": {A_GANG_EPOCH: "1"}}}}},
+        {"spec": {"template": {"metadata": {"annotations": {ANNOTATION_GANG_EPOCH: "1"}}}}},
     )
     rc.resync(api, CFG, owner, 1, spec, st)
     assert not api.by_kind("Pod")

@@ -8,18 +8,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from plans import make_test_plan  # tests/helpers (on the path via conftest.py)
 
+from statmux.contract import (
+    GROUPS_KEY,
+    GROUPS_PATH,
+    LABEL_GROUP_HASH,
+    LABEL_MANAGED_BY,
+    LABEL_MODELSET,
+    LABEL_PLAN_HASH,
+    LABEL_WORKLOAD,
+    PLAN_PATH,
+)
 from statmux.operator.config import OperatorConfig
 from statmux.operator.resources import (
     GPU,
-    GROUPS_KEY,
-    GROUPS_PATH,
-    L_GROUP_HASH,
-    L_MODELSET,
-    L_PLAN_HASH,
-    L_WORKLOAD,
-    MANAGED_BY,
     MAX_WORKLOAD_NAME,
-    PLAN_PATH,
     Owner,
     desired_objects,
     group_workloads,
@@ -64,8 +66,8 @@ def test_every_object_is_owned_and_labelled() -> None:
             "u-1",
             True,
         )
-        assert meta["labels"][MANAGED_BY] == "statmux"
-        assert meta["labels"][L_MODELSET] == OWNER.name
+        assert meta["labels"][LABEL_MANAGED_BY] == "statmux"
+        assert meta["labels"][LABEL_MODELSET] == OWNER.name
         assert meta["namespace"] == "ns"
         assert len(meta["name"]) <= MAX_WORKLOAD_NAME + len("-plan")
     names = [(o["kind"], o["metadata"]["name"]) for o in objs]
@@ -93,14 +95,14 @@ def test_statefulset_gpus_env_and_rendezvous() -> None:
     labels = pod["metadata"]["labels"]
     assert all(labels[k] == v for k, v in sts["spec"]["selector"]["matchLabels"].items())
     assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
-    assert labels[L_WORKLOAD] == name and L_PLAN_HASH not in labels
+    assert labels[LABEL_WORKLOAD] == name and LABEL_PLAN_HASH not in labels
     c = pod["spec"]["containers"][0]
     assert c["resources"]["requests"][GPU] == c["resources"]["limits"][GPU] == "8"
     assert c["image"] == "rt:1"
     env = env_of(c)
     assert env["MASTER_ADDR"] == f"{name}-0.{name}.ns.svc.cluster.local"
     assert env["LWS_LEADER_ADDRESS"] == env["MASTER_ADDR"]
-    assert env["WORLD_SIZE"] == "16" and env["NNODES"] == "2" and env["NPROC_PER_NODE"] == "8"
+    assert env["WORLD_SIZE"] == "16" and env["NPROC_PER_NODE"] == "8"
     assert env["LWS_GROUP_SIZE"] == "2"
     assert (
         env["NODE_RANK"]
@@ -108,7 +110,10 @@ def test_statefulset_gpus_env_and_rendezvous() -> None:
         == "metadata.labels['apps.kubernetes.io/pod-index']"
     )
     assert "RANK" not in env  # 8 processes per pod: the runtime sets RANK per process
-    assert env["STATMUX_PLAN"] == PLAN_PATH and env["STATMUX_GROUP"] == "g0"
+    assert c["command"][c["command"].index("--plan") + 1] == PLAN_PATH
+    assert c["command"][c["command"].index("--group") + 1] == "g0"
+    # only what the runtime reads (statmux.contract): no STATMUX_*, NNODES or POD_NAME
+    assert not [k for k in env if k.startswith("STATMUX_") or k in ("NNODES", "POD_NAME")]
     assert env["MASTER_PORT"] == str(CFG.master_port)
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
     vol = pod["spec"]["volumes"][0]["configMap"]["name"]
@@ -133,7 +138,7 @@ def test_group_hash_tracks_group_content_only() -> None:
     assert img[0].hash != a[0].hash
     sts = desired_objects(OWNER, plan([(2, 1, ["a"])]), CFG, "StatefulSet")
     assert {
-        o["metadata"]["labels"].get(L_GROUP_HASH) for o in sts if o["kind"] == "StatefulSet"
+        o["metadata"]["labels"].get(LABEL_GROUP_HASH) for o in sts if o["kind"] == "StatefulSet"
     } == {a[0].hash}
 
 
@@ -200,7 +205,7 @@ def test_router_objects() -> None:
     cm_name = dep["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
     assert cm_name == f"{OWNER.name}-plan"
     # a new plan must not restart the router: it follows the ConfigMap itself
-    assert L_PLAN_HASH not in str(dep["spec"]["template"])
+    assert LABEL_PLAN_HASH not in str(dep["spec"]["template"])
     cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name)
     groups = json.loads(cm["data"][GROUPS_KEY])
     services = {o["metadata"]["name"] for o in objs if o["kind"] == "Service"}
