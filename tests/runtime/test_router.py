@@ -37,6 +37,7 @@ def model(name: str, stages: int, slo: float = 30.0) -> dict:
     return {
         "name": name,
         "sloSeconds": slo,
+        "maxBatchSize": 4,
         "stageLatencySeconds": {"1": [0.01] * stages, "4": [0.02] * stages},
         "weightBytesPerGpu": 1e6,
         "weights": BERT,
@@ -49,7 +50,6 @@ def plan_doc(groups: list[dict]) -> dict:
         "kind": "Plan",
         "modelSet": "test",
         "policy": "manual",
-        "maxBatchSize": 4,
         "cluster": {"gpus": 3, "gpuMemoryBytes": 1e9, "gpusPerNode": 8},
         "groups": groups,
         "predicted": {"attainment": 1.0},
