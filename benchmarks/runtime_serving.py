@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from statmux.placement.plan import Plan, PlanCluster, PlanGroup, PlanModel, Predicted
+from statmux.placement.spec import WeightSource
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -38,20 +41,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def plan(pp: int, preset: str) -> dict[str, object]:
-    weights = {"source": "synthetic", "architecture": "bert", "preset": preset, "dtype": "float32"}
-    model = {"name": "bert", "weights": weights}
-    return {
-        "apiVersion": "statmux.io/v1alpha1",
-        "kind": "Plan",
-        "modelSet": "bench",
-        "policy": "manual",
-        "maxBatchSize": 8,
-        "cluster": {"gpus": pp, "gpuMemoryBytes": 1e9, "gpusPerNode": 8},
-        "groups": [{"name": "g0", "gpus": pp, "pp": pp, "tp": 1, "models": [model]}],
-        "predicted": {"attainment": 1.0, "goodput": 1.0, "perModel": {}, "baselines": {}},
-        "search": {"seconds": 0, "simulations": 0},
-    }
+def plan(pp: int, preset: str) -> Plan:
+    weights = WeightSource(source="synthetic", architecture="bert", preset=preset, dtype="float32")
+    model = PlanModel(
+        name="bert",
+        slo_seconds=60.0,  # the benchmark measures serving, not admission
+        max_batch_size=8,
+        stage_latency_seconds={1: [0.01] * pp},
+        weight_bytes_per_gpu=0,
+        weights=weights,
+    )
+    group = PlanGroup(name="g0", gpus=pp, pp=pp, tp=1, memory_per_gpu_bytes=0, models=[model])
+    return Plan(
+        model_set="bench",
+        policy="manual",
+        cluster=PlanCluster(gpus=pp, gpu_memory_bytes=10**9, gpus_per_node=8),
+        groups=[group],
+        predicted=Predicted(attainment=1.0),
+    )
 
 
 def launch(plan_file: Path, pp: int, http_port: int, switch: str) -> list[subprocess.Popen[bytes]]:
@@ -178,7 +185,7 @@ def main(argv: list[str]) -> int:
     payload, headers = body(args.seq)
     with tempfile.TemporaryDirectory() as tmp:
         plan_file = Path(tmp) / "plan.json"
-        plan_file.write_text(json.dumps(plan(args.pp, args.preset)))
+        plan(args.pp, args.preset).write(plan_file)
         print(f"pp{args.pp} {args.preset}, batch 1 x seq {args.seq}; load: {os.getloadavg()}")
         for switch in args.switch_interval:
             port = free_port()
