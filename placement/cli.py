@@ -186,6 +186,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_schema(argv: list[str]) -> int:
+    from statmux.placement.plan_schema import plan_schema_main
+
+    return plan_schema_main(argv)
+
+
 def _spec_errors(
     handler: Callable[[argparse.Namespace], int],
 ) -> Callable[[argparse.Namespace], int]:
@@ -232,3 +238,7 @@ def register(commands: Commands) -> None:
     bench = commands.add("bench", cmd_bench, help="print performance figures")
     bench.add_argument("what", choices=("simulator", "search"))
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    commands.add_entry(
+        "plan-schema", _plan_schema, help="print, write or check the Plan's JSON Schema"
+    )

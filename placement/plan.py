@@ -89,10 +89,15 @@ class PlanModel(_PlanModel):
     name: str = Field(min_length=1)
     slo_seconds: float = Field(gt=0, description="absolute latency SLO used for admission")
     max_batch_size: int = Field(
-        default=1, ge=1, le=256, description="dynamic batching limit for this model"
+        default=1,
+        ge=1,
+        le=256,
+        description="the largest batch the runtime forms for this model (spec.models[]."
+        "maxBatchSize, else spec.maxBatchSize); the simulator assumes the same",
     )
     stage_latency_seconds: dict[int, list[float]] = Field(
-        description="profile of this group's (pp, tp): batch size -> latency per stage"
+        description="profile of this group's (pp, tp): batch size (a decimal string in JSON) "
+        "-> seconds per stage; a batch between two sizes runs at the next larger one"
     )
     weight_bytes_per_gpu: float = Field(ge=0)
     weights: WeightSource = Field(description="spec.models[].weights, verbatim")
@@ -218,7 +223,9 @@ class Plan(_PlanModel):
     predicted: Predicted
     search: SearchInfo = Field(default_factory=SearchInfo)
     plan_hash: str = Field(
-        default="", description="plan_hash(groups); filled in when empty, checked when given"
+        default="",
+        description="the first 10 hex digits of sha256 over the groups' canonical JSON "
+        "(statmux.placement.plan.plan_hash); filled in when empty, checked when given",
     )
 
     @model_validator(mode="after")
@@ -326,5 +333,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def plan_json_schema() -> dict[str, Any]:
-    """The JSON Schema of the Plan, embedded in docs/plan.md."""
-    return Plan.model_json_schema(by_alias=True)
+    """The JSON Schema of the Plan, embedded in docs/plan.md (`statmux plan-schema`)."""
+    schema = Plan.model_json_schema(by_alias=True)
+    for model in [schema, *schema.get("$defs", {}).values()]:
+        for prop in model.get("properties", {}).values():
+            prop.pop("title", None)  # "Gpuspernode" and the like say nothing the key does not
+    return schema
