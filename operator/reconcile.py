@@ -352,7 +352,7 @@ def _converge_status(
     )
     plan_ok = condition_status(conditions, PLAN_READY) == "True"
     conditions = merge_conditions(
-        conditions, readiness_conditions(outcome.readiness, plan_ok), generation, now
+        conditions, readiness_conditions(outcome.readiness, plan_ok, plan.unplaced), generation, now
     )
     new = plan_status(plan, cm_name) | {
         "observedGeneration": generation,

@@ -102,7 +102,9 @@ class Readiness:
     retiring: tuple[str, ...] = ()
 
 
-def readiness_conditions(r: Readiness, plan_ready: bool) -> list[Condition]:
+def readiness_conditions(
+    r: Readiness, plan_ready: bool, unplaced: list[str] | tuple[str, ...] = ()
+) -> list[Condition]:
     all_groups = r.ready_groups == r.groups
     if all_groups:
         groups = Condition(GROUPS_READY, True, "AllGroupsReady", f"{r.groups} groups ready")
@@ -127,7 +129,13 @@ def readiness_conditions(r: Readiness, plan_ready: bool) -> list[Condition]:
     else:
         top = Condition(READY, False, "RouterNotReady", "the router Deployment is not available")
     out = [groups, top]
-    if plan_ready:
+    if plan_ready and unplaced:
+        message = (
+            f"{len(unplaced)} models get no replica and fail every request: "
+            f"{', '.join(unplaced)}; raise cluster.gpuMemory or cluster.gpus"
+        )
+        out.append(Condition(DEGRADED, True, "UnplacedModels", message))
+    elif plan_ready:
         out.append(Condition(DEGRADED, False, "AsExpected", "the spec is valid"))
     return out
 

@@ -72,18 +72,21 @@ def _print_plan(plan: Plan) -> None:
 
     out, _ = _consoles()
     t = Table(title=f"Plan for {plan.model_set} · policy {plan.policy} · {plan.search.placement}")
-    for col in ("group", "GPUs", "pp", "tp", "models", "memory/GPU"):
-        t.add_column(col, justify="left" if col == "models" else "right")
+    for col in ("group", "GPUs", "pp", "tp", "latency", "models", "memory/GPU"):
+        t.add_column(col, justify="left" if col in ("models", "latency") else "right")
     for g in plan.groups:
         t.add_row(
             g.name,
             str(g.gpus),
             str(g.pp),
             str(g.tp),
-            ", ".join(m.name for m in g.models) or "-",
+            g.latency_source,
+            ", ".join(m.name for m in g.models),
             f"{g.memory_per_gpu_bytes / 2**30:.2f} GiB",
         )
     out.print(t)
+    if plan.idle_gpus:
+        out.print(f"{plan.idle_gpus} of {plan.cluster.gpus} GPUs idle: no model gains from them")
     p = plan.predicted
     rows = [(plan.policy + " (chosen)", p.attainment)]
     rows += sorted(p.baselines.items(), key=lambda kv: -kv[1])
@@ -139,6 +142,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_plan(plan)
         if args.output:
             out.print(f"wrote {args.output}")
+    if plan.unplaced:
+        _, err = _consoles()
+        message = (
+            f"{len(plan.unplaced)} of {len(ms.spec.models)} models get no replica and fail "
+            f"every request: {', '.join(plan.unplaced)} (raise cluster.gpuMemory or "
+            "cluster.gpus, or drop models)"
+        )
+        if args.strict:
+            raise UsageError(message)
+        err.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
     return 0
 
 
@@ -218,6 +231,11 @@ def register(commands: Commands) -> None:
     plan.add_argument("--json", action="store_true", help="print the Plan JSON")
     plan.add_argument("--no-baselines", action="store_true", help=f"skip {'/'.join(BASELINES)}")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    plan.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 when a model gets no replica (default: a warning)",
+    )
 
     sim = commands.add(
         "simulate",

@@ -135,7 +135,14 @@ class PlanGroup(_PlanModel):
     pp: int = Field(ge=1, le=64)
     tp: int = Field(ge=1, le=64)
     memory_per_gpu_bytes: float = Field(ge=0, description="weight bytes on the fullest GPU")
-    models: list[PlanModel] = Field(default_factory=list)  # TODO(issue 10): never empty
+    models: list[PlanModel] = Field(
+        min_length=1, description="the models this group serves (a group never idles)"
+    )
+    latency_source: Literal["measured", "estimated"] = Field(
+        default="measured",
+        description="measured: every model's profile measured this (pp, tp); estimated: some "
+        "latency comes from the analytic model or a scaled profile (profile.fill)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanGroup:
@@ -222,6 +229,11 @@ class Plan(_PlanModel):
     groups: list[PlanGroup]
     predicted: Predicted
     search: SearchInfo = Field(default_factory=SearchInfo)
+    unplaced: list[str] = Field(
+        default_factory=list,
+        description="models of the ModelSet that no group serves: every request to them fails",
+    )
+    idle_gpus: int = Field(default=0, ge=0, description="cluster GPUs that no group uses")
     plan_hash: str = Field(
         default="",
         description="the first 10 hex digits of sha256 over the groups' canonical JSON "

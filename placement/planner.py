@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from statmux.placement.local_search import improve
 from statmux.placement.plan import (
     Group,
     LatencyPercentiles,
+    Placement,
     Plan,
     PlanCluster,
     PlanGroup,
@@ -152,7 +154,33 @@ def plan_modelset(
     problem = build_problem(spec, progress)
     chosen = run_policy(problem, policy or spec.placement.policy, spec)
     others = [run_policy(problem, b, spec) for b in baselines if b != chosen.policy]
+    if chosen.policy == "statmux":
+        chosen = never_below(problem, chosen, others)
     return make_plan(ms, problem, chosen, others)
+
+
+def never_below(problem: SearchProblem, chosen: Evaluated, others: list[Evaluated]) -> Evaluated:
+    """The chosen plan is never below a static baseline computed in the same run: when one
+    scores higher (on the whole workload), the local search continues from its placement.
+    (clockwork++ re-places every window, so its placement is not one plan to start from.)"""
+    static = [b for b in others if b.result.attainment is None]
+    best = max(static, key=lambda b: b.attainment, default=None)
+    if best is None or best.attainment <= chosen.attainment:
+        return chosen
+    start = time.perf_counter()
+    sims = problem.simulations
+    placement, _ = improve(problem, best.result.placement, max_simulations=100)
+    sim = problem.evaluator().run(placement)
+    if sim.attainment < best.attainment:  # the search ran on a sample: keep the baseline's
+        placement, sim = best.result.placement, best.sim
+    notes = dict(chosen.result.notes) | {"continuedFrom": best.policy}
+    return Evaluated(
+        chosen.policy,
+        PolicyResult(placement, notes=notes),
+        sim,
+        chosen.seconds + time.perf_counter() - start,
+        chosen.simulations + problem.simulations - sims,
+    )
 
 
 def make_plan(
@@ -161,11 +189,15 @@ def make_plan(
     spec = ms.spec
     by_name = {m.name: m for m in spec.models}
     groups: list[PlanGroup] = []
-    for i, g in enumerate(chosen.result.placement.groups):
+    # A group without models is not emitted (the runtime refuses one); its GPUs are idle.
+    used = [g for g in chosen.result.placement.groups if g.models]
+    for i, g in enumerate(used):
         models = []
+        measured = True
         for name in g.models:
             cp = problem.profiles[name].get(g.config.pp, g.config.tp)
             assert cp is not None
+            measured = measured and cp.measured
             models.append(
                 PlanModel(
                     name=name,
@@ -187,9 +219,11 @@ def make_plan(
                 tp=g.config.tp,
                 memory_per_gpu_bytes=group_memory_per_gpu(g, problem.profiles),
                 models=models,
+                latency_source="measured" if measured else "estimated",
             )
         )
     sim = chosen.sim
+    placed = {m for g in used for m in g.models}
     return Plan(
         model_set=ms.metadata.name,
         policy=chosen.policy,
@@ -210,8 +244,10 @@ def make_plan(
         search=SearchInfo(
             seconds=round(chosen.seconds, 4),
             simulations=chosen.simulations,
-            placement=chosen.result.placement.describe(),
+            placement=Placement(used).describe(),
         ),
+        unplaced=[m.name for m in spec.models if m.name not in placed],
+        idle_gpus=spec.cluster.gpus - sum(g.config.gpus for g in used),
     )
 
 

@@ -54,3 +54,10 @@ def test_readiness() -> None:
     assert not no_router["Ready"].status and no_router["Ready"].reason == "RouterNotReady"
     no_plan = {c.type: c for c in readiness_conditions(Readiness(3, 3, True), plan_ready=False)}
     assert not no_plan["Ready"].status and "Degraded" not in no_plan
+
+
+def test_unplaced_models_make_the_modelset_degraded() -> None:
+    conds = readiness_conditions(Readiness(2, 2, True), True, ["bert-c", "bert-d"])
+    degraded = next(c for c in conds if c.type == "Degraded")
+    assert degraded.status and degraded.reason == "UnplacedModels"
+    assert "bert-c, bert-d" in degraded.message

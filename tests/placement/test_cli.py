@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from statmux.placement.plan import Plan
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo.yaml"
 
@@ -188,3 +190,34 @@ def test_per_model_max_batch_size_reaches_the_plan():
     plan = plan_modelset(parse_modelset(doc))
     (group,) = plan.groups
     assert {m.name: m.max_batch_size for m in group.models} == {"bert-a": 2, "bert-b": 8}
+
+
+def test_unplaced_models_warn_and_strict_exits_2(tmp_path: Path) -> None:
+    """At 2 GiB per GPU the 8 demo models (32 GB of weights) cannot all fit on 8 GPUs."""
+    text = DEMO.read_text().replace("gpuMemory: 13Gi", "gpuMemory: 2Gi")
+    text = text.replace("durationSeconds: 600", "durationSeconds: 60")
+    spec = tmp_path / "tight.yaml"
+    spec.write_text(text)
+    out = tmp_path / "plan.json"
+    r = statmux("plan", str(spec), "-q", "--no-baselines", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    plan = Plan.read(out)
+    assert plan.unplaced and all(m in r.stderr for m in plan.unplaced)
+    assert "warning" in r.stderr and "no replica" in r.stderr
+    assert all(g.models for g in plan.groups)
+    assert plan.idle_gpus == plan.cluster.gpus - sum(g.gpus for g in plan.groups)
+    strict = statmux("plan", str(spec), "-q", "--no-baselines", "--strict")
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert plan.unplaced[0] in strict.stderr
+
+
+def test_trace_example_plans_no_empty_group_and_marks_latency_source(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    r = statmux("plan", str(ROOT / "examples" / "trace.yaml"), "-q", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    plan = Plan.read(out)
+    assert plan.groups and all(g.models for g in plan.groups)
+    assert not plan.unplaced
+    # the built-in bert-2.6b profile is scaled from bert-1.3b: estimated
+    assert {g.latency_source for g in plan.groups} <= {"measured", "estimated"}
+    assert "estimated" in r.stdout or "measured" in r.stdout

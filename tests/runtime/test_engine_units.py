@@ -145,7 +145,16 @@ def test_stage_layers_cover_every_layer_once() -> None:
 
 
 def test_bad_group_entries_and_presets_are_named() -> None:
-    group = {"name": "g", "gpus": 1, "pp": 1, "tp": 1, "memoryPerGpuBytes": 0, "models": []}
+    model = {
+        "name": "m",
+        "sloSeconds": 1.0,
+        "stageLatencySeconds": {"1": [0.1]},
+        "weightBytesPerGpu": 0,
+        "weights": {},
+    }
+    group = {"name": "g", "gpus": 1, "pp": 1, "tp": 1, "memoryPerGpuBytes": 0, "models": [model]}
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        PlanGroup.model_validate(group | {"models": []})
     with pytest.raises(ValidationError, match=r"pp\n  Input should be greater than or equal to 1"):
         PlanGroup.model_validate(group | {"pp": 0})
     with pytest.raises(ValidationError, match=r"gpus \(2\) must equal pp \* tp \(1\)"):
