@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from statmux.placement import plan_schema
-from statmux.placement.plan import plan_json_schema
+from statmux.placement.plan import Plan, plan_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,3 +53,13 @@ def test_check_fails_on_drift_and_write_repairs(
     doc.write_text("# no markers\n")
     assert plan_schema.plan_schema_main(["--check", *root]) == 2
     assert "needs the lines" in capsys.readouterr().err
+
+
+def test_the_runtime_docs_example_is_a_valid_plan() -> None:
+    doc = (ROOT / "docs" / "runtime.md").read_text()
+    text = doc.split("cat > plan.json <<'EOF'\n", 1)[1].split("\nEOF", 1)[0]
+    plan = Plan.parse_json(text, "docs/runtime.md")
+    assert {m.name: m.max_batch_size for m in plan.group("g0").models} == {
+        "bert-a": 4,
+        "gpt2-a": 1,
+    }
