@@ -4,18 +4,21 @@ restarts, invalid specs."""
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from statmux.contract import ANNOTATION_GANG_EPOCH
+from statmux.contract import ANNOTATION_GANG_EPOCH, LABEL_PLAN_HASH, PLAN_KEY
 from statmux.operator import gang
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
 from statmux.operator.kinds import STATEFULSET
 from statmux.operator.resources import Owner
+from statmux.placement.plan import plan_hash
+from statmux.placement.spec import parse_spec
 
 CFG = OperatorConfig(runtime_image="rt:1", router_image="router:1", rollout_timeout_seconds=60)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -300,3 +303,41 @@ def test_resync_finishes_an_interrupted_gang_restart(api: Any, owner: Owner, hel
     assert len(api.by_kind("Pod")) == len(fresh)
     # the epoch survives the next apply of the StatefulSet
     assert gang.gang_epoch(api.objects[("StatefulSet", "ns", sts)]) == 1
+
+
+def test_one_plan_hash_from_planner_to_objects_and_back(
+    api: Any, owner: Owner, helpers: Any
+) -> None:
+    spec = helpers.manual_spec([(2, 2, ["a"]), (1, 1, ["b"])])
+    st = run(api, owner, spec, None, helpers, now=T0).status
+    plan, digest = rc.current_plan(api, owner)
+    assert plan is not None and digest == rc.spec_hash(spec)
+    want = helpers.table_planner(owner.name, owner.namespace, parse_spec(spec))
+    assert plan == want  # the ConfigMap round trip loses nothing
+    assert st["planHash"] == plan.plan_hash == plan_hash(plan.groups)
+    for obj in api.objects.values():
+        labels = obj["metadata"].get("labels") or {}
+        if LABEL_PLAN_HASH in labels:
+            assert labels[LABEL_PLAN_HASH] == plan.plan_hash, obj["metadata"]["name"]
+
+
+def test_a_stored_plan_that_does_not_parse_is_planned_again(
+    api: Any, owner: Owner, helpers: Any
+) -> None:
+    calls = []
+
+    def counting(*a: Any) -> Any:
+        calls.append(a)
+        return helpers.table_planner(*a)
+
+    spec = helpers.manual_spec([(1, 1, ["a"])])
+    first = rc.reconcile(api, CFG, owner, 1, spec, None, planner=counting, now=T0)
+    cm = api.objects[("ConfigMap", owner.namespace, f"{owner.name}-plan")]
+    stored = json.loads(cm["data"][PLAN_KEY])
+    stored["groups"][0]["pp"] = 0  # edited by hand into an invalid Plan
+    cm["data"][PLAN_KEY] = json.dumps(stored)
+    assert rc.current_plan(api, owner) == (None, None)
+    again = rc.reconcile(api, CFG, owner, 1, spec, first.status, planner=counting, now=T0)
+    assert len(calls) == 2 and again.error is None
+    assert again.status["planHash"] == first.status["planHash"]
+    assert rc.current_plan(api, owner)[0] is not None  # the repaired plan is stored
