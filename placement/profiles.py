@@ -368,7 +368,8 @@ def _read_raw_file(path: Path) -> _RawProfile:
     try:
         inline = InlineProfile.model_validate(fields)
     except ValidationError as err:
-        raise SpecError(f"{where} is invalid:\n{format_validation_error(err)}") from None
+        message = format_validation_error(err, model=InlineProfile)
+        raise SpecError(f"{where} is invalid:\n{message}") from None
     return _raw_from_inline(inline, where, embedding)
 
 

@@ -7,9 +7,11 @@ Cross-field rules live in `model_validator`s here and are mirrored as CEL rules 
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -33,7 +35,12 @@ else:  # the names of placement/policy_registry.py, in its order (the CRD's enum
     Policy = Literal[POLICY_NAMES]
 TraceFormat = Literal["csv", "azure2019", "azure2021"]
 RateSplit = Literal["uniform", "powerLaw"]
-Architecture = Literal["bert", "gpt2", "llama"]
+# The model families the runtime implements (runtime/families.py checks it has each one).
+ARCHITECTURES = ("bert", "gpt2", "llama")
+if TYPE_CHECKING:
+    Architecture = str
+else:
+    Architecture = Literal[ARCHITECTURES]
 WeightDtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -239,6 +246,11 @@ class Workload(_Model):
 
 
 # --------------------------------------------------------------------------- cluster
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"  # the CRD checks it too
+QUANTITY_HINT = (
+    "use a number of bytes with an optional suffix Ki, Mi, Gi, Ti, k, M, G or T, "
+    "for example 13Gi, 80G, 512Mi or 1073741824"
+)
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _FACTORS = {
     None: 1,
@@ -257,10 +269,7 @@ def parse_quantity(text: str) -> int:
     """Parse a Kubernetes-style byte quantity ("13Gi", "16G", "1073741824")."""
     m = _QUANTITY.match(text.strip())
     if not m:
-        raise ValueError(
-            f"{text!r} is not a byte quantity; use a number with an optional suffix "
-            "Ki, Mi, Gi, Ti, k, M, G or T (for example 13Gi)"
-        )
+        raise ValueError(f"{text!r} is not a byte quantity; {QUANTITY_HINT}")
     return int(float(m.group(1)) * _FACTORS[m.group(2)])
 
 
@@ -268,7 +277,7 @@ class Cluster(_Model):
     gpus: int = Field(ge=1, le=4096)
     gpu_memory: str = Field(
         default="13Gi",
-        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        pattern=QUANTITY_PATTERN,
         description="memory budget for weights per GPU, e.g. 13Gi",
     )
     gpus_per_node: int = Field(default=8, ge=1, le=64)
@@ -389,8 +398,12 @@ class ModelSet(_Model):
 
 
 # --------------------------------------------------------------------------- loading
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """One line per problem: the field path, then what is wrong and what is allowed."""
+def format_validation_error(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem: the field path, then what is wrong and what is allowed.
+
+    `model` is the validated class: with it, an unknown field lists the allowed ones."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if p not in ("function-after", "tagged-union"))
@@ -398,8 +411,50 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
         loc = re.sub(r"\.?\[?function-(after|before|wrap)\[[^]]*\]\]?", "", loc)
         path = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = _unknown_field(model, e["loc"])
+        elif e["type"] == "string_pattern_mismatch" and e["ctx"]["pattern"] == QUANTITY_PATTERN:
+            msg = f"{e['input']!r} is not a byte quantity; {QUANTITY_HINT}"
         lines.append(f"{path}: {msg}")
     return "\n".join(lines)
+
+
+def _unknown_field(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str:
+    """ "unknown field; allowed: ...; did you mean ...?" for the model at loc[:-1]."""
+    owner = _model_at(model, loc[:-1]) if model is not None else None
+    if owner is None:
+        return "unknown field"
+    allowed = [f.alias or name for name, f in owner.model_fields.items()]
+    text = f"unknown field; allowed: {', '.join(allowed)}"
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    return f"{text}; did you mean {close[0]!r}?" if close else text
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class found by following loc's field names and list indices from `model`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):  # a list item
+            args = [a for a in get_args(current) if a is not type(None)]
+            current = _model_in(args[0]) if args else None
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = next(
+            (f for name, f in current.model_fields.items() if part in (f.alias, name)), None
+        )
+        if field is None:
+            return None
+        current = _model_in(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    """X of X | None (and of list[X] | None): what a location steps into."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
 
 
 def parse_modelset(data: Any, source: str = "ModelSet") -> ModelSet:
@@ -408,7 +463,8 @@ def parse_modelset(data: Any, source: str = "ModelSet") -> ModelSet:
     try:
         return ModelSet.model_validate(data)
     except ValidationError as err:
-        raise SpecError(f"{source} is invalid:\n{format_validation_error(err)}") from None
+        message = format_validation_error(err, model=ModelSet)
+        raise SpecError(f"{source} is invalid:\n{message}") from None
 
 
 def parse_spec(data: Any, source: str = "spec") -> ModelSetSpec:
@@ -416,7 +472,8 @@ def parse_spec(data: Any, source: str = "spec") -> ModelSetSpec:
     try:
         return ModelSetSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(f"{source} is invalid:\n{format_validation_error(err, 'spec.')}") from None
+        message = format_validation_error(err, "spec.", ModelSetSpec)
+        raise SpecError(f"{source} is invalid:\n{message}") from None
 
 
 def load_modelset(path: str | Path) -> ModelSet:

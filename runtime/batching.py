@@ -2,7 +2,8 @@
 
 Requests are concatenated along the batch dimension and right-padded to the longest
 sequence. BERT gets an attention mask that hides the padding; decoders need none because
-attention is causal, so the real positions of a right-padded row are exact. Outputs are split
+attention is causal, so the real positions of a right-padded row are exact. What each
+family takes and returns comes from runtime/families.py. Outputs are split
 back per request and cut to each request's own sequence length.
 """
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 
 from statmux.runtime.engine import EngineError, ModelInfo, Request, Response, TensorSpec
-from statmux.runtime.presets import BertConfig, GPT2Config, ModelConfig
+from statmux.runtime.families import family_of
+from statmux.runtime.presets import ModelConfig
 
 
 class InputError(EngineError):
@@ -22,7 +24,7 @@ class InputError(EngineError):
 
 
 def output_name(cfg: ModelConfig) -> str:
-    return "last_hidden_state" if isinstance(cfg, BertConfig) else "logits"
+    return family_of(cfg).output
 
 
 def model_info(
@@ -33,17 +35,11 @@ def model_info(
     slo_seconds: float | None = None,
     stage_latency_s: dict[int, list[float]] | None = None,
 ) -> ModelInfo:
-    ids = TensorSpec("input_ids", "INT64", (-1, -1))
-    if isinstance(cfg, BertConfig):
-        inputs = [
-            ids,
-            TensorSpec("attention_mask", "INT64", (-1, -1), optional=True),
-            TensorSpec("token_type_ids", "INT64", (-1, -1), optional=True),
-        ]
-        outputs = [TensorSpec("last_hidden_state", "FP32", (-1, -1, cfg.hidden_size))]
-    else:
-        inputs = [ids]
-        outputs = [TensorSpec("logits", "FP32", (-1, -1, cfg.vocab_size))]
+    family = family_of(cfg)
+    inputs = [TensorSpec("input_ids", "INT64", (-1, -1))] + [
+        TensorSpec(name, "INT64", (-1, -1), optional=True) for name in family.optional_inputs
+    ]
+    outputs = [TensorSpec(family.output, "FP32", (-1, -1, cfg.output_width))]
     return ModelInfo(
         name=name,
         platform=f"statmux-{arch}",
@@ -53,14 +49,6 @@ def model_info(
         slo_seconds=slo_seconds,
         stage_latency_s=dict(stage_latency_s or {}),
     )
-
-
-def _max_positions(cfg: ModelConfig) -> int | None:
-    if isinstance(cfg, BertConfig):
-        return cfg.max_position_embeddings
-    if isinstance(cfg, GPT2Config):
-        return cfg.n_positions
-    return None  # rotary positions have no table to run past
 
 
 def _int_array(req: Request, key: str, index: int, ids_shape: tuple[int, ...] | None) -> np.ndarray:
@@ -90,12 +78,13 @@ def make_batch(cfg: ModelConfig, batch: list[Request]) -> tuple[list[torch.Tenso
     """The first stage's input tensors for the whole batch, and how to split the output."""
     if not batch:
         raise InputError("the batch holds no request")
-    allowed = {"input_ids", "attention_mask", "token_type_ids"}
-    if not isinstance(cfg, BertConfig):
-        allowed = {"input_ids"}
-    vocab = cfg.vocab_size
-    limit = _max_positions(cfg)
-    ids_list, masks, types, splits = [], [], [], []
+    optional = family_of(cfg).optional_inputs
+    allowed = {"input_ids", *optional}
+    bounds = cfg.input_bounds
+    limit = cfg.max_positions
+    ids_list: list[np.ndarray] = []
+    extras: dict[str, list[np.ndarray]] = {name: [] for name in optional}
+    splits = []
     for i, req in enumerate(batch):
         unknown = sorted(set(req) - allowed)
         if unknown:
@@ -113,27 +102,13 @@ def make_batch(cfg: ModelConfig, batch: list[Request]) -> tuple[list[torch.Tenso
             raise InputError(
                 f"request {i}: sequence length {length} exceeds the model's {limit} positions"
             )
-        if ids.min() < 0 or ids.max() >= vocab:
-            raise InputError(f"request {i}: input_ids must be in [0, {vocab})")
+        _check_bounds(ids, "input_ids", i, bounds)
         ids_list.append(ids)
         splits.append(Split(rows, length))
-        if isinstance(cfg, BertConfig):
-            mask = (
-                _int_array(req, "attention_mask", i, ids.shape)
-                if "attention_mask" in req
-                else np.ones_like(ids)
-            )
-            tt = (
-                _int_array(req, "token_type_ids", i, ids.shape)
-                if "token_type_ids" in req
-                else np.zeros_like(ids)
-            )
-            if tt.min() < 0 or tt.max() >= cfg.type_vocab_size:
-                raise InputError(
-                    f"request {i}: token_type_ids must be in [0, {cfg.type_vocab_size})"
-                )
-            masks.append(mask)
-            types.append(tt)
+        for name, fill in optional.items():
+            arr = _int_array(req, name, i, ids.shape) if name in req else np.full_like(ids, fill)
+            _check_bounds(arr, name, i, bounds)
+            extras[name].append(arr)
     width = max(s.length for s in splits)
     pad = _pad_id(cfg)
 
@@ -145,10 +120,14 @@ def make_batch(cfg: ModelConfig, batch: list[Request]) -> tuple[list[torch.Tenso
             row += a.shape[0]
         return torch.from_numpy(out)
 
-    tensors = [stack(ids_list, pad)]
-    if isinstance(cfg, BertConfig):
-        tensors += [stack(masks, 0), stack(types, 0)]
+    tensors = [stack(ids_list, pad)] + [stack(arrays, 0) for arrays in extras.values()]
     return tensors, splits
+
+
+def _check_bounds(arr: np.ndarray, name: str, index: int, bounds: dict[str, int]) -> None:
+    bound = bounds.get(name)
+    if bound is not None and (arr.min() < 0 or arr.max() >= bound):
+        raise InputError(f"request {index}: {name} must be in [0, {bound})")
 
 
 def _pad_id(cfg: ModelConfig) -> int:

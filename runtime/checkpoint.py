@@ -21,34 +21,13 @@ from safetensors import safe_open
 from torch import nn
 
 from statmux.placement.spec import WeightSource
+from statmux.runtime.families import family_of
 from statmux.runtime.model_base import StageModel, stage_layers
-from statmux.runtime.model_bert import BertModel
-from statmux.runtime.model_gpt2 import GPT2LMHeadModel
-from statmux.runtime.model_llama import LlamaForCausalLM, RMSNorm
-from statmux.runtime.presets import (
-    BertConfig,
-    GPT2Config,
-    ModelConfig,
-    ModelConfigError,
-)
-from statmux.runtime.tensor_parallel import (
-    Shard,
-    TPInfo,
-    apply_tp_bert,
-    apply_tp_gpt2,
-    apply_tp_llama,
-    shard_of,
-)
+from statmux.runtime.model_llama import RMSNorm
+from statmux.runtime.presets import ModelConfig, ModelConfigError
+from statmux.runtime.tensor_parallel import Shard, TPInfo, shard_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _heads(cfg: ModelConfig) -> dict[str, int]:
-    if isinstance(cfg, BertConfig):
-        return {"num_attention_heads": cfg.num_attention_heads}
-    if isinstance(cfg, GPT2Config):
-        return {"n_head": cfg.n_head}
-    return {"num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.kv_heads}
 
 
 def build_stage(
@@ -56,24 +35,19 @@ def build_stage(
 ) -> StageModel:
     """This rank's stage of the model, on the meta device (no memory)."""
     tp = tp or TPInfo()
-    for field, heads in _heads(cfg).items():
+    for field, heads in cfg.tp_heads.items():
         if heads % tp.size:
             raise ModelConfigError(
                 f"{field} ({heads}) must be a multiple of the tensor-parallel degree {tp.size}"
             )
     layers = stage_layers(cfg.num_layers, pp, stage)
+    family = family_of(cfg)
     with torch.device("meta"):
-        model: StageModel
-        if isinstance(cfg, BertConfig):
-            model, apply = BertModel(cfg), apply_tp_bert
-        elif isinstance(cfg, GPT2Config):
-            model, apply = GPT2LMHeadModel(cfg), apply_tp_gpt2
-        else:
-            model, apply = LlamaForCausalLM(cfg), apply_tp_llama
+        model = family.model(cfg)
         model.keep_stage(layers.start, layers.stop, stage == 0, stage == pp - 1)
         if tp.size > 1:
             for block in model.blocks().values():
-                apply(block, tp)
+                family.apply_tp(block, tp)
     return model.eval()
 
 

@@ -1,6 +1,9 @@
 """Model configs: HF config.json fields -> one small dataclass per family, plus named presets.
 
-The runtime's models read their shapes from these dataclasses. They are built either from a
+The runtime's models read their shapes from these dataclasses. Each also answers the same
+few questions under the same names (num_layers, tp_heads, max_positions, output_width,
+problems), so code outside the family's own model never asks which family it holds; the
+families themselves are listed once, in runtime/families.py. They are built either from a
 checkpoint's config.json (source: huggingface) or from a preset whose fields the ModelSet's
 `weights.config` overrides (source: synthetic). Field names follow the HF configs so that a
 user can paste a config.json fragment into `weights.config`.
@@ -11,11 +14,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from statmux.placement.spec import WeightSource
-
-ARCHITECTURES = ("bert", "gpt2", "llama")
+from statmux.placement.spec import ARCHITECTURES, WeightSource
 
 
 class ModelConfigError(ValueError):
@@ -35,9 +36,37 @@ class BertConfig:
     hidden_act: str = "gelu"
     pad_token_id: int | None = None
 
+    ACTIVATION_FIELD: ClassVar[str] = "hidden_act"
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = ("gelu", "gelu_new", "relu")
+
     @property
     def num_layers(self) -> int:
         return self.num_hidden_layers
+
+    @property
+    def activation(self) -> str:
+        return self.hidden_act
+
+    @property
+    def tp_heads(self) -> dict[str, int]:
+        """Head counts that the tensor-parallel degree must divide, by config field."""
+        return {"num_attention_heads": self.num_attention_heads}
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.max_position_embeddings
+
+    @property
+    def output_width(self) -> int:
+        return self.hidden_size  # last_hidden_state
+
+    @property
+    def input_bounds(self) -> dict[str, int]:
+        """Exclusive upper bounds of the integer inputs (every one starts at 0)."""
+        return {"input_ids": self.vocab_size, "token_type_ids": self.type_vocab_size}
+
+    def problems(self) -> list[str]:
+        return _divisible(self.hidden_size, self.num_attention_heads)
 
 
 @dataclass(frozen=True)
@@ -52,9 +81,35 @@ class GPT2Config:
     activation_function: str = "gelu_new"
     pad_token_id: int | None = None
 
+    ACTIVATION_FIELD: ClassVar[str] = "activation_function"
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = ("gelu_new", "gelu", "relu")
+
     @property
     def num_layers(self) -> int:
         return self.n_layer
+
+    @property
+    def activation(self) -> str:
+        return self.activation_function
+
+    @property
+    def tp_heads(self) -> dict[str, int]:
+        return {"n_head": self.n_head}
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.n_positions
+
+    @property
+    def output_width(self) -> int:
+        return self.vocab_size  # logits
+
+    @property
+    def input_bounds(self) -> dict[str, int]:
+        return {"input_ids": self.vocab_size}
+
+    def problems(self) -> list[str]:
+        return _divisible(self.n_embd, self.n_head)
 
     @property
     def inner(self) -> int:
@@ -79,9 +134,43 @@ class LlamaConfig:
     hidden_act: str = "silu"
     pad_token_id: int | None = None
 
+    ACTIVATION_FIELD: ClassVar[str] = "hidden_act"
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = ("silu",)
+
     @property
     def num_layers(self) -> int:
         return self.num_hidden_layers
+
+    @property
+    def activation(self) -> str:
+        return self.hidden_act
+
+    @property
+    def tp_heads(self) -> dict[str, int]:
+        return {
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.kv_heads,
+        }
+
+    @property
+    def max_positions(self) -> int | None:
+        return None  # rotary positions have no table to run past
+
+    @property
+    def output_width(self) -> int:
+        return self.vocab_size  # logits
+
+    @property
+    def input_bounds(self) -> dict[str, int]:
+        return {"input_ids": self.vocab_size}
+
+    def problems(self) -> list[str]:
+        if self.num_attention_heads % self.kv_heads:
+            return [
+                f"num_attention_heads ({self.num_attention_heads}) must be a "
+                f"multiple of num_key_value_heads ({self.kv_heads})"
+            ]
+        return []  # head_dim need not divide hidden_size
 
     @property
     def kv_heads(self) -> int:
@@ -93,11 +182,13 @@ class LlamaConfig:
 
 
 ModelConfig = BertConfig | GPT2Config | LlamaConfig
-_CONFIG_CLASSES: dict[str, type[BertConfig] | type[GPT2Config] | type[LlamaConfig]] = {
-    "bert": BertConfig,
-    "gpt2": GPT2Config,
-    "llama": LlamaConfig,
-}
+
+
+def _divisible(hidden: int, heads: int) -> list[str]:
+    if hidden % heads:
+        return [f"hidden size ({hidden}) must be a multiple of the head count ({heads})"]
+    return []
+
 
 # Named synthetic sizes. `tiny` exists for every architecture (tests); the others mirror the
 # sizes of the AlpaServe evaluation (BERT-1.3B/2.6B/6.7B) and common public models.
@@ -179,12 +270,14 @@ def preset_names(architecture: str) -> list[str]:
 
 def config_from_dict(architecture: str, data: dict[str, Any], where: str) -> ModelConfig:
     """Build the family config from HF config fields; unknown HF fields are ignored."""
-    if architecture not in _CONFIG_CLASSES:
+    from statmux.runtime.families import FAMILIES  # it imports the models, which import us
+
+    if architecture not in FAMILIES:
         raise ModelConfigError(
             f"{where}: architecture {architecture!r} is not supported; "
             f"allowed: {', '.join(ARCHITECTURES)}"
         )
-    cls = _CONFIG_CLASSES[architecture]
+    cls = FAMILIES[architecture].config
     if data.get("rope_scaling") is not None:
         raise ModelConfigError(f"{where}: rope_scaling is not supported (set it to null)")
     known = {f.name: f for f in fields(cls)}
@@ -210,35 +303,15 @@ def config_from_dict(architecture: str, data: dict[str, Any], where: str) -> Mod
 
 
 def validate_config(cfg: ModelConfig, where: str) -> None:
-    allowed: tuple[str, ...]
-    if isinstance(cfg, GPT2Config):
-        hidden, heads = cfg.n_embd, cfg.n_head
-        act_field, act, allowed = "activation_function", cfg.activation_function, _GPT2_ACTS
-    elif isinstance(cfg, BertConfig):
-        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
-        act_field, act, allowed = "hidden_act", cfg.hidden_act, _BERT_ACTS
-    else:
-        hidden, heads = cfg.hidden_size, cfg.num_attention_heads
-        act_field, act, allowed = "hidden_act", cfg.hidden_act, ("silu",)
-        if cfg.num_attention_heads % cfg.kv_heads:
-            raise ModelConfigError(
-                f"{where}: num_attention_heads ({cfg.num_attention_heads}) must be a "
-                f"multiple of num_key_value_heads ({cfg.kv_heads})"
-            )
-    if act not in allowed:
+    if cfg.activation not in cfg.ACTIVATIONS:
         raise ModelConfigError(
-            f"{where}: {act_field} {act!r} is not supported; allowed: {', '.join(allowed)}"
+            f"{where}: {cfg.ACTIVATION_FIELD} {cfg.activation!r} is not supported; "
+            f"allowed: {', '.join(cfg.ACTIVATIONS)}"
         )
     if cfg.num_layers < 1:
         raise ModelConfigError(f"{where}: the model needs at least one layer")
-    if not isinstance(cfg, LlamaConfig) and hidden % heads:
-        raise ModelConfigError(
-            f"{where}: hidden size ({hidden}) must be a multiple of the head count ({heads})"
-        )
-
-
-_BERT_ACTS = ("gelu", "gelu_new", "relu")
-_GPT2_ACTS = ("gelu_new", "gelu", "relu")
+    for problem in cfg.problems():
+        raise ModelConfigError(f"{where}: {problem}")
 
 
 def resolve_config(weights: WeightSource, where: str = "weights") -> ModelConfig:

@@ -58,6 +58,22 @@ def test_unknown_field_is_rejected_with_its_path():
     assert "spec.cluster.gpuz" in msg
 
 
+def test_misspelled_field_lists_the_allowed_ones_and_suggests_the_nearest():
+    msg = error_of(variant(spec__cluster__gpuMemroy="1Gi"))
+    assert (
+        "spec.cluster.gpuMemroy: unknown field; allowed: gpus, gpuMemory, gpusPerNode, "
+        "gpuProduct; did you mean 'gpuMemory'?"
+    ) in msg
+    # inside list items and optional sub-objects too
+    msg = error_of(variant(spec__models__1__weights__presett="tiny"))
+    assert "spec.models.1.weights.presett: unknown field; allowed: source, architecture" in msg
+    assert "did you mean 'preset'?" in msg
+    # nothing close: no suggestion, still the allowed names
+    msg = error_of(variant(spec__placement__zzz=1))
+    assert "spec.placement.zzz: unknown field; allowed: policy, groups" in msg
+    assert "did you mean" not in msg
+
+
 def test_workload_needs_exactly_one_source():
     doc = variant(spec__workload__perModel=[{"model": "bert-a", "rate": 1}])
     msg = error_of(doc)
@@ -90,7 +106,8 @@ def test_duplicate_model_names():
 def test_bad_name_and_memory_quantity():
     assert "spec.models.0.name" in error_of(variant(spec__models__0__name="Bad_Name"))
     msg = error_of(variant(spec__cluster__gpuMemory="lots"))
-    assert "spec.cluster.gpuMemory" in msg
+    assert "spec.cluster.gpuMemory: 'lots' is not a byte quantity" in msg
+    assert "for example 13Gi" in msg and "pattern" not in msg and "^[0-9]" not in msg
 
 
 def test_manual_policy_requires_groups_and_known_models():
