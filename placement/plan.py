@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from statmux.placement.profile import ModelProfile, ParallelConfig
-from statmux.placement.spec import WeightSource
+from statmux.placement.spec import DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_LIMIT, WeightSource
 
 PLAN_API_VERSION = "statmux.io/v1alpha1"
 PLAN_KIND = "Plan"
@@ -89,9 +89,9 @@ class PlanModel(_PlanModel):
     name: str = Field(min_length=1)
     slo_seconds: float = Field(gt=0, description="absolute latency SLO used for admission")
     max_batch_size: int = Field(
-        default=1,
+        default=DEFAULT_MAX_BATCH_SIZE,
         ge=1,
-        le=256,
+        le=MAX_BATCH_SIZE_LIMIT,
         description="the largest batch the runtime forms for this model (spec.models[]."
         "maxBatchSize, else spec.maxBatchSize); the simulator assumes the same",
     )

@@ -44,6 +44,11 @@ else:
 WeightDtype = Literal["float32", "float16", "bfloat16"]
 
 
+# maxBatchSize: one default and one bound for the ModelSet, its models and the Plan.
+DEFAULT_MAX_BATCH_SIZE = 1
+MAX_BATCH_SIZE_LIMIT = 256
+
+
 class SpecError(ValueError):
     """A user mistake in a ModelSet; the message names the field and what is allowed."""
 
@@ -195,7 +200,7 @@ class ModelSpec(_Model):
     max_batch_size: int | None = Field(
         default=None,
         ge=1,
-        le=256,
+        le=MAX_BATCH_SIZE_LIMIT,
         description="largest batch the runtime forms for this model; default spec.maxBatchSize",
     )
 
@@ -333,9 +338,9 @@ class ModelSetSpec(_Model):
     cluster: Cluster
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
     max_batch_size: int = Field(
-        default=1,
+        default=DEFAULT_MAX_BATCH_SIZE,
         ge=1,
-        le=256,
+        le=MAX_BATCH_SIZE_LIMIT,
         description="largest batch the runtime forms per model, unless the model sets its own",
     )
 
