@@ -294,7 +294,9 @@ def serve_and_query(plan: Path, group: str, ranks: int) -> tuple[np.ndarray, dic
             for f in text_string_to_metric_families(metrics)
             for s in f.samples
         }
-        assert samples[("nv_inference_request_success", (("model", "bert-a"), ("version", "1")))]
+        # prometheus-client's parser names a counter's sample <name>_total
+        success = ("nv_inference_request_success_total", (("model", "bert-a"), ("version", "1")))
+        assert samples[success] == 4  # three REST requests and one gRPC request
     finally:
         client.close()
         codes = stop(procs)
