@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import re
+import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -146,21 +149,48 @@ def test_plain_json_without_content_type(
     )
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
-    server: BackgroundServer, models: dict[str, LocalModel]
-) -> None:
-    client = th.InferenceServerClient(server.http_url, concurrency=16)
-    xs = [np.full((1, 16), i / 10, dtype=np.float32) for i in range(32)]
-    pending = []
-    for x in xs:
-        inp = th.InferInput("INPUT0", [1, 16], "FP32")
-        inp.set_data_from_numpy(x)
-        pending.append(client.async_infer("tiny-mlp", [inp]))
-    for x, p in zip(xs, pending, strict=True):
-        np.testing.assert_allclose(
-            p.get_result().as_numpy("OUTPUT0"), expected_mlp(models, x), rtol=1e-5
-        )
-    client.close()
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows() -> None:
+    """32 requests queue behind a running batch: they run in few batches, rows intact."""
+    model = tiny_mlp(name="gated", max_batch_size=8)
+    gate = threading.Event()
+    run_model = model.forward
+
+    def gated(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        gate.wait(60)  # hold the first batch until every request is queued behind it
+        return run_model(x)
+
+    model.forward = gated
+    engine = LocalEngine([model])
+    srv = BackgroundServer(FrontEnd(engine), grpc_port=None)
+    client = th.InferenceServerClient(srv.http_url, concurrency=32)
+    try:
+        xs = [np.full((1, 16), i / 10, dtype=np.float32) for i in range(32)]
+        pending = []
+        for x in xs:
+            inp = th.InferInput("INPUT0", [1, 16], "FP32")
+            inp.set_data_from_numpy(x)
+            pending.append(client.async_infer("gated", [inp]))
+        labels = (("model", "gated"), ("version", "1"))
+        deadline = time.monotonic() + 60
+        while scrape(srv).get(("nv_inference_pending_request_count", labels), 0) < 32:
+            assert time.monotonic() < deadline, "the 32 requests never all reached the server"
+            time.sleep(0.05)
+        gate.set()
+        for x, p in zip(xs, pending, strict=True):
+            with torch.inference_mode():
+                want = model.module(torch.from_numpy(x)).numpy()
+            got = p.get_result().as_numpy("OUTPUT0")
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # batched matmul
+        after = scrape(srv)
+        assert after[("nv_inference_count", labels)] == 32  # rows
+        # the first batch (1 request, or the few that arrived with it) held the engine; the
+        # others queued behind it and went in batches of up to 8: 4 or 5 batches, not 32
+        assert 1 + math.ceil(24 / 8) <= after[("nv_inference_exec_count", labels)] <= 5
+    finally:
+        gate.set()
+        client.close()
+        srv.stop()
+        engine.shutdown()
 
 
 # --------------------------------------------------------------------------- admission
