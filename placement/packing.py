@@ -2,8 +2,9 @@
 
 Every model first gets one replica, biggest demand first, on the least-loaded group with room.
 Then the model with the highest demand per replica gets another replica, until memory is
-full. Extra replicas never hurt under earliest-completion routing, so filling memory is the
-right default; the simulator-driven search then decides *which* models share a group.
+full. Filling memory is only a fast starting point: an extra replica can also lower the
+attainment (see the `drop` move in local_search.py), and the simulator-driven search then
+decides which replicas stay and which models share a group.
 """
 
 from __future__ import annotations
