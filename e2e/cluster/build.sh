@@ -4,6 +4,9 @@
 #   etcd                                                              (e2e/cluster/etcd-tools)
 #   kwok                                                              (e2e/cluster/kwok-tools)
 #   helm                                                              (e2e/cluster/helm-tools)
+# and, only when asked for (`build.sh node` or by name), the real node's binaries:
+#   kubelet, kube-proxy, statmux-gpu-stand-in, pause                  (e2e/cluster/node-tools)
+#   coredns                                                           (e2e/cluster/coredns-tools)
 # into $STATMUX_BIN_DIR (default ${STATMUX_CACHE:-$HOME/.cache/statmux}/k8s-bin/<k8s version>/).
 #
 # Each binary gets a stamp (version + hash of its tools module's go.mod/go.sum + go version);
@@ -13,7 +16,7 @@
 #      compile of the big k8s packages takes ~1-2 GB RSS), STATMUX_FORCE_REBUILD=1,
 #      STATMUX_ETCD_FALLBACK=debian|none (default debian: use/install Debian etcd-server if
 #      the etcd build fails).
-# Usage: e2e/cluster/build.sh [binary...]   (default: all)
+# Usage: e2e/cluster/build.sh [binary...|node]   (default: everything but the node binaries)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -102,9 +105,14 @@ etcd_fallback() {
   log "using Debian etcd: $(/usr/bin/etcd --version | head -1)"
 }
 
-WANT=("$@")
-want_any() { # no args given = build everything
-  (( ${#WANT[@]} == 0 )) && return 0
+NODE_BINS=(kubelet kube-proxy statmux-gpu-stand-in pause coredns)
+WANT=()
+for a in "$@"; do
+  if [[ "$a" == node ]]; then WANT+=("${NODE_BINS[@]}"); else WANT+=("$a"); fi
+done
+is_node_bin() { local x; for x in "${NODE_BINS[@]}"; do [[ "$x" == "$1" ]] && return 0; done; return 1; }
+want_any() { # no args given = everything but the node binaries
+  if (( ${#WANT[@]} == 0 )); then ! is_node_bin "$1"; return; fi
   local x; for x in "${WANT[@]}"; do [[ "$x" == "$1" ]] && return 0; done; return 1
 }
 
@@ -128,6 +136,20 @@ if want_any kwok; then
 fi
 if want_any helm; then
   build_one helm "$HELM_VERSION" helm-tools helm.sh/helm/v3/cmd/helm "$(helm_ldflags)" || FAILED+=(helm)
+fi
+
+for c in kubelet kube-proxy; do
+  want_any "$c" || continue
+  build_one "$c" "$KUBE_VERSION" node-tools "k8s.io/kubernetes/cmd/$c" "$KLD" || FAILED+=("$c")
+done
+if want_any statmux-gpu-stand-in; then
+  build_one statmux-gpu-stand-in "$KUBE_VERSION" node-tools ./gpu-plugin "-s -w" || FAILED+=(statmux-gpu-stand-in)
+fi
+if want_any pause; then
+  build_one pause "$KUBE_VERSION" node-tools ./pause "-s -w" || FAILED+=(pause)
+fi
+if want_any coredns; then
+  build_one coredns "$COREDNS_VERSION" coredns-tools . "-s -w" || FAILED+=(coredns)
 fi
 
 log "cached: ${CACHED[*]:-none}; built: ${BUILT[*]:-none}; total $(( $(date +%s) - _t0 ))s"

@@ -17,6 +17,9 @@ fi
 if [[ ! -d "$DIR" ]]; then log "nothing to do: $DIR does not exist"; exit 0; fi
 [[ -f "$DIR/.statmux-cluster" ]] || die "$DIR has no .statmux-cluster marker; not touching it"
 
+# A real node (node-up.sh) goes first: its kubelet and pods need the apiserver to stop cleanly.
+if [[ -d "$DIR/node" ]]; then "$CLUSTER_HERE/node-down.sh" || log "WARNING: node-down.sh failed"; fi
+
 ours() { # ours <component> -> prints pid if it still runs the binary we started
   local f="$DIR/pids/$1.pid" pid exe
   [[ -s "$f" && -s "$DIR/pids/$1.exe" ]] || return 1

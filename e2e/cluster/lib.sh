@@ -13,6 +13,7 @@ KUBE_VERSION="$(_modver "$CLUSTER_HERE/tools/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(_modver "$CLUSTER_HERE/etcd-tools/go.mod" go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(_modver "$CLUSTER_HERE/kwok-tools/go.mod" sigs.k8s.io/kwok)"
 HELM_VERSION="$(_modver "$CLUSTER_HERE/helm-tools/go.mod" helm.sh/helm/v3)"
+COREDNS_VERSION="$(_modver "$CLUSTER_HERE/coredns-tools/go.mod" github.com/coredns/coredns)"
 
 STATMUX_CACHE="${STATMUX_CACHE:-$HOME/.cache/statmux}"
 # All binaries (control plane, etcd, kwok, helm) live in one directory keyed by the k8s version.
