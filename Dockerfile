@@ -56,6 +56,9 @@ FROM base AS runtime
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     HF_HUB_OFFLINE=1
+# torch (with its CUDA wheels: GBs) in its own layer first, pinned by the constraints: it
+# depends on nothing of ours, so editing the sources rebuilds only the small layer below.
+RUN python -m pip install --constraint /etc/statmux/constraints.txt torch
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m pip install --constraint /etc/statmux/constraints.txt \
       "$(ls /wheels/statmux-*.whl)[runtime]"

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.install.stamp
 
-.PHONY: install demo test unit lint typecheck e2e cluster-up cluster-down bench bench-operator
+.PHONY: install demo test unit lint typecheck e2e e2e-node images cluster-up cluster-down bench bench-operator
 
 install: $(STAMP)
 $(PY):
@@ -31,12 +31,28 @@ typecheck: install
 	$(PY) -m mypy -p statmux
 
 unit: install
-	$(PY) -m pytest -m "not e2e" -q
+	$(PY) -m pytest -m "not e2e and not e2e_node" -q
 
 # The control plane is built once and cached; it is stopped again whatever the result.
 e2e: install
 	./e2e/cluster/up.sh > /dev/null
 	$(PY) -m pytest -m e2e -q; rc=$$?; ./e2e/cluster/down.sh; exit $$rc
+
+# The real-node lane, not part of `make test`: its own control plane (kwok nodes tainted), the
+# operator and runtime images built with buildah, and a real node (kubelet, containerd, runc,
+# kube-proxy, CoreDNS, GPU stand-in). Everything is stopped again whatever the result.
+NODE_CLUSTER_DIR ?= /tmp/statmux-node-cluster
+NODE_ENV := STATMUX_CLUSTER_DIR=$(NODE_CLUSTER_DIR) STATMUX_KWOK_TAINT=1
+e2e-node: install
+	$(NODE_ENV) ./e2e/cluster/up.sh > /dev/null
+	$(NODE_ENV) ./e2e/cluster/images.sh > /dev/null
+	$(NODE_ENV) ./e2e/cluster/node-up.sh > /dev/null
+	STATMUX_NODE_CLUSTER_DIR=$(NODE_CLUSTER_DIR) $(PY) -m pytest -m e2e_node -q tests/e2e_node; \
+	  rc=$$?; $(NODE_ENV) ./e2e/cluster/down.sh; exit $$rc
+
+# The operator and runtime images (and the node's pause image) as OCI archives, with buildah.
+images: install
+	./e2e/cluster/images.sh
 
 cluster-up:
 	./e2e/cluster/up.sh

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from statmux.contract import (
+    ENV_DEVICE,
     ENV_LWS_GROUP_SIZE,
     ENV_LWS_LEADER_ADDRESS,
     ENV_MASTER_ADDR,
@@ -42,6 +43,8 @@ from statmux.runtime.launcher import child_env, launch, ranks_to_launch
 from statmux.runtime.server_runner import serve
 
 log = logging.getLogger("statmux.runtime")
+
+DEVICES = ("cpu", "cuda")  # what --device and $STATMUX_DEVICE may say
 
 # Any of these means the process is one rank of a larger group (see runtime/dist_env.py).
 RENDEZVOUS_VARS = (
@@ -89,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=_port, default=HTTP_PORT, help="REST + /metrics port")
     p.add_argument("--grpc-port", type=_port, default=GRPC_PORT, help="gRPC port")
     p.add_argument("--no-grpc", action="store_true", help="serve REST only")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help=f"cpu (gloo) or cuda (NCCL); the {ENV_DEVICE} environment variable, when set "
+        "(by a node's device plugin), overrides it",
+    )
     p.add_argument(
         "--emulate-device",
         action="store_true",
@@ -172,6 +181,23 @@ def rank_of(group: PlanGroup, env: Mapping[str, str]) -> Any:
         raise UsageError(f"bad environment: {e}") from None
 
 
+def device_of(flag: str, env: Mapping[str, str]) -> str:
+    """The device to run on: $STATMUX_DEVICE when the node set it, else --device."""
+    raw = env.get(ENV_DEVICE, "").strip()
+    if not raw:
+        return flag
+    if raw not in DEVICES:
+        raise UsageError(f"{ENV_DEVICE}={raw!r}; allowed: {', '.join(DEVICES)}")
+    if raw != flag:
+        log.warning(
+            "device %s from %s (set by the node's device plugin) overrides --device %s",
+            raw,
+            ENV_DEVICE,
+            flag,
+        )
+    return raw
+
+
 def runtime_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))  # exits 2 with usage on bad flags
     try:
@@ -202,6 +228,7 @@ def _run(args: argparse.Namespace) -> int:
     from statmux.runtime.group import GroupSpecError, RendezvousError, start_group
     from statmux.runtime.presets import ModelConfigError
 
+    args.device = device_of(args.device, os.environ)
     if args.device == "cuda":
         import torch
 

@@ -39,6 +39,10 @@ ENV_NPROC_PER_NODE: Final = "NPROC_PER_NODE"  # rank processes (= GPUs) per pod
 ENV_LWS_LEADER_ADDRESS: Final = "LWS_LEADER_ADDRESS"  # set by LeaderWorkerSet (or by us)
 ENV_LWS_GROUP_SIZE: Final = "LWS_GROUP_SIZE"  # pods in the group
 ENV_LWS_WORKER_INDEX: Final = "LWS_WORKER_INDEX"  # this pod's index within the group
+# What the node's device plugin says a rank's GPUs are: "cpu" (the e2e node's GPU stand-in:
+# run on CPU with gloo) or "cuda". It overrides `--device`. Real GPU nodes leave it unset, so
+# `--device cuda` stands there and a missing GPU is an error, never a silent CPU fallback.
+ENV_DEVICE: Final = "STATMUX_DEVICE"
 
 # --------------------------------------------------------------------------- labels
 # On every object the operator makes for a ModelSet (selectors use these).

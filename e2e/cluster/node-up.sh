@@ -184,7 +184,8 @@ echo "$(readlink -f /usr/bin/sleep)" > "$ND/pids/holder.exe"
 setsid unshare --net --mount --propagation slave bash "$ND/holder.sh" "$ND/pids/holder.pid" "$ND" \
   "$NODE_IP" "$ADV_IP" > "$ND/logs/holder.log" 2>&1 < /dev/null 8>&- 9>&- &
 wait_for "node namespaces" 20 "" test -f "$ND/.holder-ready"
-pid_ok holder || { cat "$ND/logs/holder.log" >&2; fail "the namespace holder exited (log above)"; }
+holder_ok() { pid_ok holder; }   # (bash until it execs sleep)
+wait_for "namespace holder" 10 "" holder_ok || { cat "$ND/logs/holder.log" >&2; fail "the namespace holder exited"; }
 in_node iptables -t nat -S >/dev/null 2>&1 || fail "iptables (nat table) does not work in the node's network namespace: $(in_node iptables -t nat -S 2>&1 | tail -1)"
 
 # ------------------------------------------------------------------------------ API relay

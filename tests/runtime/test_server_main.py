@@ -19,7 +19,8 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from prometheus_client.parser import text_string_to_metric_families
 
-from statmux.runtime.main import runtime_main
+from statmux.contract import ENV_DEVICE
+from statmux.runtime.main import UsageError, device_of, runtime_main
 
 BERT = {"source": "synthetic", "architecture": "bert", "preset": "tiny", "dtype": "float32"}
 
@@ -209,9 +210,31 @@ def test_unreachable_leader_exits_2_after_the_rendezvous_timeout(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
-def test_cuda_without_a_gpu_exits_2(capsys: pytest.CaptureFixture[str], plan_file: Path) -> None:
+def test_cuda_without_a_gpu_exits_2(
+    capsys: pytest.CaptureFixture[str], plan_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_DEVICE, raising=False)  # no node said "cpu": no fallback
     assert runtime_main(["--plan", str(plan_file), "--group", "g0", "--device", "cuda"]) == 2
     assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_device_from_the_node_overrides_the_flag() -> None:
+    # The e2e node's GPU stand-in sets STATMUX_DEVICE=cpu on pods that the operator starts
+    # with --device cuda; unset (a real GPU node), the flag stands.
+    assert device_of("cuda", {ENV_DEVICE: "cpu"}) == "cpu"
+    assert device_of("cuda", {ENV_DEVICE: " "}) == "cuda"
+    assert device_of("cpu", {}) == "cpu"
+    assert device_of("cpu", {ENV_DEVICE: "cuda"}) == "cuda"
+    with pytest.raises(UsageError, match=r"STATMUX_DEVICE='gpu'; allowed: cpu, cuda"):
+        device_of("cuda", {ENV_DEVICE: "gpu"})
+
+
+def test_bad_device_env_exits_2(
+    capsys: pytest.CaptureFixture[str], plan_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_DEVICE, "tpu")
+    assert runtime_main(["--plan", str(plan_file), "--group", "g0", "--device", "cuda"]) == 2
+    assert "STATMUX_DEVICE='tpu'; allowed: cpu, cuda" in capsys.readouterr().err
 
 
 def test_bad_flags_exit_2(plan_file: Path) -> None:

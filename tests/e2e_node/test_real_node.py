@@ -1,0 +1,317 @@
+"""The ModelSet served for real: the chart's operator runs as a pod on a real node (kubelet,
+containerd, runc), the group pods run the project's runtime image (CPU/gloo, told so by the
+node's GPU stand-in device plugin), and tritonclient requests reach the models through the
+router Service's ClusterIP from inside the node's network namespace.
+
+The steps depend on each other and run in file order (one ModelSet through its life).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from e2e_harness import RELEASE_NAMESPACE, Kubectl, helm_install, wait_until
+
+from statmux.placement.spec import WeightSource
+from statmux.runtime.checkpoint import build_full_model
+from statmux.runtime.presets import resolve_config
+
+pytestmark = pytest.mark.e2e_node
+
+NODE_NAME = "statmux-node"  # e2e/cluster/node-up.sh
+NS = "statmux-node-e2e"
+NAME = "real"
+TIMEOUT_S = 600  # image start + torch import + rendezvous on a loaded 2-core machine
+CLIENT = Path(__file__).with_name("node_client.py")
+IDS = np.array([[101, 7, 42, 99, 5, 102], [101, 8, 8, 8, 3, 102]], dtype=np.int64)
+WEIGHTS = {"source": "synthetic", "architecture": "bert", "preset": "tiny", "dtype": "float32"}
+STATE: dict[str, Any] = {}
+
+
+def model(name: str) -> dict[str, Any]:
+    return {"name": name, "profile": {"builtin": "bert-1.3b"}, "weights": WEIGHTS}
+
+
+def modelset(extra_model: bool = False) -> dict[str, Any]:
+    """g0: pp2 across two pods (1 GPU each) serving a and b; g1: one pod serving b and c, so b
+    has a second replica while g0 is down. extra_model adds d to g1."""
+    names = ["bert-a", "bert-b", "bert-c"] + (["bert-d"] if extra_model else [])
+    g1 = ["bert-b", "bert-c"] + (["bert-d"] if extra_model else [])
+    return {
+        "apiVersion": "statmux.io/v1alpha1",
+        "kind": "ModelSet",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "models": [model(n) for n in names],
+            "slo": {"sloScale": 5},
+            "workload": {
+                "durationSeconds": 30,
+                "seed": 1,
+                "perModel": [{"model": n, "rate": 1, "cv": 1} for n in names],
+            },
+            "cluster": {"gpus": 3, "gpuMemory": "13Gi", "gpusPerNode": 1},
+            "placement": {
+                "policy": "manual",
+                "groups": [
+                    {"pipelineStages": 2, "tensorParallel": 1, "models": ["bert-a", "bert-b"]},
+                    {"pipelineStages": 1, "tensorParallel": 1, "models": g1},
+                ],
+            },
+        },
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return None
+
+
+def ready(kubectl: Kubectl) -> dict[str, Any] | None:
+    obj = kubectl.get("modelset", NAME, NS)
+    if obj is None:
+        return None
+    st = obj.get("status") or {}
+    c = condition(obj, "Ready")
+    ok = (
+        c is not None
+        and c["status"] == "True"
+        and st.get("observedGeneration") == obj["metadata"]["generation"]
+        and not (st.get("rollout") or {}).get("retiring")
+    )
+    return obj if ok else None
+
+
+def diagnose(kubectl: Kubectl) -> str:
+    out = [
+        kubectl(
+            "get", "modelset,statefulsets,deployments,pods,svc", "-n", NS, "-o", "wide", check=False
+        ).stdout
+    ]
+    obj = kubectl.get("modelset", NAME, NS)
+    if obj is not None:
+        out.append(yaml.safe_dump(obj.get("status")))
+    for pod in kubectl.items("pods", NS) + kubectl.items("pods", RELEASE_NAMESPACE):
+        for cs in pod["status"].get("containerStatuses") or []:
+            out.append(f"{pod['metadata']['name']}: {json.dumps(cs.get('state'))}")
+    out.append(
+        kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False).stdout[-4000:]
+    )
+    return "\n".join(out)
+
+
+def wait_ready(kubectl: Kubectl, what: str) -> dict[str, Any]:
+    try:
+        return wait_until(lambda: ready(kubectl), TIMEOUT_S, what, interval=1)
+    except AssertionError:
+        print(diagnose(kubectl))
+        raise
+
+
+def router_address(kubectl: Kubectl) -> tuple[str, str, str]:
+    """(ClusterIP, http port, grpc port or '-') of the ModelSet's router Service."""
+    (svc,) = kubectl.items("service", NS, f"statmux.io/modelset={NAME},statmux.io/component=router")
+    ports = {p.get("name"): str(p["port"]) for p in svc["spec"]["ports"]}
+    return svc["spec"]["clusterIP"], ports["http"], ports.get("grpc", "-")
+
+
+def in_node(node_pid: int, *args: str, timeout: float = 300) -> Any:
+    """Run node_client.py inside the node's network namespace; its JSON answer."""
+    cmd = ["nsenter", "-t", str(node_pid), "--net", "--", sys.executable, str(CLIENT), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"node client failed:\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+def reference(model_name: str) -> np.ndarray:
+    """The same model run in this process (single rank, no parallelism)."""
+    del model_name  # synthetic weights depend on the architecture/preset, not the model name
+    weights = WeightSource.model_validate(WEIGHTS)
+    full = build_full_model(resolve_config(weights), weights)
+    with torch.inference_mode():
+        (out,) = full([torch.from_numpy(IDS)])
+    return out.numpy()
+
+
+def serve_ok(node_pid: int, kubectl: Kubectl, models: list[str]) -> None:
+    host, http, grpc = router_address(kubectl)
+    got = in_node(node_pid, "infer", host, http, grpc, *models)
+    for m in models:
+        np.testing.assert_allclose(np.array(got[m]), reference(m), rtol=1e-4, atol=1e-4)
+
+
+def try_serve(node_pid: int, kubectl: Kubectl, models: list[str]) -> bool:
+    try:
+        serve_ok(node_pid, kubectl, models)
+        return True
+    except (AssertionError, subprocess.TimeoutExpired):
+        return False
+
+
+# --------------------------------------------------------------------------- the steps
+def test_1_operator_runs_as_a_pod_on_the_real_node(
+    node_kubeconfig: Path, node_kubectl: Kubectl
+) -> None:
+    node = node_kubectl.get("node", NODE_NAME)
+    assert node is not None
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+    never = [f"image.{w}.pullPolicy=Never" for w in ("operator", "runtime", "router")]
+    helm_install(node_kubeconfig, "operator.replicas=1", *never)
+    try:
+        node_kubectl(
+            "rollout",
+            "status",
+            "deployment",
+            "-n",
+            RELEASE_NAMESPACE,
+            "--timeout=300s",
+            timeout=320,
+        )
+    except AssertionError:
+        print(diagnose(node_kubectl))
+        raise
+    (pod,) = [
+        p
+        for p in node_kubectl.items("pods", RELEASE_NAMESPACE)
+        if p["metadata"].get("deletionTimestamp") is None
+    ]
+    assert pod["spec"]["nodeName"] == NODE_NAME
+    assert pod["spec"]["serviceAccountName"]
+
+
+def test_2_modelset_becomes_ready_and_serves(node_kubectl: Kubectl, node_pid: int) -> None:
+    node_kubectl("create", "namespace", NS, check=False)
+    t0 = time.monotonic()
+    node_kubectl.apply(modelset())
+    wait_ready(node_kubectl, f"ModelSet {NAME} Ready")
+    t_ready = time.monotonic() - t0
+    wait_until(
+        lambda: try_serve(node_pid, node_kubectl, ["bert-a", "bert-b", "bert-c"]),
+        TIMEOUT_S,
+        "the first successful inference through the router Service",
+        interval=2,
+    )
+    t_first = time.monotonic() - t0
+    STATE["figures"] = {
+        "apply_to_ready_s": round(t_ready, 1),
+        "apply_to_first_inference_s": round(t_first, 1),
+    }
+    print(f"\nreal node: kubectl apply -> Ready {t_ready:.0f}s, -> first inference {t_first:.0f}s")
+    # Every group pod runs on the real node, with the stand-in's answer in its env.
+    pods = node_kubectl.items("pods", NS, "statmux.io/component=group")
+    assert len(pods) == 3 and {p["spec"]["nodeName"] for p in pods} == {NODE_NAME}
+
+
+def test_3_a_deleted_pp2_pod_comes_back_and_other_replicas_keep_serving(
+    node_kubectl: Kubectl, node_pid: int
+) -> None:
+    host, http, _ = router_address(node_kubectl)
+    # Requests for b (also on g1) and c (only on g1) run while g0 loses a pod.
+    loop = subprocess.Popen(
+        [
+            "nsenter",
+            "-t",
+            str(node_pid),
+            "--net",
+            "--",
+            sys.executable,
+            str(CLIENT),
+            "loop",
+            host,
+            http,
+            "60",
+            "bert-b",
+            "bert-c",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(5)
+    g0 = [
+        p
+        for p in node_kubectl.items("pods", NS, "statmux.io/component=group")
+        if p["metadata"]["labels"].get("statmux.io/group") == "g0"
+    ]
+    assert len(g0) == 2, [p["metadata"]["name"] for p in g0]
+    victim = sorted(p["metadata"]["name"] for p in g0)[-1]
+    old_uids = {p["metadata"]["uid"] for p in g0}
+    node_kubectl("delete", "pod", victim, "-n", NS, "--wait=false")
+
+    def recreated() -> bool:
+        pods = [
+            p
+            for p in node_kubectl.items("pods", NS, "statmux.io/component=group")
+            if p["metadata"]["labels"].get("statmux.io/group") == "g0"
+        ]
+        return len(pods) == 2 and not ({p["metadata"]["uid"] for p in pods} >= old_uids)
+
+    wait_until(recreated, TIMEOUT_S, "the pp2 group's pod to be recreated", interval=1)
+    wait_ready(node_kubectl, "ModelSet Ready again after the pod deletion")
+    wait_until(
+        lambda: try_serve(node_pid, node_kubectl, ["bert-a"]),
+        TIMEOUT_S,
+        "bert-a (only on the pp2 group) to answer again",
+        interval=2,
+    )
+    out, err = loop.communicate(timeout=200)
+    assert loop.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    for m, (ok, failed) in result["counts"].items():
+        assert ok > 0 and failed == 0, f"{m}: {ok} answers, {failed} errors: {result['errors']}"
+
+
+def test_4_an_added_model_rolls_out_and_answers(node_kubectl: Kubectl, node_pid: int) -> None:
+    before = node_kubectl.get("modelset", NAME, NS)
+    assert before is not None
+    node_kubectl.apply(modelset(extra_model=True))
+    wait_until(
+        lambda: (
+            (node_kubectl.get("modelset", NAME, NS) or {})
+            .get("status", {})
+            .get("observedGeneration")
+            == before["metadata"]["generation"] + 1
+        ),
+        120,
+        "the operator to observe the edit",
+    )
+    wait_ready(node_kubectl, "ModelSet Ready with the added model")
+    wait_until(
+        lambda: try_serve(node_pid, node_kubectl, ["bert-d", "bert-a"]),
+        TIMEOUT_S,
+        "the added model bert-d to answer",
+        interval=2,
+    )
+
+
+def test_5_deleting_the_modelset_removes_everything(node_kubectl: Kubectl) -> None:
+    node_kubectl("delete", "modelset", NAME, "-n", NS, "--wait=true", "--timeout=300s", timeout=320)
+
+    def gone() -> bool:
+        left = node_kubectl(
+            "get",
+            "statefulsets,deployments,services,configmaps,pods",
+            "-n",
+            NS,
+            "-l",
+            f"statmux.io/modelset={NAME}",
+            "-o",
+            "name",
+            check=False,
+        ).stdout.strip()
+        return not left
+
+    wait_until(gone, 300, f"every object of ModelSet {NAME} to be deleted", interval=1)
+    if "figures" in STATE:
+        print(f"\nreal-node figures: {STATE['figures']}")
