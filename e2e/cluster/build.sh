@@ -9,7 +9,7 @@
 #   coredns                                                           (e2e/cluster/coredns-tools)
 # into $STATMUX_BIN_DIR (default ${STATMUX_CACHE:-$HOME/.cache/statmux}/k8s-bin/<k8s version>/).
 #
-# Each binary gets a stamp (version + hash of its tools module's go.mod/go.sum + go version);
+# Each binary gets a stamp (version + hash of its tools module's go.mod/go.sum/*.go + go version);
 # a binary whose stamp matches is not rebuilt, so a second run is a no-op.
 #
 # Env: STATMUX_CACHE, STATMUX_BIN_DIR, STATMUX_BUILD_PARALLEL (go build -p, default 2: each
@@ -58,7 +58,8 @@ helm_ldflags() {
 
 stamp_for() { # stamp_for <name> <version> <moddir>
   printf '%s %s %s %s\n' "$1" "$2" "$GO_VERSION" \
-    "$(cat "$CLUSTER_HERE/$3/go.mod" "$CLUSTER_HERE/$3/go.sum" | sha256sum | cut -c1-16)"
+    "$(cat "$CLUSTER_HERE/$3/go.mod" "$CLUSTER_HERE/$3/go.sum" \
+          $(find "$CLUSTER_HERE/$3" -name '*.go' | sort) | sha256sum | cut -c1-16)"
 }
 
 is_cached() { # is_cached <name> <stamp>

@@ -105,7 +105,10 @@ for h in /sys/fs/cgroup/*/"$CG" /sys/fs/cgroup/"$CG"; do
   find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null ||
     log "WARNING: could not remove all of $h: $(find "$h" -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' ')"
 done
-if [[ -f "$ND/.created-var-lib-cni" ]]; then rmdir /var/lib/cni 2>/dev/null || true; fi
+if [[ -f "$ND/.created-host-dirs" ]]; then  # mount points node-up.sh had to create (empty)
+  while read -r d; do rmdir "$d" 2>/dev/null || log "WARNING: $d is not empty; left in place"; done \
+    < "$ND/.created-host-dirs"
+fi
 if grep -q " $ND" /proc/self/mountinfo; then
   log "WARNING: mounts under $ND remain in the host: unmounting"
   grep " $ND" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l || true

@@ -147,9 +147,14 @@ for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_
 done
 # The node's own resolver (for clients run inside it, e.g. the e2e test's) is its CoreDNS.
 echo "nameserver $NODE_IP" > "$ND/resolv.conf"
-# The CNI plugins' cache lives in /var/lib/cni: give the node its own (a bind mount needs the
-# directory; create it only if missing, and node-down.sh removes it again if it did).
-if [[ ! -d /var/lib/cni ]]; then mkdir -p /var/lib/cni; touch "$ND/.created-var-lib-cni"; fi
+# Fixed host paths that the node's programs use whatever their flags say: the CNI plugins'
+# cache (/var/lib/cni) and the kubelet's device-plugin socket directory
+# (/var/lib/kubelet/device-plugins, a constant of the device-plugin API). Inside the node's
+# mount namespace the node's own directories are bound over them; a bind mount needs the
+# directory, so a missing one is created and node-down.sh removes it again.
+for d in /var/lib/cni /var/lib/kubelet; do
+  if [[ ! -d "$d" ]]; then mkdir -p "$d"; echo "$d" >> "$ND/.created-host-dirs"; fi
+done
 cat > "$ND/holder.sh" <<'EOF'
 # Runs as the namespace holder (pid written first): private /run, sysctl stand-ins, network.
 set -e
@@ -157,6 +162,7 @@ echo $$ > "$1"
 ND="$2"; NODE_IP="$3"; ADV_IP="$4"
 mount -t tmpfs -o mode=755 statmux-node-run /run
 mount --bind "$ND/cni/cache" /var/lib/cni
+mount --bind "$ND/kubelet" /var/lib/kubelet
 mount --bind "$ND/resolv.conf" /etc/resolv.conf
 for f in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops \
          kernel/keys/root_maxkeys kernel/keys/root_maxbytes; do

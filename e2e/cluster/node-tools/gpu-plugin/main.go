@@ -91,7 +91,7 @@ func serve(p *plugin, dir, endpoint, resource string) (*grpc.Server, error) {
 	pluginapi.RegisterDevicePluginServer(srv, p)
 	go func() { _ = srv.Serve(lis) }()
 
-	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, pluginapi.KubeletSocket),
+	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, filepath.Base(pluginapi.KubeletSocket)),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		srv.Stop()
