@@ -1,12 +1,14 @@
 """The model families the runtime serves (BERT, GPT-2, Llama): one entry each.
 
 Everything that differs between families and lives outside the family's own model file is
-looked up here: the config class (runtime/presets.py), the model (runtime/model_*.py), its
+looked up here: the config class (runtime/presets.py's CONFIGS, the torch-free half of this
+registry, which the placement engine uses too), the model (runtime/model_*.py), its
 tensor-parallel plan (runtime/tensor_parallel.py) and its serving interface (inputs and
 output, runtime/batching.py). Shape questions (layers, heads, positions, output width) are
 answered by the config object itself under the same names for every family.
 
-To add a family: its config dataclass in presets.py (with the shared properties), its model
+To add a family: its config dataclass in presets.py (with the shared properties, listed in
+CONFIGS), its model
 in model_<name>.py (a StageModel), its apply_tp function, one entry below and its name in
 placement/spec.py's ARCHITECTURES (the ModelSet's allowed values; this module refuses to
 import when the two lists differ).
@@ -23,7 +25,7 @@ from statmux.runtime.model_base import StageModel
 from statmux.runtime.model_bert import BertModel
 from statmux.runtime.model_gpt2 import GPT2LMHeadModel
 from statmux.runtime.model_llama import LlamaForCausalLM
-from statmux.runtime.presets import BertConfig, GPT2Config, LlamaConfig, ModelConfig
+from statmux.runtime.presets import CONFIGS, BertConfig, GPT2Config, LlamaConfig, ModelConfig
 from statmux.runtime.tensor_parallel import TPInfo, apply_tp_bert, apply_tp_gpt2, apply_tp_llama
 
 
@@ -47,14 +49,14 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {
     "bert": ModelFamily(
         "bert",
-        BertConfig,
+        CONFIGS["bert"],
         BertModel,
         apply_tp_bert,
         "last_hidden_state",
         {"attention_mask": 1, "token_type_ids": 0},
     ),
-    "gpt2": ModelFamily("gpt2", GPT2Config, GPT2LMHeadModel, apply_tp_gpt2, "logits", {}),
-    "llama": ModelFamily("llama", LlamaConfig, LlamaForCausalLM, apply_tp_llama, "logits", {}),
+    "gpt2": ModelFamily("gpt2", CONFIGS["gpt2"], GPT2LMHeadModel, apply_tp_gpt2, "logits", {}),
+    "llama": ModelFamily("llama", CONFIGS["llama"], LlamaForCausalLM, apply_tp_llama, "logits", {}),
 }
 
 if tuple(FAMILIES) != ARCHITECTURES:  # a family added on one side only

@@ -182,6 +182,15 @@ class LlamaConfig:
 
 
 ModelConfig = BertConfig | GPT2Config | LlamaConfig
+# The config class of each family: the torch-free half of runtime/families.py's registry,
+# so that the placement engine can read model configs without torch.
+CONFIGS: dict[str, type[BertConfig] | type[GPT2Config] | type[LlamaConfig]] = {
+    "bert": BertConfig,
+    "gpt2": GPT2Config,
+    "llama": LlamaConfig,
+}
+if tuple(CONFIGS) != ARCHITECTURES:  # a family added on one side only
+    raise ImportError(f"configs {tuple(CONFIGS)} differ from the architectures {ARCHITECTURES}")
 
 
 def _divisible(hidden: int, heads: int) -> list[str]:
@@ -270,14 +279,12 @@ def preset_names(architecture: str) -> list[str]:
 
 def config_from_dict(architecture: str, data: dict[str, Any], where: str) -> ModelConfig:
     """Build the family config from HF config fields; unknown HF fields are ignored."""
-    from statmux.runtime.families import FAMILIES  # it imports the models, which import us
-
-    if architecture not in FAMILIES:
+    if architecture not in CONFIGS:
         raise ModelConfigError(
             f"{where}: architecture {architecture!r} is not supported; "
             f"allowed: {', '.join(ARCHITECTURES)}"
         )
-    cls = FAMILIES[architecture].config
+    cls = CONFIGS[architecture]
     if data.get("rope_scaling") is not None:
         raise ModelConfigError(f"{where}: rope_scaling is not supported (set it to null)")
     known = {f.name: f for f in fields(cls)}

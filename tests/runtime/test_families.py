@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -45,3 +48,16 @@ def test_the_served_interface_comes_from_the_family(arch: str) -> None:
 def test_an_unknown_architecture_lists_the_families() -> None:
     with pytest.raises(ModelConfigError, match="allowed: bert, gpt2, llama"):
         config_from_dict("t5", {}, "weights")
+
+
+def test_configs_resolve_without_torch() -> None:
+    """The placement engine reads a ModelSet's model configs (layer counts) without torch."""
+    code = (
+        "import sys\n"
+        "from statmux.placement.spec import ARCHITECTURES, WeightSource\n"
+        "from statmux.runtime.presets import resolve_config\n"
+        "for a in ARCHITECTURES: resolve_config(WeightSource(architecture=a, preset='tiny'))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
