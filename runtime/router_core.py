@@ -44,6 +44,7 @@ from statmux.runtime.serving_errors import (
 log = logging.getLogger("statmux.router")
 
 ReadyWhen = Literal["all", "any"]
+SLOW_PROBES = 3
 
 
 class GatewayTimeout(ServingError):
@@ -60,6 +61,7 @@ class GroupState:
     up: bool = False
     why_down: str = "not checked yet"
     leaving: bool = False
+    slow_probes: int = 0  # health checks in a row that timed out
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
     def set_group(self, group: RoutedGroup) -> None:
@@ -106,8 +108,12 @@ class Router:
         """Serve `config` from now on; returns the groups that are new (not yet probed)."""
         states: dict[tuple[str, str], GroupState] = {}
         fresh = []
+        returning = {s.group.key: s for s in self.leaving}
         for g in config.groups:
-            st = self.states.get(g.key)
+            st = self.states.get(g.key) or returning.get(g.key)
+            if st is not None and st.leaving:  # back in the plan
+                st.leaving = False
+                self.leaving.remove(st)
             if st is None or st.backlog.pp != g.pp:
                 st = GroupState(g, Backlog(g.pp))
                 fresh.append(st)
@@ -127,7 +133,8 @@ class Router:
         return fresh
 
     def _all_states(self) -> list[GroupState]:
-        return [*self.states.values(), *self.leaving]
+        """Leaving groups first: a current group of the same name wins in per-group gauges."""
+        return [*self.leaving, *self.states.values()]
 
     # ----------------------------------------------------------------- health
     def live(self) -> bool:
@@ -138,12 +145,12 @@ class Router:
             return False
         if self.ready_when == "any":
             return any(s.up for s in self.states.values())
-        return all(any(s.up for s in hosts) for hosts in self.by_model.values())
+        return all(self._live_hosts(m) for m in self.by_model)
 
     def not_ready_reason(self) -> str:
         if self.closing is not None:
             return self.closing
-        down = [m for m, hosts in sorted(self.by_model.items()) if not any(s.up for s in hosts)]
+        down = [m for m in sorted(self.by_model) if not self._live_hosts(m)]
         if self.ready_when == "any" or len(down) == len(self.by_model):
             return "no group is reachable: " + "; ".join(
                 f"{s.group.name} ({s.group.url}): {s.why_down}" for s in self.states.values()
@@ -151,7 +158,12 @@ class Router:
         return f"no live group hosts model(s) {', '.join(down)}"
 
     def model_ready(self, model: str) -> bool:
-        return self.closing is None and any(s.up for s in self._hosts(model))
+        return self.closing is None and any(s.up for s in self._live_hosts(model))
+
+    def _live_hosts(self, model: str) -> list[GroupState]:
+        """Live groups hosting `model` in the plan, else live ones that left it (fallback)."""
+        live = [s for s in self._hosts(model) if s.up]
+        return live or self._fallback(model)
 
     def mark_down(self, st: GroupState, why: str) -> None:
         if st.up:
@@ -166,9 +178,15 @@ class Router:
                 log.info("group %s (%s) in rotation", st.group.name, st.group.url)
             st.up = True
             st.why_down = ""
+            st.slow_probes = 0
             return
         if why.startswith("no answer within"):
+            # A slow answer is not a dead group (a busy leader on a loaded machine): only
+            # SLOW_PROBES in a row take it out; a refused connection or a 503 does at once.
             self.metrics.hop_timeouts.labels(st.group.name).inc()
+            st.slow_probes += 1
+            if st.up and st.slow_probes < SLOW_PROBES:
+                return
         self.mark_down(st, why)
 
     async def probe_all(self) -> None:
@@ -178,7 +196,26 @@ class Router:
         while True:
             await asyncio.sleep(self.health_interval_s)
             await self.probe_all()
-            self.leaving = [s for s in self.leaving if s.backlog.count > 0]
+            await asyncio.gather(*(self.probe(s) for s in self.leaving))
+            self.leaving = [s for s in self.leaving if self._still_needed(s)]
+
+    def _still_needed(self, st: GroupState) -> bool:
+        """A group that left the plan stays while requests to it are outstanding, and while it
+        is live and some model it hosts has no live group in the new plan yet (a rollout:
+        the new groups are still starting; make before break)."""
+        if st.backlog.count > 0:
+            return True
+        if not st.up:
+            return False
+        return any(
+            not any(h.up for h in self.by_model.get(m, ())) and m in self.by_model
+            for m in st.candidates
+        )
+
+    def _fallback(self, model: str) -> list[GroupState]:
+        """Live groups that left the plan but still host `model` (used only while no group
+        of the current plan that hosts it is live)."""
+        return [s for s in self.leaving if s.up and model in s.candidates]
 
     # ----------------------------------------------------------------- lookup
     def _hosts(self, model: str) -> list[GroupState]:
@@ -247,19 +284,19 @@ class Router:
     ) -> Reply:
         slo = self.config.slo_seconds[model]
         deadline = arrival + slo
-        tried: list[str] = []
+        tried: list[GroupState] = []
         while True:
             if self.closing is not None:
                 mm.rejected["unavailable"].inc()
                 raise Unavailable(self.closing)
-            pairs = [
-                (s.candidates[model], s)
-                for s in hosts
-                if s.up and not s.leaving and s.group.name not in tried
-            ]
+            pairs = [(s.candidates[model], s) for s in hosts if s.up and s not in tried]
+            if not pairs:
+                pairs = [(s.candidates[model], s) for s in self._fallback(model) if s not in tried]
             if not pairs:
                 mm.rejected["unavailable"].inc()
-                raise Unavailable(self._why_unavailable(model, hosts, tried))
+                raise Unavailable(
+                    self._why_unavailable(model, hosts, [s.group.name for s in tried])
+                )
             now = self.clock()
             choice = choose((c for c, _ in pairs), rows, now)
             if not admit(choice, deadline):
@@ -280,7 +317,7 @@ class Router:
                 reply = await self.upstreams.request("POST", st.group.url + path, body, headers)
             except (NotAccepted, Broken) as e:
                 self.mark_down(st, str(e))
-                tried.append(st.group.name)
+                tried.append(st)
                 continue
             except HopTimeout as e:
                 self.metrics.hop_timeouts.labels(st.group.name).inc()
@@ -290,8 +327,9 @@ class Router:
                 st.backlog.release(ticket, self.clock())
             if reply.status == 503:  # the group does not accept it (stopping, unhealthy)
                 self.mark_down(st, f"answered 503: {_error_text(reply)}")
-                tried.append(st.group.name)
+                tried.append(st)
                 continue
+            st.slow_probes = 0
             self._record(mm, reply.status, arrival, slo)
             return reply
 
@@ -326,9 +364,7 @@ class Router:
         """A metadata/config/stats request: the first live group hosting `model` answers."""
         hosts = self._hosts(model)
         tried: list[str] = []
-        for st in hosts:
-            if not st.up or st.leaving:
-                continue
+        for st in self._live_hosts(model):
             try:
                 reply = await self.upstreams.request(method, st.group.url + path, body)
             except (NotAccepted, Broken) as e:
@@ -344,7 +380,7 @@ class Router:
     async def forward_each(self, model: str, method: str, path: str, body: bytes) -> list[Reply]:
         """Send to every live group hosting `model` (repository load/unload)."""
         replies = []
-        hosts = [s for s in self._hosts(model) if s.up and not s.leaving]
+        hosts = [s for s in self._hosts(model) if s.up]
         if not hosts:
             raise Unavailable(self._why_unavailable(model, self._hosts(model), []))
         for st in hosts:

@@ -432,7 +432,23 @@ def test_plan_changes_are_followed_through_a_symlink_swap(cluster: Cluster, tmp_
         wait_until(lambda: get(r.url + "/v2/health/ready")[0] == 200, "ready", [r.proc], 60)
         assert post(r.url + "/v2/models/bert-b/infer", json_request())[0] == 200
 
-        # v2: only g1 (bert-a); bert-b leaves the ModelSet. Requests in flight finish.
+        # v2, a rollout: g0's models move to a new group g2 that is not up yet; g0 left the
+        # plan but keeps serving them until g2 is live (make before break)
+        g2 = dict(G0, name="g2")
+        publish("v2", plan_doc([g2]), {"g2": f"http://127.0.0.1:{free_port()}"})
+        wait_until(
+            lambda: (
+                r.metrics().get(("statmux_router_plan_reloads_total", (("result", "ok"),))) == 1
+            ),
+            "plan v2",
+            [r.proc],
+            30,
+        )
+        for _ in range(3):
+            assert post(r.url + "/v2/models/bert-b/infer", json_request())[0] == 200
+        assert get(r.url + "/v2/health/ready")[0] == 200
+
+        # v3: only g1 (bert-a); bert-b leaves the ModelSet. Requests in flight finish.
         results: list[int] = []
         stop = threading.Event()
 
@@ -443,9 +459,9 @@ def test_plan_changes_are_followed_through_a_symlink_swap(cluster: Cluster, tmp_
         worker = threading.Thread(target=load)
         worker.start()
         time.sleep(0.5)
-        publish("v2", plan_doc([G1]), {"g1": urls["g1"]})
+        publish("v3", plan_doc([G1]), {"g1": urls["g1"]})
         wait_until(
-            lambda: get(r.url + "/v2/models/bert-b/ready")[0] == 404, "plan v2", [r.proc], 30
+            lambda: get(r.url + "/v2/models/bert-b/ready")[0] == 404, "plan v3", [r.proc], 30
         )
         time.sleep(0.5)
         stop.set()
@@ -456,7 +472,7 @@ def test_plan_changes_are_followed_through_a_symlink_swap(cluster: Cluster, tmp_
         assert m[("statmux_router_group_up", (("group", "g1"),))] == 1
 
         # a broken plan: logged and counted, the last good one keeps serving
-        publish("v3", "{not json", {"g1": urls["g1"]})
+        publish("v4", "{not json", {"g1": urls["g1"]})
         wait_until(
             lambda: (
                 r.metrics().get(("statmux_router_plan_reloads_total", (("result", "error"),))) == 1
@@ -543,6 +559,7 @@ def test_kill_a_group_leader_under_load(cluster: Cluster) -> None:
     r = cluster.router
     counts: dict[str, dict[str, int]] = {m: {} for m in ("bert-a", "bert-b")}
     slow: list[float] = []
+    messages: dict[str, str] = {}
     stop = threading.Event()
     killed = threading.Event()
 
@@ -555,6 +572,7 @@ def test_kill_a_group_leader_under_load(cluster: Cluster) -> None:
                 outcome = "ok"
             except InferenceServerException as e:
                 outcome = str(e.status())
+                messages.setdefault(f"{model} {outcome}", str(e))
             took = time.monotonic() - start
             if killed.is_set() and outcome == "503":
                 slow.append(took)
@@ -578,9 +596,9 @@ def test_kill_a_group_leader_under_load(cluster: Cluster) -> None:
     assert not any(w.is_alive() for w in workers), "a client hung"
     a, b = counts["bert-a"], counts["bert-b"]
     # bert-a: only successes, before and after the kill (in-flight requests were retried)
-    assert set(a) == {"ok"} and a["ok"] > a_after["ok"], a
+    assert set(a) == {"ok"} and a["ok"] > a_after["ok"], (a, messages)
     # bert-b: successes before, then 503s, answered quickly
-    assert b.get("ok", 0) > 0 and b.get("503", 0) > 0 and set(b) <= {"ok", "503"}, b
+    assert b.get("ok", 0) > 0 and b.get("503", 0) > 0 and set(b) <= {"ok", "503"}, (b, messages)
     assert slow and max(slow) < 5.0
     m = r.metrics()
     for name, c in counts.items():
