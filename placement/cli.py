@@ -132,8 +132,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     baselines = (
         () if args.no_baselines else BASELINES + (("statmux",) if policy != "statmux" else ())
     )
+    target = args.target_attainment
+    if target is not None and not 0 < target <= 1:
+        raise UsageError(f"--target-attainment must be in (0, 1], got {target:g}")
+    if target is not None and policy != "statmux":
+        raise UsageError("--target-attainment plans with the statmux policy; drop --policy")
     with progress_status(not args.quiet) as progress:
-        plan = plan_modelset(ms, policy, baselines, progress)
+        if target is None:
+            plan = plan_modelset(ms, policy, baselines, progress)
+        else:
+            plan = _capacity_plan(ms, target, progress)
+            out.print(
+                f"fewest GPUs reaching {100 * target:.2f} % SLO attainment: "
+                f"{plan.cluster.gpus} (predicted {100 * plan.attainment:.2f} %)"
+            )
     if args.output:
         plan.write(args.output)
     if args.json:
@@ -142,8 +154,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_plan(plan)
         if args.output:
             out.print(f"wrote {args.output}")
+    _, err = _consoles()
+    for warning in plan.warnings:
+        err.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
     if plan.unplaced:
-        _, err = _consoles()
         message = (
             f"{len(plan.unplaced)} of {len(ms.spec.models)} models get no replica and fail "
             f"every request: {', '.join(plan.unplaced)} (raise cluster.gpuMemory or "
@@ -153,6 +167,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise UsageError(message)
         err.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
     return 0
+
+
+def _capacity_plan(ms: ModelSet, target: float, progress: Callable[[str], None]) -> Plan:
+    from statmux.placement.capacity import fewest_gpus, with_gpus
+    from statmux.placement.planner import make_plan
+
+    hit = fewest_gpus(ms.spec, target, progress)
+    sized = ms.model_copy(update={"spec": with_gpus(ms.spec, hit.gpus)})
+    return make_plan(sized, hit.problem, hit.evaluated, [])
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -231,6 +254,13 @@ def register(commands: Commands) -> None:
     plan.add_argument("--json", action="store_true", help="print the Plan JSON")
     plan.add_argument("--no-baselines", action="store_true", help=f"skip {'/'.join(BASELINES)}")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    plan.add_argument(
+        "--target-attainment",
+        type=float,
+        metavar="X",
+        help="find the fewest GPUs whose plan reaches SLO attainment X (e.g. 0.99) and "
+        "print that plan (cluster.gpus is ignored)",
+    )
     plan.add_argument(
         "--strict",
         action="store_true",

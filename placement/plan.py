@@ -234,6 +234,9 @@ class Plan(_PlanModel):
         description="models of the ModelSet that no group serves: every request to them fails",
     )
     idle_gpus: int = Field(default=0, ge=0, description="cluster GPUs that no group uses")
+    warnings: list[str] = Field(
+        default_factory=list, description="what the planner reports, e.g. a truncated trace"
+    )
     plan_hash: str = Field(
         default="",
         description="the first 10 hex digits of sha256 over the groups' canonical JSON "

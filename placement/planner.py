@@ -248,6 +248,7 @@ def make_plan(
         ),
         unplaced=[m.name for m in spec.models if m.name not in placed],
         idle_gpus=spec.cluster.gpus - sum(g.config.gpus for g in used),
+        warnings=list((problem.eval_workload or problem.workload).notes),
     )
 
 

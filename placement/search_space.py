@@ -154,17 +154,20 @@ def sample_workload(workload: Workload, max_requests: int, chunks: int = 12) -> 
         return workload
     span = workload.duration * max_requests / n / chunks
     stride = workload.duration / chunks
-    parts_t, parts_m = [], []
+    parts_t, parts_m, rows = [], [], []
     for i in range(chunks):
         t0 = workload.start + i * stride
         lo, hi = np.searchsorted(workload.arrivals, [t0, t0 + span])
         parts_t.append(workload.arrivals[lo:hi] - t0 + i * span)
         parts_m.append(workload.model_ids[lo:hi])
+        rows.append(np.arange(lo, hi))
+    slo = None if workload.slo is None else workload.slo[np.concatenate(rows)]
     return Workload(
         list(workload.model_names),
         np.concatenate(parts_t),
         np.concatenate(parts_m),
         duration=span * chunks,
+        slo=slo,
     )
 
 

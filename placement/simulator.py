@@ -9,6 +9,7 @@ Semantics (the parts live in separate modules):
   A batch of model m on group g takes the stage latencies profiles[m].get(pp, tp)
   .stage_latency[row(batch)] (batches between profiled sizes run at the next profiled size).
   Entering at t: s_0 = max(t, free[g, 0]), e_k = s_k + l_k, s_k = max(e_{k-1}, free[g, k]).
+  A request's SLO is its model's, unless the workload gives it its own (a trace's slo column).
 - Scheduling policy (statmux.placement.sim_policy): a request goes to the hosting group that
   would complete it earliest (ties: lowest group index); if that completion is later than
   its deadline it is rejected at arrival (a miss that occupies nothing). A model that no
@@ -209,7 +210,10 @@ class Simulator:
         )
         self._arrivals = np.ascontiguousarray(workload.arrivals, dtype=np.float64)
         self._model_ids = np.ascontiguousarray(workload.model_ids, dtype=np.int64)
-        self._deadlines = self._arrivals + (self._slo - self._overhead)[self._model_ids]
+        budget = self._slo[self._model_ids]
+        if workload.slo is not None:  # a trace's per-request SLO column (NaN: the model's)
+            budget = np.where(np.isnan(workload.slo), budget, workload.slo)
+        self._deadlines = self._arrivals + budget - self._overhead[self._model_ids]
         self._requests = np.bincount(self._model_ids, minlength=len(self.model_names)).astype(
             np.int64
         )
@@ -433,7 +437,10 @@ class Simulator:
         sub._has_requests = (sub._requests > 0).tolist()
         sub._members = {}  # which group members count depends on who has requests
         sub.workload = replace(
-            self.workload, arrivals=sub._arrivals, model_ids=self.workload.model_ids[rows]
+            self.workload,
+            arrivals=sub._arrivals,
+            model_ids=self.workload.model_ids[rows],
+            slo=None if self.workload.slo is None else self.workload.slo[rows],
         )
         return sub
 

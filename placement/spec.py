@@ -235,7 +235,12 @@ class TraceRef(_Model):
 class Workload(_Model):
     """Exactly one of perModel, total or trace."""
 
-    duration_seconds: float = Field(default=3600.0, gt=0)
+    duration_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds of workload to plan for; default: the trace's own span (trace) "
+        "or 3600 (perModel, total). A shorter value than a trace's span cuts it (reported)",
+    )
     seed: int = Field(default=0, ge=0)
     per_model: list[ModelRate] | None = None
     total: TotalRate | None = None

@@ -2,9 +2,13 @@
 
 Formats (`spec.workload.trace.format`):
 
-- `csv`: one request per row, `time,model` (time in seconds; an optional header line;
-  blank lines and lines starting with '#' are skipped). With rateScale = cvScale = 1 the
-  requests are replayed exactly; otherwise they are re-fitted like an Azure 2021 trace.
+- `csv`: one request per row, `time,model[,slo]` (see docs/placement.md, "Trace files"):
+  time in seconds, the model's name, optionally the request's own SLO in seconds (empty:
+  the model's SLO); an optional header line; blank lines and lines starting with '#' are
+  skipped. With rateScale = cvScale = 1 the requests are replayed exactly; otherwise they
+  are re-fitted like an Azure 2021 trace. A valid file is read by pyarrow's CSV reader
+  (1 M rows in well under a second); a file it rejects is re-read line by line to name the
+  bad line.
 - `azure2019`: Azure Functions 2019 (`invocations_per_function_md.anon.dNN.csv`): columns
   HashOwner, HashApp, HashFunction, Trigger, then per-minute invocation counts "1".."1440".
 - `azure2021`: Azure Functions 2021 (`AzureFunctionsInvocationTraceForTwoWeeksJan2021`):
@@ -24,12 +28,16 @@ with the workload seed (one random stream per model and window).
   unless `azure2019_cv="counts"`, which estimates it from the dispersion of the per-minute
   counts (CV² ≈ variance / mean for a renewal process).
 
-All returned workloads are rebased so that startSeconds becomes time 0.
+All returned workloads are rebased so that startSeconds becomes time 0. Without
+durationSeconds the workload covers the trace's whole span after startSeconds; with it, the
+requests cut off are reported in the workload's notes (and by `statmux plan`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -68,21 +76,105 @@ def _is_number(text: str) -> bool:
     return True
 
 
+CSV_COLUMNS = ("time", "model", "slo")
+
+
 def read_csv_trace(path: str | Path, model_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(times, model ids) of a `time,model` CSV, sorted by time."""
+    """(times, model ids) of a `time,model[,slo]` CSV, sorted by time."""
+    times, ids, _ = read_csv_requests(path, model_names)
+    return times, ids
+
+
+def read_csv_requests(
+    path: str | Path, model_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(times, model ids, per-request SLO or None) of a CSV trace, sorted by time; the SLO
+    is NaN where the row leaves it empty (the model's SLO applies)."""
     p = Path(path)
+    found = _read_csv_fast(p, model_names)
+    if found is None:
+        found = _read_csv_lines(p, model_names)
+    times, ids, slo = found
+    order = np.argsort(times, kind="stable")
+    return times[order], ids[order], None if slo is None else slo[order]
+
+
+_COMMENT = re.compile(rb"(?m)^[ \t]*#[^\n]*(?:\n|$)")
+
+
+def _read_csv_fast(
+    p: Path, model_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """pyarrow's reader; None when the file needs the line-by-line reader's diagnosis."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    try:
+        data = p.read_bytes()
+    except OSError as err:
+        raise SpecError(f"cannot read trace {p}: {err.strerror}") from None
+    if b"#" in data:
+        data = _COMMENT.sub(b"", data)
+    first = data.lstrip().split(b"\n", 1)[0]
+    if not first.strip():
+        return None
+    columns = first.count(b",") + 1
+    if columns not in (2, 3):
+        return None
+    header = not _is_number(first.split(b",", 1)[0].decode(errors="replace").strip())
+    names = list(CSV_COLUMNS[:columns])
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(header)),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=False
+            ),
+        )
+        times = pc.cast(pc.utf8_trim_whitespace(table["time"]), pa.float64()).to_numpy()
+        slo = None
+        if columns == 3:
+            text = pc.utf8_trim_whitespace(table["slo"])
+            nulls = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+            slo = pc.cast(nulls, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    if times.size == 0 or not np.all(np.isfinite(times)) or (times < 0).any():
+        return None
+    if slo is not None and not np.all(np.isnan(slo) | (np.isfinite(slo) & (slo > 0))):
+        return None
+    encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(table["model"])).combine_chunks()
+    index = {n: i for i, n in enumerate(model_names)}
+    seen = encoded.dictionary.to_pylist()
+    if any(n not in index for n in seen):
+        return None
+    to_id = np.array([index[n] for n in seen], dtype=np.int32)
+    ids = to_id[encoded.indices.to_numpy(zero_copy_only=False)]
+    return times.astype(np.float64), ids, None if slo is None else slo.astype(np.float64)
+
+
+def _read_csv_lines(
+    p: Path, model_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Line by line, naming the first bad line in a SpecError."""
     index = {n: i for i, n in enumerate(model_names)}
     times: list[float] = []
     ids: list[int] = []
+    slos: list[float] = []
+    columns = 0
     first = True
     for line, row in _rows(p):
         if first and not _is_number(row[0]):
             first = False
             continue  # a header line
         first = False
-        if len(row) != 2:
+        if columns == 0:
+            columns = len(row)
+        if len(row) not in (2, 3) or len(row) != columns:
             raise SpecError(
-                f"{p}:{line}: expected 2 fields 'time,model' (time in seconds), "
+                f"{p}:{line}: expected {columns if columns in (2, 3) else 2} fields "
+                f"'time,model[,slo]' (seconds, model name, optional SLO seconds), "
                 f"got {len(row)}: {','.join(row)!r}"
             )
         try:
@@ -97,11 +189,29 @@ def read_csv_trace(path: str | Path, model_names: list[str]) -> tuple[np.ndarray
             raise SpecError(
                 f"{p}:{line}: unknown model {row[1]!r}; the ModelSet has {', '.join(model_names)}"
             )
+        if columns == 3:
+            slos.append(_slo_field(row[2], p, line))
         times.append(t)
         ids.append(index[row[1]])
-    t_a = np.asarray(times, dtype=np.float64)
-    order = np.argsort(t_a, kind="stable")
-    return t_a[order], np.asarray(ids, dtype=np.int32)[order]
+    if not times:
+        raise SpecError(f"{p}: the trace has no requests (rows 'time,model[,slo]')")
+    slo = np.asarray(slos, dtype=np.float64) if columns == 3 else None
+    return np.asarray(times, dtype=np.float64), np.asarray(ids, dtype=np.int32), slo
+
+
+def _slo_field(text: str, p: Path, line: int) -> float:
+    if not text:
+        return float("nan")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise SpecError(
+            f"{p}:{line}: slo must be a positive number of seconds (or empty for the model's "
+            f"SLO), got {text!r}"
+        )
+    return value
 
 
 def read_azure2019(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -248,29 +358,73 @@ def _fit_from_arrivals(
 
 
 # --------------------------------------------------------------------------- the entry points
+def _span(times: np.ndarray, start: float) -> float:
+    """Seconds from `start` to just past the last time (at least 1 s)."""
+    last = float(times.max()) if times.size else start
+    return max(float(np.nextafter(last - start, np.inf)), 1.0)
+
+
+def _cut_note(trace: TraceRef, kept: int, total: int, duration: float, span: float) -> list[str]:
+    if kept >= total:
+        return []
+    return [
+        f"spec.workload.durationSeconds {duration:g} s keeps {kept} of the {total} requests "
+        f"of {trace.path} after startSeconds (the trace spans {span:g} s); leave "
+        "durationSeconds out to plan on the whole trace"
+    ]
+
+
 def fit_trace(
     trace: TraceRef,
     model_names: list[str],
-    duration: float,
+    duration: float | None,
     azure2019_cv: Azure2019Cv = "alpaserve",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rates, CVs, window edges) fitted per model and window, before rateScale/cvScale.
 
-    rates and CVs have shape (models, windows); edges are relative to startSeconds."""
-    t0, t1 = trace.start_seconds, trace.start_seconds + duration
-    edges = window_edges(duration, trace.window_seconds)
+    rates and CVs have shape (models, windows); edges are relative to startSeconds.
+    `duration` None: the trace's span after startSeconds."""
+    rates, cvs, edges, _ = _fit(trace, model_names, duration, azure2019_cv)
+    return rates, cvs, edges
+
+
+def _fit(
+    trace: TraceRef,
+    model_names: list[str],
+    duration: float | None,
+    azure2019_cv: Azure2019Cv,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    t0 = trace.start_seconds
     n = len(model_names)
     if trace.format == "azure2019":
-        rates, cvs = _fit_azure2019(trace, n, duration, edges, azure2019_cv)
-        return rates, cvs, edges
+        _, counts = read_azure2019(trace.path)
+        span = counts.shape[1] * 60.0 - t0
+        if span <= 0:
+            raise SpecError(
+                f"spec.workload.trace.startSeconds {t0:g} is past the end of {trace.path} "
+                f"({counts.shape[1]} minutes)"
+            )
+        length = span if duration is None else duration
+        edges = window_edges(length, trace.window_seconds)
+        rates, cvs = _fit_azure2019(trace, n, length, edges, azure2019_cv, counts)
+        total = int(counts[:, int(t0 // 60) :].sum())
+        kept = int(counts[:, int(t0 // 60) : int((t0 + length) // 60)].sum())
+        return rates, cvs, edges, _cut_note(trace, kept, total, length, span)
     if trace.format == "csv":
         times, ids = read_csv_trace(trace.path, model_names)
-        keep = (times >= t0) & (times < t1)
-        times, ids = times[keep] - t0, ids[keep]
-        per_model = [times[ids == m] for m in range(n)]
+        funcs = [times[ids == m] for m in range(n)]
     else:
         _, funcs = read_azure2021(trace.path)
-        sliced = [f[(f >= t0) & (f < t1)] - t0 for f in funcs]
+    after = [f[f >= t0] for f in funcs]
+    span = _span(np.concatenate(after) if after else np.zeros(0), t0)
+    length = span if duration is None else duration
+    sliced = [f[f < t0 + length] - t0 for f in after]
+    kept, total = sum(f.size for f in sliced), sum(f.size for f in after)
+    notes = _cut_note(trace, kept, total, length, span)
+    edges = window_edges(length, trace.window_seconds)
+    if trace.format == "csv":
+        per_model = sliced
+    else:
         sliced = [f for f in sliced if f.size]  # idle functions take no stripe slot
         to_model = stripe(len(sliced), n)
         per_model = [
@@ -280,28 +434,47 @@ def fit_trace(
             for i in range(n)
         ]
     rates, cvs = _fit_from_arrivals(per_model, edges)
-    return rates, cvs, edges
+    return rates, cvs, edges, notes
 
 
 def trace_workload(
     trace: TraceRef,
     model_names: list[str],
-    duration: float,
+    duration: float | None,
     seed: int,
     azure2019_cv: Azure2019Cv = "alpaserve",
 ) -> Workload:
-    """The workload of `spec.workload.trace`, over [startSeconds, startSeconds + duration)."""
+    """The workload of `spec.workload.trace`, over [startSeconds, startSeconds + duration);
+    `duration` None: the trace's whole span after startSeconds."""
     if trace.format == "csv" and trace.rate_scale == 1.0 and trace.cv_scale == 1.0:
         t0 = trace.start_seconds
-        times, ids = read_csv_trace(trace.path, model_names)
-        keep = (times >= t0) & (times < t0 + duration)
-        return Workload(list(model_names), times[keep] - t0, ids[keep], duration)
-    rates, cvs, edges = fit_trace(trace, model_names, duration, azure2019_cv)
-    return regenerate(model_names, rates * trace.rate_scale, cvs * trace.cv_scale, edges, seed)
+        times, ids, slo = read_csv_requests(trace.path, model_names)
+        after = times >= t0
+        span = _span(times[after], t0)
+        length = span if duration is None else duration
+        keep = after & (times < t0 + length)
+        notes = _cut_note(trace, int(keep.sum()), int(after.sum()), length, span)
+        return Workload(
+            list(model_names),
+            times[keep] - t0,
+            ids[keep],
+            length,
+            slo=None if slo is None else slo[keep],
+            notes=notes,
+        )
+    rates, cvs, edges, notes = _fit(trace, model_names, duration, azure2019_cv)
+    wl = regenerate(model_names, rates * trace.rate_scale, cvs * trace.cv_scale, edges, seed)
+    wl.notes = notes
+    return wl
 
 
 def _fit_azure2019(
-    trace: TraceRef, n: int, duration: float, edges: np.ndarray, cv_mode: Azure2019Cv
+    trace: TraceRef,
+    n: int,
+    duration: float,
+    edges: np.ndarray,
+    cv_mode: Azure2019Cv,
+    counts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     field = "spec.workload.trace"
     for name, value in (
@@ -318,7 +491,6 @@ def _fit_azure2019(
             "spec.workload.durationSeconds must be a multiple of 60 for an azure2019 trace "
             f"(it has per-minute counts); got {duration:g}"
         )
-    _, counts = read_azure2019(trace.path)
     m0, m1 = int(trace.start_seconds // 60), int((trace.start_seconds + duration) // 60)
     if m1 > counts.shape[1]:
         raise SpecError(

@@ -13,7 +13,7 @@ and larger CVs are burstier. Each model draws from its own random stream derived
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -28,12 +28,23 @@ class Workload:
     model_ids: np.ndarray  # int32, index into model_names
     duration: float  # seconds covered, from `start`
     start: float = 0.0  # absolute time of the window's start
+    # Per-request SLO in seconds (a trace's optional slo column); NaN: the model's SLO.
+    slo: np.ndarray | None = None
+    # What the user should know about how the workload was built (e.g. a truncated trace).
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.arrivals = np.ascontiguousarray(self.arrivals, dtype=np.float64)
         self.model_ids = np.ascontiguousarray(self.model_ids, dtype=np.int32)
         if self.arrivals.shape != self.model_ids.shape:
             raise ValueError("arrivals and model_ids must have the same length")
+        if self.slo is not None:
+            self.slo = np.ascontiguousarray(self.slo, dtype=np.float64)
+            if self.slo.shape != self.arrivals.shape:
+                raise ValueError("slo must have one entry per request")
+
+    def _slo_of(self, rows: np.ndarray | slice) -> np.ndarray | None:
+        return None if self.slo is None else self.slo[rows].copy()
 
     def __len__(self) -> int:
         return int(self.arrivals.size)
@@ -61,6 +72,7 @@ class Workload:
             self.model_ids[lo:hi].copy(),
             duration=t1 - t0,
             start=t0,
+            slo=self._slo_of(slice(lo, hi)),
         )
 
     def windows(self, window_seconds: float) -> list[Workload]:
@@ -78,7 +90,14 @@ class Workload:
             remap[index[m]] = new
         ids = remap[self.model_ids]
         keep = ids >= 0
-        return Workload(list(models), self.arrivals[keep], ids[keep], self.duration, self.start)
+        return Workload(
+            list(models),
+            self.arrivals[keep],
+            ids[keep],
+            self.duration,
+            self.start,
+            self._slo_of(keep),
+        )
 
 
 def window_workloads(workload: Workload, window_seconds: float) -> list[Workload]:
@@ -174,9 +193,16 @@ def gamma_workload(
     return merge_arrivals(model_names, per_model, duration, start)
 
 
+# spec.workload.durationSeconds of a synthetic workload when the ModelSet gives none.
+DEFAULT_DURATION = 3600.0
+
+
 def workload_from_spec(spec: ModelSetSpec) -> Workload:
-    """The workload a ModelSet describes: perModel, total (uniform|powerLaw) or trace."""
+    """The workload a ModelSet describes: perModel, total (uniform|powerLaw) or trace.
+
+    durationSeconds defaults to the trace's own span (a trace) or DEFAULT_DURATION."""
     w = spec.workload
+    duration = w.duration_seconds or DEFAULT_DURATION
     names = [m.name for m in spec.models]
     if w.per_model is not None:
         by_name = {r.model: r for r in w.per_model}
@@ -186,11 +212,11 @@ def workload_from_spec(spec: ModelSetSpec) -> Workload:
             raise SpecError(
                 "spec.workload.perModel: every rate is 0; give at least one model a rate > 0"
             )
-        wl = gamma_workload(names, rates, cvs, w.duration_seconds, w.seed)
+        wl = gamma_workload(names, rates, cvs, duration, w.seed)
         where = "spec.workload.perModel"
     elif w.total is not None:
         rates_a = split_rates(w.total.rate, len(names), w.total.split, w.total.exponent)
-        wl = gamma_workload(names, rates_a, w.total.cv, w.duration_seconds, w.seed)
+        wl = gamma_workload(names, rates_a, w.total.cv, duration, w.seed)
         where = "spec.workload.total"
     else:
         assert w.trace is not None  # the schema guarantees exactly one source
@@ -200,7 +226,17 @@ def workload_from_spec(spec: ModelSetSpec) -> Workload:
         where = f"spec.workload.trace ({w.trace.path})"
     if len(wl) == 0:
         raise SpecError(
-            f"{where}: the workload has no requests in {w.duration_seconds:g} s; "
+            f"{where}: the workload has no requests in {wl.duration:g} s; "
             "raise the rates or the duration"
         )
     return wl
+
+
+def spec_duration(spec: ModelSetSpec) -> float:
+    """The workload's length in seconds: durationSeconds, else the trace's span or
+    DEFAULT_DURATION (reads the trace)."""
+    if spec.workload.duration_seconds is not None:
+        return spec.workload.duration_seconds
+    if spec.workload.trace is None:
+        return DEFAULT_DURATION
+    return workload_from_spec(spec).duration

@@ -26,7 +26,7 @@ from rich.table import Table
 from statmux.placement.plan import Plan, PlanError
 from statmux.placement.simulator import SimResult, Simulator
 from statmux.placement.spec import ModelSet, SpecError, load_modelset
-from statmux.placement.workload import Workload, workload_from_spec
+from statmux.placement.workload import Workload, spec_duration, workload_from_spec
 from statmux.runtime.loadgen import DEFAULT_SEQUENCE_LENGTH, EndpointError, LoadResult, replay
 
 
@@ -48,7 +48,7 @@ def prepare(ms: ModelSet, plan: Plan, duration: float | None) -> Replay:
     from statmux.placement.planner import build_problem
 
     spec = ms.spec
-    full = spec.workload.duration_seconds
+    full = spec_duration(spec)
     if duration is not None and duration > full:
         raise LoadUsageError(
             f"--duration {duration:g} s is longer than the ModelSet's workload "

@@ -30,6 +30,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from statmux.placement.plan import Plan, PlanError
 from statmux.placement.spec import ModelSet, SpecError, load_modelset
+from statmux.placement.workload import spec_duration
 from statmux.runtime.local_cluster import ClusterError, ClusterOptions, LocalCluster, visible_gpus
 
 # Piped output (make demo, CI logs) gets room for the report's table.
@@ -223,10 +224,10 @@ def _up(args: argparse.Namespace) -> int:
         raise UpError(f"--load must be a positive number of seconds, got {args.load:g}")
     if args.load is not None and args.no_router:
         raise UpError("--load sends through the router; drop --no-router")
-    if args.load is not None and args.load > ms.spec.workload.duration_seconds:
+    if args.load is not None and args.load > (full := spec_duration(ms.spec)):
         raise UpError(
-            f"--load {args.load:g} s is longer than spec.workload.durationSeconds "
-            f"({ms.spec.workload.duration_seconds:g} s)"
+            f"--load {args.load:g} s is longer than the ModelSet's workload "
+            f"(spec.workload.durationSeconds: {full:g} s)"
         )
     plan = get_plan(ms, args.plan, args.quiet)
     check_plan(ms, plan)

@@ -38,7 +38,9 @@ def test_csv_replays_exactly_with_or_without_header(tmp_path):
     [
         ("time,model\n1.0,m0\n2.0,nope\n", r"x\.csv:3: unknown model 'nope'.*m0, m1"),
         ("1.0,m0\nsoon,m1\n", r"x\.csv:2: time must be a number of seconds, got 'soon'"),
-        ("1.0,m0,extra\n", r"x\.csv:1: expected 2 fields 'time,model'"),
+        ("1.0,m0,0.5,extra\n", r"x\.csv:1: expected 2 fields 'time,model\[,slo\]'"),
+        ("1.0,m0,extra\n", r"x\.csv:1: slo must be a positive number of seconds"),
+        ("1.0,m0,0.5\n2.0,m1\n", r"x\.csv:2: expected 3 fields"),
         ("-1,m0\n", r"x\.csv:1: time must be a finite number >= 0"),
     ],
 )
@@ -184,3 +186,62 @@ def test_spec_trace_workload_and_empty_trace(tmp_path):
     doc["workload"]["trace"]["startSeconds"] = 600
     with pytest.raises(SpecError, match=r"trace.*no requests in 10 s"):
         workload_from_spec(parse_spec(doc))
+
+
+def test_trace_span_is_the_default_duration_and_a_cut_is_reported(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("time,model\n1.0,m0\n2.0,m1\n7200,m0\n")
+    doc = {
+        "models": [{"name": n, "profile": {"builtin": "bert-1.3b"}} for n in MODELS],
+        "workload": {"trace": {"path": str(p), "format": "csv"}},
+        "cluster": {"gpus": 2},
+    }
+    w = workload_from_spec(parse_spec(doc))
+    assert w.arrivals.tolist() == [1.0, 2.0, 7200.0]  # the 2-hour trace, whole
+    assert w.duration == pytest.approx(7200.0) and w.duration >= 7200.0 and not w.notes
+    doc["workload"]["durationSeconds"] = 3600
+    cut = workload_from_spec(parse_spec(doc))
+    assert len(cut) == 2
+    assert len(cut.notes) == 1 and "keeps 2 of the 3 requests" in cut.notes[0]
+    assert "7200" in cut.notes[0]
+    # the re-fitted path reports the cut too
+    doc["workload"]["trace"]["rateScale"] = 2.0
+    assert workload_from_spec(parse_spec(doc)).notes
+
+
+def test_csv_slo_column_sets_per_request_deadlines(tmp_path):
+    from statmux.placement.plan import Group, Placement
+    from statmux.placement.profile import ParallelConfig
+    from statmux.placement.simulator import Simulator
+    from statmux.placement.synthetic_profiles import make_profile
+
+    p = tmp_path / "t.csv"
+    # one-stage 0.1 s model; requests at 0 and 0.05: the second finishes at 0.2 (latency
+    # 0.15): it misses its own 0.1 s SLO, the model's 1 s SLO would have kept it
+    p.write_text("time,model,slo\n0.0,m0,\n0.05,m0,0.1\n0.5,m0,0.2\n")
+    times, ids = read_csv_trace(p, MODELS)
+    assert times.tolist() == [0.0, 0.05, 0.5] and ids.tolist() == [0, 0, 0]
+    w = trace_workload(ref(p, "csv"), MODELS, None, 0)
+    assert w.slo is not None and np.isnan(w.slo[0]) and w.slo[1:].tolist() == [0.1, 0.2]
+    profiles = {m: make_profile(m, {(1, 1): [0.1]}) for m in MODELS}
+    place = Placement([Group(ParallelConfig(1, 1), ["m0"])])
+    res = Simulator(profiles, w, {"m0": 1.0, "m1": 1.0}).run(place)
+    assert (res.n_good, res.n_rejected) == (2, 1)
+
+
+def test_fast_reader_agrees_with_the_line_reader(tmp_path):
+    from statmux.placement.traces import _read_csv_fast, _read_csv_lines
+
+    rng = np.random.default_rng(0)
+    t = np.round(rng.random(2000) * 100, 6)
+    m = rng.integers(0, 2, 2000)
+    lines = [f" {a} , m{b} " for a, b in zip(t, m, strict=True)]
+    lines.insert(500, "# a comment")
+    p = tmp_path / "big.csv"
+    p.write_text("time,model\n" + "\n".join(lines) + "\n")
+    fast = _read_csv_fast(p, MODELS)
+    assert fast is not None  # the whole file went through pyarrow
+    slow = _read_csv_lines(p, MODELS)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+    assert fast[2] is None and slow[2] is None

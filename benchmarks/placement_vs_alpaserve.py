@@ -1,0 +1,102 @@
+"""statmux vs the faithful AlpaServe baseline, same simulator, on the whole trace.
+
+    python benchmarks/placement_vs_alpaserve.py [--json] [--duration S] [--only TEXT]
+
+For each setting (built by statmux.placement.scenarios: the published S1-S3 shapes, many
+models on few GPUs, mixed sizes, high CV, tight SLO; power-law rates, Gamma arrivals), both
+policies search the same SearchProblem on the whole workload and are scored on it. Search
+time is process CPU seconds, warm (the simulator's JIT compile is done first); simulations
+counts every simulator call of the search. Runs in a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from statmux.placement.planner import build_problem, run_policy
+from statmux.placement.scenarios import BERT_MIX, S3_MIX, mixed, modelset
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "S1: 32 x bert-1.3b, 16 GPUs": {"profiles": ["bert-1.3b"] * 32, "gpus": 16, "rate": 64},
+    "S2: 32 x bert-6.7b, 32 GPUs": {"profiles": ["bert-6.7b"] * 32, "gpus": 32, "rate": 32},
+    "S3: 30 BERT (3 sizes), 24 GPUs": {"profiles": mixed(BERT_MIX, 30), "gpus": 24, "rate": 48},
+    "42 BERT, 24 GPUs (paper)": {"profiles": mixed(BERT_MIX, 42), "gpus": 24, "rate": 64},
+    "many: 48 x bert-1.3b, 8 GPUs": {"profiles": ["bert-1.3b"] * 48, "gpus": 8, "rate": 30},
+    "mixed: 36 BERT+MoE, 24 GPUs": {"profiles": mixed(S3_MIX, 36), "gpus": 24, "rate": 40},
+    "high CV: S3, CV 8": {"profiles": mixed(BERT_MIX, 30), "gpus": 24, "rate": 48, "cv": 8.0},
+    "tight SLO: S3, SLO 1.5x": {
+        "profiles": mixed(BERT_MIX, 30),
+        "gpus": 24,
+        "rate": 48,
+        "slo_scale": 1.5,
+    },
+}
+
+
+def run(duration: float, only: str | None) -> dict[str, Any]:
+    warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
+    run_policy(warm, "statmux")
+    run_policy(warm, "alpaserve")
+    rows: dict[str, Any] = {}
+    for name, setting in SETTINGS.items():
+        if only and only not in name:
+            continue
+        kw = dict(setting)
+        ms = modelset(
+            kw.pop("profiles"),
+            duration=duration,
+            split="powerLaw",
+            exponent=0.5,
+            cv=kw.pop("cv", 4.0),
+            slo_scale=kw.pop("slo_scale", 5.0),
+            **kw,
+        )
+        row: dict[str, Any] = {}
+        for policy in ("alpaserve", "statmux"):
+            problem = build_problem(ms.spec)  # a fresh problem: no shared caches
+            cpu = time.process_time()
+            ev = run_policy(problem, policy)
+            row[policy] = {
+                "attainment": round(ev.attainment, 5),
+                "cpu_seconds": round(time.process_time() - cpu, 3),
+                "simulations": ev.simulations,
+                "placement": ev.result.placement.describe(),
+                "requests": ev.sim.n_requests,
+            }
+        rows[name] = row
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--duration", type=float, default=300.0, help="trace seconds")
+    parser.add_argument("--only", help="only the settings whose name contains this")
+    args = parser.parse_args()
+    rows = run(args.duration, args.only)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    columns = ("setting", "requests", "alpaserve", "CPU s (sims)", "statmux", "CPU s (sims)")
+    print("| " + " | ".join((*columns, "Δ points", "time ratio")) + " |")
+    print("|" + "---|" * 8)
+    deltas = []
+    for name, r in rows.items():
+        a, s = r["alpaserve"], r["statmux"]
+        delta = 100 * (s["attainment"] - a["attainment"])
+        deltas.append(delta)
+        print(
+            f"| {name} | {a['requests']} | {100 * a['attainment']:.2f} % | "
+            f"{a['cpu_seconds']:.2f} ({a['simulations']}) | {100 * s['attainment']:.2f} % | "
+            f"{s['cpu_seconds']:.2f} ({s['simulations']}) | {delta:+.2f} | "
+            f"{s['cpu_seconds'] / max(a['cpu_seconds'], 1e-9):.2f} |"
+        )
+    if deltas:
+        print(f"\nmean Δ {sum(deltas) / len(deltas):+.2f} points; min Δ {min(deltas):+.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Plans over GPU counts: monotone in resources, and the fewest GPUs reaching a target.
+
+With the same workload, more GPUs must never give a worse plan: at worst the previous plan
+still fits (its GPUs plus idle ones). A sweep therefore plans each GPU count with statmux and
+also scores the best plan of the next smaller count, as it was and with the extra GPUs
+packed (one-GPU groups filled by demand); the best of the three is that count's plan. The
+attainment of a sweep never decreases, whatever the search does.
+
+`fewest_gpus` answers the capacity question (`statmux plan --target-attainment 0.99`):
+GPU counts 1, 2, 4, ... up to the first that reaches the target, then a bisection between
+the last miss and that count; every count is planned as in a sweep, from the best plan of
+the largest smaller count already planned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from statmux.placement.packing import pack
+from statmux.placement.plan import Group, Placement
+from statmux.placement.planner import Evaluated, build_problem, run_policy
+from statmux.placement.policies import PolicyResult
+from statmux.placement.profile import ParallelConfig
+from statmux.placement.search_space import Progress, SearchProblem
+from statmux.placement.spec import ModelSetSpec, SpecError
+
+MAX_GPUS = 4096
+
+
+@dataclass
+class Planned:
+    gpus: int
+    problem: SearchProblem
+    evaluated: Evaluated
+
+    @property
+    def attainment(self) -> float:
+        return self.evaluated.attainment
+
+
+def with_gpus(spec: ModelSetSpec, gpus: int) -> ModelSetSpec:
+    out = spec.model_copy(deep=True)
+    out.cluster.gpus = gpus
+    return out
+
+
+def plan_gpus(spec: ModelSetSpec, gpus: int, previous: Planned | None = None) -> Planned:
+    """statmux's plan on `gpus` GPUs, never worse than `previous` (fewer GPUs) carried over."""
+    problem = build_problem(with_gpus(spec, gpus))
+    best = run_policy(problem, "statmux")
+    if previous is not None and previous.gpus <= gpus:
+        start = time.perf_counter()
+        kept = previous.evaluated.result.placement
+        extra = [Group(ParallelConfig(1, 1)) for _ in range(gpus - kept.gpus)]
+        for carried in (kept, pack(problem, [*(g.copy() for g in kept.groups), *extra])):
+            sim = problem.evaluator().run(carried)
+            problem.simulations += 1
+            if sim.attainment > best.attainment:
+                notes: dict[str, object] = {"carriedFrom": previous.gpus}
+                best = Evaluated(
+                    "statmux",
+                    PolicyResult(Placement([g.copy() for g in carried.groups]), notes=notes),
+                    sim,
+                    best.seconds + time.perf_counter() - start,
+                    best.simulations + 1,
+                )
+    return Planned(gpus, problem, best)
+
+
+def sweep(spec: ModelSetSpec, counts: list[int]) -> list[Planned]:
+    """Plans for increasing GPU counts; their attainment never decreases."""
+    out: list[Planned] = []
+    for gpus in sorted(set(counts)):
+        out.append(plan_gpus(spec, gpus, out[-1] if out else None))
+    return out
+
+
+def fewest_gpus(spec: ModelSetSpec, target: float, progress: Progress | None = None) -> Planned:
+    """The fewest GPUs (found by doubling, then bisection) whose plan reaches `target`."""
+    say = progress or (lambda _m: None)
+    planned: dict[int, Planned] = {}
+
+    def plan(gpus: int) -> Planned | None:
+        below = [p for n, p in planned.items() if n < gpus]
+        previous = max(below, key=lambda p: p.gpus) if below else None
+        try:
+            found = plan_gpus(spec, gpus, previous)
+        except SpecError:  # a model fits no config on so few GPUs
+            return None
+        planned[gpus] = found
+        say(f"{gpus} GPUs → {found.attainment:.4f}")
+        return found
+
+    miss, gpus = 0, 1
+    while True:
+        p = plan(gpus)
+        if p is not None and p.attainment >= target:
+            hit = p
+            break
+        if gpus >= MAX_GPUS:
+            best = max((q.attainment for q in planned.values()), default=0.0)
+            raise SpecError(
+                f"no plan reaches SLO attainment {target:g} with up to {MAX_GPUS} GPUs "
+                f"(best {best:.4f}); lower the target or loosen the SLO"
+            )
+        miss, gpus = gpus, min(gpus * 2, MAX_GPUS)
+    lo, hi = miss, hit.gpus  # lo misses (0: nothing planned), hi reaches
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = plan(mid)
+        if p is not None and p.attainment >= target:
+            hi, hit = mid, p
+        else:
+            lo = mid
+    return hit
