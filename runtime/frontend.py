@@ -25,6 +25,7 @@ from statmux.runtime.metrics import (
 )
 from statmux.runtime.oip_codec import InferRequest, check_inputs, check_outputs, request_units
 from statmux.runtime.scheduler import Clock, Scheduler
+from statmux.runtime.server_limits import DEFAULT_MAX_REQUEST_BYTES
 from statmux.runtime.serving_errors import (
     Cancelled,
     Draining,
@@ -37,7 +38,6 @@ from statmux.runtime.serving_errors import (
 SERVER_NAME = "statmux"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository"]
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 OutputTensor = tuple[str, np.ndarray, bool]  # name, array, send as binary
 

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from statmux.contract import (
     ENV_DEVICE,
@@ -37,10 +37,14 @@ from statmux.contract import (
     GRPC_PORT,
     HTTP_PORT,
 )
-from statmux.placement.plan import Plan, PlanError, PlanGroup
-from statmux.runtime.frontend import DEFAULT_MAX_REQUEST_BYTES, FrontEnd
 from statmux.runtime.launcher import child_env, launch, ranks_to_launch
-from statmux.runtime.server_runner import serve
+from statmux.runtime.server_limits import DEFAULT_MAX_REQUEST_BYTES
+
+# The Plan (pydantic), the front end and the servers load once the flags are parsed, so that
+# `statmux runtime --help` stays quick (benchmarks/cli_startup.py).
+if TYPE_CHECKING:
+    from statmux.placement.plan import PlanGroup
+    from statmux.runtime.frontend import FrontEnd
 
 log = logging.getLogger("statmux.runtime")
 
@@ -150,6 +154,8 @@ def _positive_float(text: str) -> float:
 
 def find_group(plan_path: str, name: str) -> PlanGroup:
     """This process's group, from the Plan file parsed once here (the runtime's boundary)."""
+    from statmux.placement.plan import Plan, PlanError
+
     try:
         plan = Plan.read(plan_path)
     except PlanError as e:  # names the file and the field
@@ -252,6 +258,8 @@ def _run(args: argparse.Namespace) -> int:
     if engine is None:  # a worker rank: the leader has shut the group down
         log.info("rank %d of group %s finished", dist_info.rank, args.group)
         return 0
+    from statmux.runtime.frontend import FrontEnd
+
     try:
         front = FrontEnd(engine, max_in_flight=group.pp, max_request_bytes=args.max_request_bytes)
         asyncio.run(_serve_until_signal(front, args))
@@ -261,6 +269,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(front: FrontEnd, args: argparse.Namespace) -> None:
+    from statmux.runtime.server_runner import serve
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

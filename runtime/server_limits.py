@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The largest request body a server accepts unless told otherwise (--max-request-bytes).
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class ServerLimits:
