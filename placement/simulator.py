@@ -218,6 +218,9 @@ class Simulator:
             np.int64
         )
         self._n = int(self._arrivals.size)
+        # Requests simulated so far, shared with every restricted() copy: a search's cost in
+        # simulated requests (deterministic, unlike seconds), for budgets and benchmarks.
+        self.work = [0]
         self._has_requests = (self._requests > 0).tolist()
         # Batch sizes the tables cover: 1 without queueing, else up to the largest profiled.
         largest = max(
@@ -366,6 +369,7 @@ class Simulator:
         self, placement: Placement, record: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         p = self._prepare(placement)
+        self.work[0] += self._n
         latencies = np.empty(self._n if record else 0)
         if p.latb is None or p.maxb is None:
             good, rejected, busy, routed = run_unbatched(

@@ -7,7 +7,9 @@
    placed 2 of 8 models at 1 GiB).
 2. Screen: each partition gets one demand-balanced packing (packing.py) and one simulation.
 3. Fill: the best partitions (up to `top`, within `close` of the best screen: a packing
-   misranks partitions by about a point under tight memory) get AlpaServe's fast greedy
+   misranks partitions by about a point under tight memory; for a single latency cluster
+   only while the search has simulated under `work_share` of the requests AlpaServe's search
+   would, estimated from the first fill) get AlpaServe's fast greedy
    (one simulation per replica, memory filled) and the simulator-scored component greedy
    (greedy.py: the best of the 4 neediest models' replicas per step, lazily re-evaluated)
    followed by a memory fill; the best placement wins. The component greedy is what wins
@@ -83,9 +85,14 @@ class StatmuxSearch:
         self.top_splits = top_splits
         self._screened: dict[tuple[tuple[str, ...], int], list[Found]] = {}
         self._solved: dict[tuple[tuple[str, ...], int], Found] = {}
-        # AlpaServe's cost on the unsplit problem, estimated as partitions x greedy steps:
-        # the local search gets a tenth of it (at most refine_simulations).
+        # AlpaServe's cost on the unsplit problem, estimated as partitions x greedy steps
+        # (simulations) and x the requests of each (simulated requests): the local search
+        # gets a tenth of the simulations, and the unsplit search stops adding partitions
+        # once it has simulated `work_share` of AlpaServe's requests.
         self._alpaserve_cost = 0
+        self._alpaserve_work = 0
+        self.work_share = 0.4
+        self._clusters = latency_clusters(problem)
 
     def _sub(self, models: list[str]) -> list[str] | None:
         return None if models == self.problem.models else models
@@ -112,12 +119,21 @@ class StatmuxSearch:
         ranked = self.screen(models, gpus)
         best = ranked[0] if ranked else Found(Placement([]), 0.0, "empty")
         near = [f for f in ranked[: self.top] if f.attainment >= ranked[0].attainment - self.close]
-        for screened in near:
+        work = problem.simulator().work
+        # AlpaServe spends its time on the unsplit problem only when there is one cluster
+        whole = models == problem.models and len(self._clusters) == 1
+        start_work = work[0]
+        for i, screened in enumerate(near):
+            if whole and i > 0:
+                per_partition = (work[0] - start_work) / i
+                if work[0] + per_partition > self.work_share * self._alpaserve_work:
+                    break
             empty = [Group(g.config) for g in screened.placement.groups]
-            before = problem.simulations
+            before, before_work = problem.simulations, work[0]
             tries = [fast_greedy(problem, empty, models)]
-            if models == problem.models:
+            if models == problem.models and i == 0:
                 self._alpaserve_cost = len(ranked) * (problem.simulations - before)
+                self._alpaserve_work = len(ranked) * (work[0] - before_work)
             if self.component:
                 greedy = greedy_select(
                     problem, empty, models, candidates=self.candidates, lazy=self.lazy
@@ -154,7 +170,7 @@ class StatmuxSearch:
     def run(self, refine_simulations: int = 100) -> Placement:
         problem = self.problem
         candidates = [self.solve(problem.models, problem.num_gpus).placement]
-        clusters = latency_clusters(problem)
+        clusters = self._clusters
         if len(clusters) > 1:
             for split in self.splits(clusters):
                 merged = Placement([])
