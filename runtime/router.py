@@ -41,6 +41,7 @@ from statmux.runtime.router_core import Router
 from statmux.runtime.router_grpc import start_router_grpc
 from statmux.runtime.router_http import start_router_http
 from statmux.runtime.router_upstream import Upstreams
+from statmux.runtime.server_limits import ServerLimits
 
 log = logging.getLogger("statmux.router")
 
@@ -205,7 +206,10 @@ async def serve_router(
     grpc_server: grpc.aio.Server | None = None
     try:
         await router.probe_all()
-        http = await start_router_http(router, args.host, args.http_port, args.max_request_bytes)
+        limits = ServerLimits(drain_timeout_s=args.drain_timeout)
+        http = await start_router_http(
+            router, args.host, args.http_port, args.max_request_bytes, limits
+        )
         if not args.no_grpc:
             grpc_server, _ = await start_router_grpc(
                 router, args.host, args.grpc_port, args.max_request_bytes

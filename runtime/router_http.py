@@ -15,10 +15,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from statmux.runtime.frontend import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from statmux.runtime.http_server import _errors, _header_length, _json, _optional_json
+from statmux.runtime.http_server import (
+    _errors,
+    _GuardedRunner,
+    _header_length,
+    _json,
+    _optional_json,
+    _read_body,
+)
 from statmux.runtime.router_core import Router
 from statmux.runtime.router_upstream import HEADER_LENGTH, Reply
-from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge
+from statmux.runtime.server_limits import ServerLimits
+from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
 
 _ROWS_CACHE_SIZE = 1024
 _ROWS: dict[bytes, int] = {}
@@ -55,9 +63,10 @@ def _reply(reply: Reply) -> web.Response:
 
 
 class RouterRest:
-    def __init__(self, router: Router, max_request_bytes: int) -> None:
+    def __init__(self, router: Router, max_request_bytes: int, limits: ServerLimits) -> None:
         self.router = router
         self.max_request_bytes = max_request_bytes
+        self.limits = limits
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors], client_max_size=self.max_request_bytes + 65536)
@@ -92,7 +101,11 @@ class RouterRest:
                 f"request body has {length} bytes, more than the maximum "
                 f"{self.max_request_bytes} bytes"
             )
-        body = await request.read()
+        try:
+            body = await _read_body(request, self.limits.body_timeout_s)
+        except (ServingError, web.HTTPException):  # too slow (408), too large (413)
+            router.record_invalid(model)
+            raise
         headers: dict[str, str] = {}
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
@@ -164,10 +177,18 @@ class RouterRest:
 
 
 async def start_router_http(
-    router: Router, host: str, port: int, max_request_bytes: int
+    router: Router, host: str, port: int, max_request_bytes: int, limits: ServerLimits
 ) -> web.AppRunner:
-    runner = web.AppRunner(
-        RouterRest(router, max_request_bytes).app(), access_log=None, handle_signals=False
+    """The group front end's hardened aiohttp server (head/body timeouts, a connection cap,
+    OIP errors for malformed HTTP), with a client disconnect cancelling the group request."""
+    runner = _GuardedRunner(
+        RouterRest(router, max_request_bytes, limits).app(),
+        limits,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        keepalive_timeout=limits.keepalive_timeout_s,
+        shutdown_timeout=limits.drain_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -113,25 +113,30 @@ class Group:
     name: str
     http: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}"
 
+    def output(self) -> str:
+        return "\n".join(p.read_text()[-3000:] for p in self.logs if p.exists())
+
 
 def start_group(plan: Path, name: str, ranks: int, http: int | None = None) -> Group:
+    """Output goes to files next to the plan (a pipe nobody reads would fill and block)."""
     g = Group(name, http or free_port())
     master = free_port()
     for rank in range(ranks):
+        log = (plan.parent / f"{name}-{g.http}-rank{rank}.log").open("ab")
         env = dict(os.environ)
         if ranks > 1:
             env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master)}
             env |= {"RANK": str(rank), "WORLD_SIZE": str(ranks)}
         cmd = [sys.executable, "-m", "statmux.runtime.main", "--plan", str(plan), "--group"]
         cmd += [name, "--host", "127.0.0.1", "--http-port", str(g.http), "--no-grpc"]
-        g.procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        )
+        g.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        g.logs.append(plan.parent / f"{name}-{g.http}-rank{rank}.log")
     return g
 
 
@@ -152,6 +157,7 @@ class RouterProc:
     proc: subprocess.Popen
     http: int
     grpc: int
+    log: Path
 
     @property
     def url(self) -> str:
@@ -171,8 +177,9 @@ def start_router(plan: Path, *flags: str) -> RouterProc:
     cmd = [sys.executable, "-m", "statmux", "router", "--plan", str(plan), *flags]
     cmd += ["--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc_port)]
     cmd += ["--health-interval", "0.3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    r = RouterProc(proc, http, grpc_port)
+    log = plan.parent / f"router-{http}.log"
+    proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    r = RouterProc(proc, http, grpc_port, log)
     wait_until(lambda: get(r.url + "/v2/health/live")[0] == 200, "router start", [proc], 60)
     return r
 
@@ -598,7 +605,12 @@ def test_kill_a_group_leader_under_load(cluster: Cluster) -> None:
     # bert-a: only successes, before and after the kill (in-flight requests were retried)
     assert set(a) == {"ok"} and a["ok"] > a_after["ok"], (a, messages)
     # bert-b: successes before, then 503s, answered quickly
-    assert b.get("ok", 0) > 0 and b.get("503", 0) > 0 and set(b) <= {"ok", "503"}, (b, messages)
+    assert b.get("ok", 0) > 0 and b.get("503", 0) > 0 and set(b) <= {"ok", "503"}, (
+        b,
+        messages,
+        g0.output(),
+        r.log.read_text()[-3000:],
+    )
     assert slow and max(slow) < 5.0
     m = r.metrics()
     for name, c in counts.items():
