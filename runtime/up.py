@@ -160,7 +160,7 @@ def wait_with_progress(cluster: LocalCluster, timeout_s: float, quiet: bool) -> 
         cluster.wait_ready(timeout_s, update)
 
 
-def print_endpoint(cluster: LocalCluster, plan: Plan, seconds: float) -> None:
+def print_endpoint(cluster: LocalCluster, plan: Plan, seconds: float, modelset: str) -> None:
     first = plan.groups[0].models[0]
     ids = "[[101, 7, 42, 102]]"
     if cluster.router is None:
@@ -195,8 +195,7 @@ def print_endpoint(cluster: LocalCluster, plan: Plan, seconds: float) -> None:
     out.print("try:\n  " + curl, highlight=False, markup=False, soft_wrap=True)
     out.print(py, highlight=False, markup=False, soft_wrap=True)
     out.print(
-        f"load: statmux load {host} --modelset <the ModelSet> --plan "
-        f"{cluster.plan_path} --duration 30",
+        f"load: statmux load {host} --modelset {modelset} --plan {cluster.plan_path} --duration 30",
         highlight=False,
         markup=False,
     )
@@ -267,7 +266,7 @@ def _up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         wait_with_progress(cluster, args.ready_timeout, args.quiet)
-        print_endpoint(cluster, plan, time.monotonic() - start)
+        print_endpoint(cluster, plan, time.monotonic() - start, args.modelset)
         if prepared is not None:
             from statmux.runtime.load_cli import print_report, run_load
 
