@@ -111,9 +111,15 @@ else
 fi
 
 # ------------------------------------------------------------------------------ wheelhouse
+# pip download checks every pin against the index even when its wheel is here (minutes):
+# skip it while docker/constraints.txt is what the wheelhouse was made from.
 t=$(date +%s)
-"$PY" -m pip download --quiet --only-binary=:all: --no-deps -r "$REPO/docker/constraints.txt" -d "$WH" >&2 ||
-  die "pip download of docker/constraints.txt into $WH failed"
+pins="$(sha256sum "$REPO/docker/constraints.txt" | cut -c1-16)"
+if [[ "$(cat "$WH/.constraints" 2>/dev/null)" != "$pins" ]]; then
+  "$PY" -m pip download --quiet --only-binary=:all: --no-deps -r "$REPO/docker/constraints.txt" -d "$WH" >&2 ||
+    die "pip download of docker/constraints.txt into $WH failed"
+  echo "$pins" > "$WH/.constraints"
+fi
 log "wheelhouse: $(ls "$WH" | wc -l) wheels, $(du -sm "$WH" | cut -f1) MB ($(( $(date +%s) - t ))s)"
 cat > "$BSTORE/pip.conf" <<'EOF'
 [global]

@@ -88,6 +88,17 @@ for round in 1 2 3; do
   kill -KILL "${cpids[@]}" 2>/dev/null || true
   wait_gone 10 "${cpids[@]}" || true
 done
+# containerd's root persists in the cache (images only): delete every container and its
+# snapshot, so the next node starts with no stale pods.
+if ours containerd >/dev/null; then
+  ctr_() { timeout 60 /usr/bin/ctr --address "$ND/containerd/containerd.sock" -n k8s.io "$@"; }
+  for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks rm -f "$t" >/dev/null 2>&1 || true; done
+  mapfile -t cids < <(ctr_ containers ls -q 2>/dev/null)
+  if (( ${#cids[@]} )); then
+    log "removing ${#cids[@]} containers from the node's containerd"
+    ctr_ containers rm "${cids[@]}" >/dev/null 2>&1 || log "WARNING: could not remove all containers"
+  fi
+fi
 stop containerd relay-node relay-host
 # 3. Whatever else runs inside the node (containerd shims, socat children), then the holder.
 if holder="$(ours holder)"; then

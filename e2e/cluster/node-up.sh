@@ -96,6 +96,33 @@ wait_for() { # wait_for <what> <timeout s> <component|""> <command...>
   log "$what: ok"
 }
 
+SOCK="$ND/containerd/containerd.sock"
+ctr_() { in_node /usr/bin/ctr --address "$SOCK" -n k8s.io "$@"; }
+
+# import_images: every OCI archive (images.sh) whose manifest the node's containerd does not
+# have yet under that name. The containerd root is kept in the cache between node runs, so a
+# warm start imports only what changed.
+import_images() {
+  "$CLUSTER_HERE/images.sh" pause >/dev/null || fail "building the pause image failed"
+  local a t name digest have
+  mapfile -t archives < <(if [[ -n "${STATMUX_NODE_IMAGES:-}" ]]; then tr ' ' '\n' <<<"$STATMUX_NODE_IMAGES";
+                          else ls "$STATMUX_CACHE/images"/*.tar 2>/dev/null; fi)
+  have="$(ctr_ images ls 2>/dev/null | awk 'NR > 1 {print $1, $3}')"
+  for a in "${archives[@]}"; do
+    [[ -n "$a" ]] || continue
+    read -r name digest < <(tar -xOf "$a" index.json | python3 -c '
+import json, sys
+m = json.load(sys.stdin)["manifests"][0]
+print(m.get("annotations", {}).get("org.opencontainers.image.ref.name", "?"), m["digest"])')
+    if grep -qxF "$name $digest" <<<"$have"; then
+      log "image $name: already in the node ($(basename "$a"))"; continue
+    fi
+    t=$(date +%s)
+    ctr_ images import "$a" >&2 || fail "ctr images import $a failed"
+    log "imported $(basename "$a") ($name) in $(( $(date +%s) - t ))s"
+  done
+}
+
 # ------------------------------------------------------------------------------ preflight
 step "preflight: the cluster"
 [[ -f "$DIR/.statmux-cluster" && -f "$KCFG" ]] || fail "no cluster in $DIR: run e2e/cluster/up.sh first"
@@ -105,6 +132,7 @@ kc get --raw /readyz --request-timeout=5s >/dev/null 2>&1 || fail "the apiserver
 if [[ -f "$ND/.statmux-node" ]] && pid_ok holder && pid_ok kubelet && pid_ok containerd &&
    kc get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True; then
   log "node $NODE is already up"
+  import_images
   echo "export STATMUX_NODE_PID=$(cat "$ND/pids/holder.pid")"
   exit 0
 fi
@@ -275,10 +303,13 @@ EOF
 
 # ------------------------------------------------------------------------------ containerd
 step "containerd"
-SOCK="$ND/containerd/containerd.sock"
+# Its root (images, snapshots) persists in the cache, one per cluster dir; node-down.sh
+# removes every container from it, so only images are carried over.
+CROOT="$STATMUX_CACHE/node-containerd/$(basename "$DIR")"
+mkdir -p "$CROOT"
 cat > "$ND/containerd/config.toml" <<EOF
 version = 2
-root = "$ND/containerd/root"
+root = "$CROOT"
 state = "$ND/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
@@ -327,20 +358,10 @@ cat > "$ND/cni/net.d/10-statmux.conflist" <<EOF
 }
 EOF
 start containerd node /usr/bin/containerd --config "$ND/containerd/config.toml"
-ctr_() { in_node /usr/bin/ctr --address "$SOCK" -n k8s.io "$@"; }
 wait_for "containerd" 30 containerd ctr_ version
 
 step "images: import into the node's containerd"
-"$CLUSTER_HERE/images.sh" pause >/dev/null || fail "building the pause image failed"
-IMAGES_DIR="$STATMUX_CACHE/images"
-mapfile -t archives < <(if [[ -n "${STATMUX_NODE_IMAGES:-}" ]]; then tr ' ' '\n' <<<"$STATMUX_NODE_IMAGES";
-                        else ls "$IMAGES_DIR"/*.tar 2>/dev/null; fi)
-for a in "${archives[@]}"; do
-  [[ -n "$a" ]] || continue
-  t=$(date +%s)
-  ctr_ images import "$a" >&2 || fail "ctr images import $a failed"
-  log "imported $(basename "$a") in $(( $(date +%s) - t ))s"
-done
+import_images
 ctr_ images ls -q | grep -qx 'statmux.local/pause:1' || fail "the sandbox image statmux.local/pause:1 is missing after import"
 
 # ------------------------------------------------------------------------------ kubelet
