@@ -51,13 +51,20 @@ archive() {
   local img="$1" name="$2" id t
   id="$(image_id "$img")"
   [[ -n "$id" ]] || die "image $img is missing after the build"
-  if [[ -f "$OUT/$name.tar" && "$(cat "$OUT/.$name.id" 2>/dev/null)" == "$id" ]]; then
+  if [[ -f "$OUT/$name.tar" && -s "$OUT/$name.ref" && "$(cat "$OUT/.$name.id" 2>/dev/null)" == "$id" ]]; then
     log "$name: archive up to date ($OUT/$name.tar)"
   else
     t=$(date +%s)
     rm -f "$OUT/$name.tar"
     "${BUILDAH[@]}" push --quiet --disable-compression "$img" "oci-archive:$OUT/.$name.tar.tmp:$img" >/dev/null
     mv -f "$OUT/.$name.tar.tmp" "$OUT/$name.tar"
+    # "<ref> <manifest digest>" beside the archive: node-up.sh compares it with what the
+    # node's containerd has, without reading the (GB-sized) archive.
+    tar -xOf "$OUT/$name.tar" index.json | python3 -c '
+import json, sys
+m = json.load(sys.stdin)["manifests"][0]
+print(m.get("annotations", {}).get("org.opencontainers.image.ref.name", "?"), m["digest"])' \
+      > "$OUT/$name.ref"
     echo "$id" > "$OUT/.$name.id"
     log "$name: archived in $(( $(date +%s) - t ))s"
   fi

@@ -110,10 +110,7 @@ import_images() {
   have="$(ctr_ images ls 2>/dev/null | awk 'NR > 1 {print $1, $3}')"
   for a in "${archives[@]}"; do
     [[ -n "$a" ]] || continue
-    read -r name digest < <(tar -xOf "$a" index.json | python3 -c '
-import json, sys
-m = json.load(sys.stdin)["manifests"][0]
-print(m.get("annotations", {}).get("org.opencontainers.image.ref.name", "?"), m["digest"])')
+    read -r name digest < "${a%.tar}.ref" 2>/dev/null || name="?" digest="?"
     if grep -qxF "$name $digest" <<<"$have"; then
       log "image $name: already in the node ($(basename "$a"))"; continue
     fi
