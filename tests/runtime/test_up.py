@@ -3,6 +3,7 @@ and a dead rank stopping only its own group."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -170,8 +171,27 @@ def test_a_dead_rank_stops_its_group_and_the_others_keep_serving(tmp_path):
         other = next(g for g in leader_ports if g != pp2)
         assert np.isfinite(infer(f"127.0.0.1:{leader_ports[other]}", "bert-b")).all()
         assert np.isfinite(infer(f"127.0.0.1:{port}", "bert-b")).all()
+        children = descendants(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: only `up` gets it (children have sessions)
         _, err = proc.communicate(timeout=120)
     assert f"group {pp2} is down: {pp2}-rank1 exited with status -9" in err
     assert proc.returncode == 0
+    assert [p for p in children if alive(p)] == []
+
+
+@pytest.mark.slow
+def test_up_with_load_reports_measured_vs_predicted_and_stops(tmp_path):
+    """The README's main job (`make demo`): up, a short load through the router, the
+    report, everything stopped."""
+    ms = write_modelset(tmp_path / "ms.yaml")
+    proc, _ = start_up(ms, tmp_path / "run", "--load", "3", "--json")
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    doc = json.loads(out[out.index("\n{\n") + 1 :])  # after the endpoint and examples
+    o = doc["overall"]
+    assert o["sent"] == doc["predicted"]["requests"] > 0
+    assert o["sent"] == o["ok"] + o["rejected"] + o["errors"] and o["errors"] == 0
+    assert set(doc["perModel"]) == {"bert-a", "gpt2-a", "bert-b"}
+    assert "stopped every process" in err
+    assert [p for p in descendants(proc.pid) if alive(p)] == []
