@@ -213,3 +213,17 @@ def test_router_objects() -> None:
     for gw in group_workloads(OWNER, p, CFG, "StatefulSet"):
         assert gw.name in services
         assert groups[gw.group] == f"http://{gw.name}-0.{gw.name}.ns.svc.cluster.local:8000"
+
+
+def test_the_router_accepts_the_operators_configmap(tmp_path) -> None:
+    from statmux.runtime.router import ConfigSource
+
+    p = plan([(1, 1, ["a"]), (2, 1, ["b"])])
+    objs = desired_objects(OWNER, p, CFG, "LeaderWorkerSet")
+    cm = next(o for o in objs if o["metadata"]["name"] == f"{OWNER.name}-plan")
+    for key in ("plan.json", GROUPS_KEY):
+        (tmp_path / key).write_text(cm["data"][key])
+    config = ConfigSource(str(tmp_path / "plan.json"), None, str(tmp_path / GROUPS_KEY)).load()
+    assert config.unrouted == ()
+    assert [g.name for g in config.groups] == [g.name for g in p.groups]
+    assert set(config.hosts) == {m.name for g in p.groups for m in g.models}

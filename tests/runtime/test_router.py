@@ -559,6 +559,32 @@ def test_no_live_group_is_503_with_the_reason(tmp_path: Path) -> None:
         stop_procs([r.proc])
 
 
+def test_sigterm_drains_and_every_request_gets_an_answer(cluster: Cluster) -> None:
+    spec = ",".join(f"{n}={g.url}" for n, g in cluster.groups.items())
+    r = start_router(cluster.plan, "--groups", spec, "--no-grpc")
+    wait_until(lambda: get(r.url + "/v2/health/ready")[0] == 200, "ready", [r.proc], 60)
+    outcomes: list[object] = []
+
+    def one() -> None:
+        try:
+            outcomes.append(post(r.url + "/v2/models/bert-a/infer", json_request())[0])
+        except OSError as e:  # connected after the listener closed: never accepted
+            outcomes.append(type(e).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for i, t in enumerate(threads):
+        t.start()
+        if i == 5:
+            r.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert r.proc.wait(60) == 0
+    answered = [o for o in outcomes if isinstance(o, int)]
+    assert set(answered) <= {200, 503}, outcomes
+    assert len(outcomes) == 12
+
+
 def test_kill_a_group_leader_under_load(cluster: Cluster) -> None:
     """bert-a has a second replica (g1) and keeps succeeding; bert-b (only on g0) gets quick
     503s; every request gets an answer and the counts add up; g0 is back once it restarts.
