@@ -21,8 +21,11 @@ def pack(
     models: list[str] | None = None,
     fill: bool = True,
     need: dict[str, float] | None = None,
+    by_density: bool = False,
 ) -> Placement:
-    """`need` ranks models for extra replicas (default: demand); e.g. simulated misses."""
+    """`need` ranks models for extra replicas (default: demand); e.g. simulated misses.
+    `by_density`: first replicas go to the models with the most requests per weight byte
+    first (a knapsack order, for memory too tight to hold every model once)."""
     models = list(problem.models if models is None else models)
     placement = Placement([Group(g.config, list(g.models)) for g in groups])
     gs = placement.groups
@@ -56,7 +59,13 @@ def pack(
     mean_demand = {
         m: sum(demand[(m, gi)] for gi in range(len(gs))) / max(len(gs), 1) for m in models
     }
-    for m in sorted(models, key=lambda m: -mean_demand[m]):
+
+    def density(m: str) -> float:
+        smallest = min(problem.bytes_per_gpu(m, g.config) for g in gs) if gs else 1.0
+        return problem.rates.get(m, 0.0) / max(smallest, 1.0)
+
+    first = density if by_density else (lambda m: mean_demand[m])
+    for m in sorted(models, key=lambda m: -first(m)):
         if replicas[m] == 0:
             gi = best_group(m)
             if gi is not None:

@@ -5,7 +5,9 @@
    Partitions are not required to hold every model: under tight memory a partition on which
    only some models fit can still be the best (issue 10: the old screen skipped them and
    placed 2 of 8 models at 1 GiB).
-2. Screen: each partition gets one demand-balanced packing (packing.py) and one simulation.
+2. Screen: each partition gets one demand-balanced packing (packing.py) and one simulation;
+   when no partition can hold every model once, also a packing in knapsack order
+   (requests per weight byte), the better counts.
 3. Fill: the best partitions (up to `top`, within `close` of the best screen: a packing
    misranks partitions by about a point under tight memory; for a single latency cluster
    only while the search has simulated under `work_share` of the requests AlpaServe's search
@@ -104,8 +106,17 @@ class StatmuxSearch:
             found = []
             for groups in partitions(self.problem, models, gpus):
                 p = pack(self.problem, groups, models)
-                att = self.problem.attainment(p, self._sub(models))
-                found.append(Found(p, att, p.describe()))
+                found.append(Found(p, self.problem.attainment(p, self._sub(models)), ""))
+            if not any(all(f.placement.replicas(m) for m in models) for f in found):
+                # no partition holds every model once: also try the knapsack order
+                for i, f in enumerate(found):
+                    empty = [Group(g.config) for g in f.placement.groups]
+                    q = pack(self.problem, empty, models, by_density=True)
+                    att = self.problem.attainment(q, self._sub(models))
+                    if att > f.attainment:
+                        found[i] = Found(q, att, "")
+            for f in found:
+                f.label = f.placement.describe()
             found.sort(key=lambda f: -f.attainment)
             self._screened[key] = found
         return self._screened[key]

@@ -44,9 +44,11 @@ def test_statmux_at_least_alpaserve(profiles, gpus, rate, cv, slo) -> None:
     assert ours >= theirs - 1e-9
 
 
-@pytest.mark.parametrize("memory", ["3Gi", "6Gi", "13Gi"])
+@pytest.mark.parametrize("memory", ["1Gi", "2Gi", "3Gi", "6Gi", "13Gi"])
 def test_tight_memory_never_below_alpaserve(memory: str) -> None:
-    """From barely fits (bert-2.6b needs 2 GPUs' share at 3 GiB) to roomy (issue 10 #6)."""
+    """From barely fits (at 1 GiB only 3 of the 8 models fit at all) to roomy (issue 10 #6:
+    the old default scored 39.5 / 62.7 % at 1 / 2 GiB against alpaserve's 51.3 / 72.2 %).
+    The search itself, not the baseline guard of `statmux plan`."""
     ms = load_modelset(EXAMPLES / "demo.yaml")
     ms.spec.cluster.gpu_memory = memory
     ms.spec.workload.duration_seconds = 120
@@ -59,7 +61,7 @@ def test_tight_memory_never_below_alpaserve(memory: str) -> None:
         return {m for g in ev.result.placement.groups for m in g.models}
 
     assert len(placed(ours)) >= len(placed(theirs))
-    if memory != "3Gi":  # at 3 GiB the 32 GB of weights cannot all fit on 8 GPUs
+    if memory in ("6Gi", "13Gi"):  # below, the 32 GB of weights cannot all fit on 8 GPUs
         assert placed(ours) == set(problem.models)
 
 
