@@ -85,3 +85,13 @@ def test_cli_target_attainment(tmp_path: Path) -> None:
         timeout=300,
     )
     assert bad.returncode == 2 and "(0, 1]" in bad.stderr
+
+
+def test_demo_sweep_is_monotone() -> None:
+    """The bundled demo (examples/demo.yaml, a 60 s slice) over 4..8 GPUs."""
+    from statmux.placement.spec import load_modelset
+
+    spec = load_modelset(ROOT / "examples" / "demo.yaml").spec
+    spec.workload.duration_seconds = 60
+    scores = [p.attainment for p in sweep(spec, [4, 5, 6, 7, 8])]
+    assert scores == sorted(scores), scores
