@@ -87,6 +87,7 @@ def report(result: LoadResult, predicted: SimResult) -> dict[str, Any]:
             "goodput": m.good / result.duration if result.duration else 0.0,
             "latency": {f"p{q}": m.percentile(q) for q in (50, 90, 99)},
             "firstError": m.first_error or None,
+            "firstRejection": m.first_rejection or None,
         }
     lat = sorted(result.latencies())
 
@@ -182,8 +183,10 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
         f"generator lag max {1000 * doc['maxSendLagSeconds']:.1f} ms"
     )
     for name, m in doc["perModel"].items():
+        if m["firstRejection"]:
+            console.print(f"{name}: first rejection: {m['firstRejection']}", markup=False)
         if m["firstError"]:
-            console.print(f"[yellow]{name}: first error: {m['firstError']}[/yellow]")
+            console.print(f"{name}: first error: {m['firstError']}", markup=False, style="yellow")
 
 
 def run_load(

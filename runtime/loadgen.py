@@ -43,6 +43,7 @@ class ModelOutcome:
     errors: int = 0
     latencies: list[float] = field(default_factory=list)  # of ok requests, seconds
     first_error: str = ""
+    first_rejection: str = ""
 
     @property
     def attainment(self) -> float:
@@ -197,6 +198,7 @@ async def replay(
             except Exception as err:  # every failure is counted, never lost
                 if classify(err) == "rejected":
                     out.rejected += 1
+                    out.first_rejection = out.first_rejection or str(err)
                 else:
                     out.errors += 1
                     out.first_error = out.first_error or f"{type(err).__name__}: {err}"
