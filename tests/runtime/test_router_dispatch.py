@@ -171,3 +171,12 @@ def test_config_joins_the_plan_and_the_endpoints() -> None:
         build_config(plan, {"g7": "http://a:1"}, strict=False)
     partial = build_config(plan, {"g0": "http://a:1"}, strict=False)
     assert partial.unrouted == ("g1",) and partial.hosts["b"] == ()
+
+
+def test_request_rows_from_the_rest_header() -> None:
+    from statmux.runtime.router_http import request_rows
+
+    header = b'{"inputs":[{"name":"x","datatype":"INT64","shape":[3, 2],"data":[1,2,3,4,5,6]}]}'
+    assert request_rows(header) == 3
+    assert request_rows(b'{"inputs":[{"shape": [0, 1]}]}') == 1  # the group will refuse it
+    assert request_rows(b"not json") == 1
