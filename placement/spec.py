@@ -166,6 +166,13 @@ class WeightSource(_Model):
         default=None, description="HF config fields for synthetic weights (override the preset)"
     )
     dtype: WeightDtype = "float16"
+    max_sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="the longest input sequence (tokens) one request may carry; longer ones "
+        "get 400 / INVALID_ARGUMENT. Default: the config's max_position_embeddings "
+        "(n_positions for gpt2). Bounds what a single request can cost the group.",
+    )
 
     @model_validator(mode="after")
     def _path_for_hf(self) -> WeightSource:

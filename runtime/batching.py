@@ -16,7 +16,7 @@ import torch
 
 from statmux.runtime.engine import EngineError, ModelInfo, Request, Response, TensorSpec
 from statmux.runtime.families import family_of
-from statmux.runtime.presets import ModelConfig
+from statmux.runtime.presets import ModelConfig, ModelConfigError
 
 
 class InputError(EngineError):
@@ -34,6 +34,7 @@ def model_info(
     max_batch_size: int = 1,
     slo_seconds: float | None = None,
     stage_latency_s: dict[int, list[float]] | None = None,
+    max_sequence: int | None = None,
 ) -> ModelInfo:
     family = family_of(cfg)
     inputs = [TensorSpec("input_ids", "INT64", (-1, -1))] + [
@@ -48,7 +49,22 @@ def model_info(
         max_batch_size=max_batch_size,
         slo_seconds=slo_seconds,
         stage_latency_s=dict(stage_latency_s or {}),
+        max_sequence_length=max_sequence or cfg.max_positions,
     )
+
+
+def max_sequence_length(cfg: ModelConfig, explicit: int | None = None) -> int:
+    """The longest sequence a request may carry: the ModelSet's explicit limit
+    (weights.maxSequenceLength), else the config's position limit."""
+    positions = cfg.max_positions
+    if explicit is None:
+        return positions
+    if explicit > positions:
+        raise ModelConfigError(
+            f"maxSequenceLength {explicit} is more than the model's {positions} positions "
+            "(max_position_embeddings / n_positions)"
+        )
+    return explicit
 
 
 def _int_array(req: Request, key: str, index: int, ids_shape: tuple[int, ...] | None) -> np.ndarray:
@@ -74,14 +90,18 @@ class Split:
     length: int
 
 
-def make_batch(cfg: ModelConfig, batch: list[Request]) -> tuple[list[torch.Tensor], list[Split]]:
-    """The first stage's input tensors for the whole batch, and how to split the output."""
+def make_batch(
+    cfg: ModelConfig, batch: list[Request], limit: int | None = None
+) -> tuple[list[torch.Tensor], list[Split]]:
+    """The first stage's input tensors for the whole batch, and how to split the output.
+
+    `limit`: the longest sequence accepted (default: the config's position limit)."""
     if not batch:
         raise InputError("the batch holds no request")
     optional = family_of(cfg).optional_inputs
     allowed = {"input_ids", *optional}
     bounds = cfg.input_bounds
-    limit = cfg.max_positions
+    limit = limit or cfg.max_positions
     ids_list: list[np.ndarray] = []
     extras: dict[str, list[np.ndarray]] = {name: [] for name in optional}
     splits = []
@@ -98,7 +118,7 @@ def make_batch(cfg: ModelConfig, batch: list[Request]) -> tuple[list[torch.Tenso
         rows, length = ids.shape
         if rows < 1 or length < 1:
             raise InputError(f"request {i}: input_ids is empty (shape {list(ids.shape)})")
-        if limit is not None and length > limit:
+        if length > limit:
             raise InputError(
                 f"request {i}: sequence length {length} exceeds the model's {limit} positions"
             )

@@ -111,6 +111,16 @@ class GroupEngine(Protocol):
 
     # optional -----------------------------------------------------------------------
 
+    def ready(self) -> bool:
+        """Healthy and no rank suspect (late heartbeats): readiness goes false before the
+        group is declared failed, so routers stop sending work to a rank that may be gone."""
+        return self.healthy()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the group failed (None while healthy), for the leader's exit message."""
+        return None if self.healthy() else "the group is unhealthy"
+
     def try_inline(self, model: str, batch: list[Request]) -> list[Response] | None:
         """Run a small batch now on the caller's (event loop) thread, or None to decline.
 

@@ -86,7 +86,7 @@ class FrontEnd:
         return True
 
     def ready(self) -> bool:
-        return not self.draining and not self.scheduler.closed and self.engine.healthy()
+        return not self.draining and not self.scheduler.closed and self.engine.ready()
 
     def model_ready(self, model: str, version: str | None = None) -> bool:
         self.info(model, version)

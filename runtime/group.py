@@ -10,12 +10,13 @@ worker loop (receive, compute, pass on) until the leader shuts the group down.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 import torch.distributed as dist
 
 from statmux.placement.plan import PlanGroup
-from statmux.runtime.batching import model_info
+from statmux.runtime.batching import max_sequence_length, model_info
 from statmux.runtime.checkpoint import build_stage, load_state
 from statmux.runtime.dist_env import DistInfo
 from statmux.runtime.emulation import EmulationError, StageEmulator
@@ -52,8 +53,8 @@ def start_group(
     seed: int = 0,
     collective_timeout_s: float = 600.0,
     rendezvous_timeout_s: float = 600.0,
-    heartbeat_interval_s: float = 0.5,
-    heartbeat_timeout_s: float = 10.0,
+    heartbeat_interval_s: float = 0.25,
+    heartbeat_timeout_s: float = 3.0,
     emulate_device: bool = False,
 ) -> PipelineEngine | None:
     """Join the group and build this rank's shards; the leader gets the engine, others None.
@@ -93,13 +94,23 @@ def start_group(
         except EmulationError as err:
             raise GroupSpecError(str(err)) from None
 
+    me = f"rank {dist_info.rank}/{dist_info.world_size} of group {group.name!r}"
+    started = time.monotonic()
+    log.info(
+        "%s: rendezvous at %s:%d (timeout %g s)",
+        me,
+        dist_info.master_addr,
+        dist_info.master_port,
+        rendezvous_timeout_s,
+    )
     join_world(
         dist_info,
         "nccl" if device == "cuda" else "gloo",
         rendezvous_timeout_s=rendezvous_timeout_s,
         collective_timeout_s=collective_timeout_s,
     )
-    groups = create_subgroups(Topology(pp, tp, dist_info.rank))
+    groups = create_subgroups(Topology(pp, tp, dist_info.rank), rendezvous_timeout_s)
+    log.info("%s: joined the group in %.2f s", me, time.monotonic() - started)
     topo = groups.topo
     links = Links(topo, compute, groups.tp_group, groups.return_group)
     tp_info = TPInfo(topo.tp_rank, tp, groups.tp_group)
@@ -107,13 +118,23 @@ def start_group(
     models: list[HostedModel] = []
     error: Exception | None = None
     for i, entry in enumerate(entries):
+        phase = time.monotonic()
         try:
             cfg = resolve_config(entry.weights, f"model {entry.name!r}: weights")
             module = build_stage(cfg, topo.stage, pp, tp_info)
             shard = SwappableShard(module, load_state(module, entry.weights, seed), compute)
         except Exception as err:
+            log.error("%s: model %s failed to build: %s", me, entry.name, err)
             error = err
             break
+        log.info(
+            "%s: model %s: stage %d weights loaded (%d bytes) in %.2f s",
+            me,
+            entry.name,
+            topo.stage,
+            shard.nbytes,
+            time.monotonic() - phase,
+        )
         info = model_info(
             entry.name,
             entry.weights.architecture,
@@ -121,6 +142,7 @@ def start_group(
             entry.max_batch_size,
             entry.slo_seconds,
             entry.stage_latency_seconds,
+            max_sequence_length(cfg, entry.weights.max_sequence_length),
         )
         models.append(HostedModel(i, entry.name, entry.weights.architecture, cfg, info, shard))
     # every rank learns whether all built, and each model's largest shard (the budget unit)
@@ -147,10 +169,18 @@ def start_group(
             + ", ".join(f"model {n!r} ({b} bytes)" for n, b in too_big.items())
         )
     # the same deterministic choice on every rank: plan order, while it fits
+    phase = time.monotonic()
     for m in models:
         if residency.budget is None or residency.used + residency.sizes[m.name] <= residency.budget:
             m.shard.swap_in()
             residency.mark_loaded(m.name)
+    log.info(
+        "%s: resident %s in %.2f s; ready %.2f s after start",
+        me,
+        ", ".join(residency.resident) or "none",
+        time.monotonic() - phase,
+        time.monotonic() - started,
+    )
 
     keepalive = max(0.05, min(30.0, collective_timeout_s / 4))
     if dist_info.is_leader:
@@ -182,5 +212,6 @@ def start_group(
         worker_loop(state)
     finally:
         beat.stop()
+    log.info("%s: the leader shut the group down; leaving", me)
     leave_world()
     return None

@@ -53,7 +53,11 @@ class Heartbeat:
             except Exception as err:  # the leader's store is gone: so is the group
                 if self._stop.is_set():
                     return
-                log.error("heartbeat: lost the group's store (%s); exiting", err)
+                log.error(
+                    "heartbeat: lost the leader's store (%s); exiting so that the pod group "
+                    "restarts as a gang",
+                    err,
+                )
                 self._on_lost()
                 return
             self._stop.wait(self._interval)
@@ -63,7 +67,11 @@ class Heartbeat:
 
 
 class HeartbeatMonitor:
-    """The leader's watch over ranks 1..world-1; calls `on_dead(rank)` once, then stops."""
+    """The leader's watch over ranks 1..world-1; calls `on_dead(rank)` once, then stops.
+
+    A rank whose beat is late by a third of the timeout (at least two intervals) is
+    *suspect* (`suspect` is non-empty): the group reports not-ready at once, and fails
+    when the beat stays away for the whole timeout."""
 
     def __init__(
         self,
@@ -79,6 +87,8 @@ class HeartbeatMonitor:
         self._interval = interval
         self._timeout = timeout
         self._on_dead = on_dead
+        self._suspect_after = max(2 * interval, timeout / 3)
+        self.suspect: frozenset[int] = frozenset()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="statmux-monitor", daemon=True)
         self._thread.start()
@@ -88,8 +98,12 @@ class HeartbeatMonitor:
         seen = {r: (-1, now) for r in self._ranks}
         while not self._stop.wait(self._interval):
             now = time.monotonic()
+            late = set()
             for r in self._ranks:
-                count = self._store.add(_KEY.format(rank=r), 0)
+                try:
+                    count = self._store.add(_KEY.format(rank=r), 0)
+                except Exception:  # the store is gone: the leader is shutting down
+                    return
                 last, since = seen[r]
                 if count != last:
                     seen[r] = (count, now)
@@ -97,6 +111,16 @@ class HeartbeatMonitor:
                     if not self._stop.is_set():
                         self._on_dead(r)
                     return
+                elif now - since > self._suspect_after:
+                    late.add(r)
+            if late != self.suspect:
+                if late - self.suspect:
+                    log.warning(
+                        "rank(s) %s: no heartbeat for over %.1f s; not ready",
+                        sorted(late - self.suspect),
+                        self._suspect_after,
+                    )
+                self.suspect = frozenset(late)
 
     def stop(self) -> None:
         self._stop.set()

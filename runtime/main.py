@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from statmux.contract import (
     HTTP_PORT,
 )
 from statmux.runtime.launcher import child_env, launch, ranks_to_launch
-from statmux.runtime.server_limits import DEFAULT_MAX_REQUEST_BYTES
+from statmux.runtime.server_limits import DEFAULT_MAX_REQUEST_BYTES, ServerLimits
 
 # The Plan (pydantic), the front end and the servers load once the flags are parsed, so that
 # `statmux runtime --help` stays quick (benchmarks/cli_startup.py).
@@ -58,6 +59,9 @@ RENDEZVOUS_VARS = (
     ENV_LWS_LEADER_ADDRESS,
     ENV_LWS_GROUP_SIZE,
 )
+
+DEFAULT_DRAIN_S = 30.0
+EXIT_GROUP_FAILED = 3  # a rank died or hung: every rank exits so the group restarts together
 
 
 class UsageError(Exception):
@@ -128,6 +132,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         metavar="SECONDS",
         help="how long a rank waits for the leader and its peers to join (default 600)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=_positive_float,
+        default=3.0,
+        metavar="SECONDS",
+        help="a rank whose heartbeat stops this long is dead: the group fails and every rank "
+        "exits so that the pod group restarts as a gang (default 3; readiness is already "
+        "false after a third of it)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=_positive_float,
+        default=DEFAULT_DRAIN_S,
+        metavar="SECONDS",
+        help="on SIGTERM: how long accepted requests may take to finish (readiness is false "
+        f"and new requests get 503 meanwhile; default {DEFAULT_DRAIN_S:g})",
+    )
+    p.add_argument(
+        "--head-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a client must send a request's head within this (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client must send a request's body within this (default 30)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=1024,
+        help="open REST connections beyond this are closed at once (default 1024)",
     )
     p.add_argument(
         "--switch-interval",
@@ -248,6 +289,7 @@ def _run(args: argparse.Namespace) -> int:
             memory_budget_bytes=args.memory_budget,
             rendezvous_timeout_s=args.rendezvous_timeout,
             emulate_device=args.emulate_device,
+            heartbeat_timeout_s=args.heartbeat_timeout,
         )
     except (GroupSpecError, ModelConfigError) as e:
         raise UsageError(f"plan group {args.group!r}: {e}") from None
@@ -260,21 +302,58 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from statmux.runtime.frontend import FrontEnd
 
+    failed: str | None = None
     try:
         front = FrontEnd(engine, max_in_flight=group.pp, max_request_bytes=args.max_request_bytes)
-        asyncio.run(_serve_until_signal(front, args))
+        failed = asyncio.run(_serve_until_signal(front, args))
     finally:
+        start = time.monotonic()
         engine.shutdown()
+        log.info("group shut down in %.2f s", time.monotonic() - start)
+    if failed is not None:
+        log.error(
+            "exiting with status %d: %s; the other ranks exit too, so that the pod group "
+            "restarts as a gang",
+            EXIT_GROUP_FAILED,
+            failed,
+        )
+        return EXIT_GROUP_FAILED
+    log.info("exit 0")
     return 0
 
 
-async def _serve_until_signal(front: FrontEnd, args: argparse.Namespace) -> None:
+def limits_of(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(
+        head_timeout_s=args.head_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+        drain_timeout_s=args.drain_timeout,
+    )
+
+
+async def _watch_group(front: FrontEnd, stop: asyncio.Event, interval_s: float = 0.2) -> str:
+    """Set `stop` once the group fails; returns why."""
+    while front.engine.healthy():
+        await asyncio.sleep(interval_s)
+    reason = getattr(front.engine, "failure", None) or "the group is unhealthy"
+    stop.set()
+    return str(reason)
+
+
+async def _serve_until_signal(front: FrontEnd, args: argparse.Namespace) -> str | None:
+    """Serve until SIGTERM/SIGINT (None) or until the group fails (the reason)."""
     from statmux.runtime.server_runner import serve
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(name: str) -> None:
+        log.info("%s: draining for up to %.1f s", name, args.drain_timeout)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    watcher = asyncio.create_task(_watch_group(front, stop))
     grpc_port = None if args.no_grpc else args.grpc_port
     log.info(
         "group %s serving %s on http %s:%d%s",
@@ -285,9 +364,13 @@ async def _serve_until_signal(front: FrontEnd, args: argparse.Namespace) -> None
         "" if grpc_port is None else f", grpc {args.host}:{grpc_port}",
     )
     try:
-        await serve(front, args.host, args.http_port, grpc_port, stop)
+        await serve(front, args.host, args.http_port, grpc_port, stop, limits_of(args))
     except OSError as e:
         raise UsageError(f"cannot serve: {e}") from None
+    finally:
+        failed = watcher.result() if watcher.done() else None
+        watcher.cancel()
+    return failed
 
 
 if __name__ == "__main__":

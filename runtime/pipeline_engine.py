@@ -172,7 +172,7 @@ class PipelineEngine(GroupEngine):
             )
             return future
         try:
-            tensors, splits = make_batch(hosted.cfg, batch)
+            tensors, splits = make_batch(hosted.cfg, batch, hosted.info.max_sequence_length)
         except EngineError as err:
             future.set_exception(err)
             return future
@@ -195,6 +195,13 @@ class PipelineEngine(GroupEngine):
 
     def healthy(self) -> bool:
         return self._error is None
+
+    def ready(self) -> bool:
+        return self._error is None and not (self._monitor and self._monitor.suspect)
+
+    @property
+    def failure(self) -> str | None:
+        return self._error
 
     def swap_totals(self) -> dict[str, tuple[int, float]]:
         """Per model: swap-ins so far and their seconds, on-demand ones included."""

@@ -53,7 +53,7 @@ class BertConfig:
         return {"num_attention_heads": self.num_attention_heads}
 
     @property
-    def max_positions(self) -> int | None:
+    def max_positions(self) -> int:
         return self.max_position_embeddings
 
     @property
@@ -97,7 +97,7 @@ class GPT2Config:
         return {"n_head": self.n_head}
 
     @property
-    def max_positions(self) -> int | None:
+    def max_positions(self) -> int:
         return self.n_positions
 
     @property
@@ -153,8 +153,10 @@ class LlamaConfig:
         }
 
     @property
-    def max_positions(self) -> int | None:
-        return None  # rotary positions have no table to run past
+    def max_positions(self) -> int:
+        # rotary positions have no table to run past, but the model was trained this far
+        # and cost grows with length: the limit bounds what one request may cost
+        return self.max_position_embeddings
 
     @property
     def output_width(self) -> int:

@@ -69,20 +69,30 @@ def join_world(
         ) from None
 
 
-def _new_group(ranks: list[int]) -> dist.ProcessGroup | None:
-    """A subgroup (a collective call on every rank); None on ranks outside it."""
-    group = dist.new_group(ranks)
+def _new_group(ranks: list[int], timeout_s: float) -> dist.ProcessGroup | None:
+    """A subgroup (a collective call on every rank); None on ranks outside it.
+
+    `timeout_s` bounds the subgroup's own rendezvous (its store barrier), so a rank whose
+    peers never arrive (a restarted rank facing a stale group) gives up instead of hanging."""
+    try:
+        group = dist.new_group(ranks, timeout=timedelta(seconds=timeout_s))
+    except (RuntimeError, OSError) as err:  # DistError and store timeouts
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RendezvousError(
+            f"rank {dist.get_rank()} cannot create the subgroup of ranks {ranks} within "
+            f"{timeout_s:g} s (--rendezvous-timeout): {first}"
+        ) from None
     return group if isinstance(group, dist.ProcessGroup) else None
 
 
-def create_subgroups(topo: Topology) -> ProcessGroups:
+def create_subgroups(topo: Topology, timeout_s: float = 600.0) -> ProcessGroups:
     """Every rank creates every subgroup, in the same order (new_group is collective)."""
     tp_group = None
     for s in range(topo.pp):
-        g = _new_group(topo.stage_ranks(s))
+        g = _new_group(topo.stage_ranks(s), timeout_s)
         if s == topo.stage:
             tp_group = g
-    return_group = _new_group([0, topo.last_leader]) if topo.pp > 1 else None
+    return_group = _new_group([0, topo.last_leader], timeout_s) if topo.pp > 1 else None
     return ProcessGroups(topo, tp_group, return_group)
 
 

@@ -6,7 +6,8 @@ the device on a side stream and waits on an event, never sleep-polling; all rank
 group do this concurrently. The leader decides what is resident with an LRU policy under a
 per-device byte budget (the largest shard of a model over the ranks counts), and every
 rank follows the leader's explicit load/unload messages, so their states never diverge.
-On CPU the "device" copy is a second copy of the weights, which exercises the same logic.
+On CPU, host and device are the same memory: the resident module uses the host tensors
+themselves (one copy per shard), and swapping out only drops the module's references.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class SwappableShard:
                 done.record(self._stream)
             done.synchronize()  # an event wait, not a poll
             torch.cuda.current_stream(self.device).wait_event(done)
+        elif self.device.type == "cpu":
+            state = dict(self.host)  # the same memory: share it, never a second copy
         else:
-            state = {k: v.clone() for k, v in self.host.items()}
+            state = {k: v.to(self.device) for k, v in self.host.items()}
         self.module.load_state_dict(state, strict=True, assign=True)
         self.resident = True
 

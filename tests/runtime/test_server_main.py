@@ -251,9 +251,16 @@ def test_bad_flags_exit_2(plan_file: Path) -> None:
 
 
 # --------------------------------------------------------------------------- real groups
-def launch(plan: Path, group: str, http: int, grpc: int, env: dict[str, str]) -> subprocess.Popen:
+def launch(
+    plan: Path,
+    group: str,
+    http: int,
+    grpc: int,
+    env: dict[str, str],
+    flags: tuple[str, ...] = (),
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "statmux.runtime.main", "--plan", str(plan), "--group", group]
-    cmd += ["--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc)]
+    cmd += ["--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc), *flags]
     return subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -352,3 +359,123 @@ def test_two_stage_pipeline_group_matches_single_rank(plan_file: Path) -> None:
             batches, seconds = stage_series(samples, kind, stage)
             assert batches >= 3, (stage, kind, batches)
             assert seconds > 0, (stage, kind)
+
+
+# --------------------------------------------------------------------------- drain, restart
+def launch_group(
+    plan: Path, group: str, ranks: int, flags: tuple[str, ...] = ()
+) -> tuple[list[subprocess.Popen], int]:
+    http, grpc_port, master = free_port(), free_port(), free_port()
+    procs = []
+    for rank in range(ranks):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master)}
+        env |= {"RANK": str(rank), "WORLD_SIZE": str(ranks)}
+        procs.append(launch(plan, group, http, grpc_port, env if ranks > 1 else {}, flags))
+    return procs, http
+
+
+def infer_body() -> bytes:
+    tensor = {"name": "input_ids", "datatype": "INT64", "shape": list(IDS.shape)}
+    return json.dumps({"inputs": [tensor | {"data": IDS.ravel().tolist()}]}).encode()
+
+
+def test_sigterm_under_load_drains_every_accepted_request(plan_file: Path) -> None:
+    """Clients on keep-alive connections keep sending while the leader gets SIGTERM: every
+    request is answered 200, or refused 503 with Connection: close; none is reset or lost."""
+    import http.client
+    import threading
+
+    procs, port = launch_group(plan_file, "g0", 1, ("--drain-timeout", "60"))
+    client = th.InferenceServerClient(f"127.0.0.1:{port}")
+    body = infer_body()
+    answers: list[int | str] = []
+    lock = threading.Lock()
+    sigterm_sent = threading.Event()
+
+    def keep_sending() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            while True:
+                try:
+                    conn.request("POST", "/v2/models/bert-a/infer", body=body)
+                    resp = conn.getresponse()
+                    resp.read()
+                except (ConnectionError, http.client.HTTPException) as e:
+                    if sigterm_sent.is_set():  # the server closed an idle connection: done
+                        return
+                    with lock:
+                        answers.append(repr(e))
+                    return
+                with lock:
+                    answers.append(resp.status)
+                if resp.status == 503:
+                    assert resp.getheader("Connection", "").lower() == "close"
+                    return
+        finally:
+            conn.close()
+
+    try:
+        wait_ready(client, procs)
+        threads = [threading.Thread(target=keep_sending) for _ in range(8)]
+        for t in threads:
+            t.start()
+        while len(answers) < 16:
+            time.sleep(0.05)
+        sigterm_sent.set()
+        procs[0].send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(90)
+        code = procs[0].wait(90)
+        log = procs[0].stdout.read().decode() if procs[0].stdout else ""
+    finally:
+        client.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert code == 0, log
+    assert all(a in (200, 503) for a in answers), answers
+    assert answers.count(200) >= 16
+    for phase in ("SIGTERM: draining", "drained in", "group shut down in", "exit 0"):
+        assert phase in log, (phase, log)
+
+
+@pytest.mark.slow
+def test_a_dead_rank_restarts_the_whole_group_which_serves_again(plan_file: Path) -> None:
+    """SIGKILL a worker: the leader turns not-ready, then exits with the reason (so the pod
+    group restarts as a gang); the restarted group serves again within a bounded time."""
+    flags = ("--heartbeat-timeout", "2", "--rendezvous-timeout", "60")
+    procs, port = launch_group(plan_file, "g1", 2, flags)
+    client = th.InferenceServerClient(f"127.0.0.1:{port}")
+    inp = th.InferInput("input_ids", list(IDS.shape), "INT64")
+    inp.set_data_from_numpy(IDS)
+    try:
+        wait_ready(client, procs)
+        before = client.infer("bert-a", [inp]).as_numpy("last_hidden_state")
+        procs[1].kill()
+        procs[1].wait(30)
+        code = procs[0].wait(60)  # bounded: the heartbeat timeout, then the exit
+        log = procs[0].stdout.read().decode() if procs[0].stdout else ""
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert code == 3, log
+    # whichever notices first: the heartbeat monitor or the pipeline's receiver
+    assert (
+        "rank 1 of the group stopped sending heartbeats" in log
+        or "lost the last pipeline stage" in log
+    ), log
+    assert "exiting with status 3" in log and "restarts as a gang" in log
+    # what LWS does: restart the whole group
+    procs, port = launch_group(plan_file, "g1", 2, flags)
+    client = th.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        started = time.monotonic()
+        wait_ready(client, procs)
+        after = client.infer("bert-a", [inp]).as_numpy("last_hidden_state")
+        assert time.monotonic() - started < 180
+    finally:
+        client.close()
+        codes = stop(procs)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    assert codes == [0, 0]
