@@ -76,6 +76,10 @@ class Owner:
     uid: str
 
 
+# How long a group's leader lets accepted requests finish on SIGTERM (statmux runtime
+# --drain-timeout); the pod's grace period adds time for the group's shutdown.
+RUNTIME_DRAIN_SECONDS = 30
+
 def owner_reference(owner: Owner) -> Obj:
     return {
         "apiVersion": MODELSET.api_version,
@@ -309,6 +313,8 @@ def pod_template(
             "cuda",
             "--http-port",
             str(cfg.serve_port),
+            "--drain-timeout",
+            str(RUNTIME_DRAIN_SECONDS),
         ],
         "env": runtime_env(owner, gw, cfg, kind),
         "ports": [
@@ -322,7 +328,10 @@ def pod_template(
     spec: Obj = {
         "containers": [container],
         "volumes": [{"name": "plan", "configMap": {"name": gw.configmap}}],
-        "terminationGracePeriodSeconds": 30,
+        # the runtime drains for up to RUNTIME_DRAIN_SECONDS on SIGTERM, then shuts the group
+        # down; no preStop hook is needed: readiness goes false at once and new requests get
+        # 503 with Connection: close while the listener stays open
+        "terminationGracePeriodSeconds": RUNTIME_DRAIN_SECONDS + 15,
     }
     if gpu_product:
         spec["nodeSelector"] = {GPU_PRODUCT_LABEL: gpu_product}

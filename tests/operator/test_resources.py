@@ -127,6 +127,14 @@ def test_single_gpu_pods_get_rank() -> None:
     assert env["RANK"] == env["NODE_RANK"] and env["WORLD_SIZE"] == "1"
 
 
+def test_the_grace_period_covers_the_runtime_drain() -> None:
+    objs = desired_objects(OWNER, plan([(1, 1, ["a"])]), CFG, "StatefulSet")
+    pod = next(o for o in objs if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    drain = float(command[command.index("--drain-timeout") + 1])
+    assert pod["terminationGracePeriodSeconds"] > drain
+
+
 def test_group_hash_tracks_group_content_only() -> None:
     a = group_workloads(OWNER, plan([(2, 1, ["a"]), (1, 1, ["b"])]), CFG, "StatefulSet")
     b = group_workloads(OWNER, plan([(2, 1, ["a"]), (1, 2, ["b"])]), CFG, "StatefulSet")
