@@ -616,3 +616,54 @@ def test_drain_finishes_accepted_requests_and_refuses_new_ones() -> None:
             c.close()
         srv.stop()
         engine.shutdown()
+
+
+# --------------------------------------------------------------------------- learning admission
+def test_admission_learns_a_profile_that_is_five_times_too_optimistic() -> None:
+    """Profiled at 20 ms, the model takes 100 ms: after a warm-up, admission predicts with
+    the observed latency, rejects what it cannot serve in time, and reports the drift."""
+    model = slow_model("drifty", seconds=0.1)
+    model.info.slo_seconds = 0.35
+    model.info.stage_latency_s = {1: [0.02]}
+    engine = LocalEngine([model])
+    srv = BackgroundServer(FrontEnd(engine, max_request_bytes=MAX_BYTES), grpc_port=None)
+    x = np.ones((1, 4), dtype=np.float32)
+
+    async def burst(n: int) -> list[int]:
+        client = tha.InferenceServerClient(srv.http_url)
+        try:
+            inp = tha.InferInput("INPUT0", [1, 4], "FP32")
+            inp.set_data_from_numpy(x)
+
+            async def one() -> int:
+                try:
+                    await client.infer("drifty", [inp])
+                    return 200
+                except InferenceServerException as e:
+                    return int(e.status() or 0)
+
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+        finally:
+            await client.close()
+
+    try:
+        for _ in range(4):  # warm-up: alone on the pipeline, each measures the drift
+            asyncio.run(burst(1))
+        samples, _ = scrape(srv.http_port)
+        ratio = samples[("statmux_profile_drift_ratio", (("model", "drifty"),))]
+        assert 3 < ratio < 10, ratio
+        within_before = samples[
+            ("statmux_requests_within_slo_total", (("model", "drifty"), ("version", "1")))
+        ]
+        codes = asyncio.run(burst(10))
+        # 10 x 100 ms cannot fit a 350 ms SLO: trusting the profile (10 x 20 ms) admitted all
+        assert codes.count(429) >= 5, codes
+        assert set(codes) <= {200, 429}
+        samples, _ = scrape(srv.http_port)
+        within = samples[
+            ("statmux_requests_within_slo_total", (("model", "drifty"), ("version", "1")))
+        ]
+        assert within - within_before == codes.count(200)  # every admitted one made it
+    finally:
+        srv.stop()
+        engine.shutdown()
