@@ -80,6 +80,7 @@ class Owner:
 # --drain-timeout); the pod's grace period adds time for the group's shutdown.
 RUNTIME_DRAIN_SECONDS = 30
 
+
 def owner_reference(owner: Owner) -> Obj:
     return {
         "apiVersion": MODELSET.api_version,
