@@ -51,47 +51,47 @@ InlineRunner = Callable[[str, list[Request]], list[Response] | None]
 
 
 class Drift:
-    """How far a model's observed batch latencies are from its profile (EWMA of the ratio).
+    """How far a model's observed batch latencies are from its profile.
 
     Each finished batch gives one sample: its observed latency over what the profile
-    predicted for it. Kept per batch size and for the model as a whole; a batch size with
-    too few samples of its own uses the model's ratio. `scale()` is what admission and
-    dispatch multiply the profile by: 1 while the ratio stays within [1/threshold,
-    threshold] (the profile is trusted), the ratio itself once it leaves that band.
+    predicted for it. Kept per batch size and for the model as a whole, as an EWMA of the
+    ratio and of its mean deviation (as TCP estimates round trips); a batch size with too
+    few samples of its own uses the model's. `scale()` is what admission and dispatch
+    multiply the profile by: 1 while the ratio stays within [1/threshold, threshold] (the
+    profile is trusted), else the ratio plus twice its deviation, so that a noisy reality
+    is predicted on its slow side.
     """
 
     def __init__(self, alpha: float = 0.2, warmup: int = 3, threshold: float = 1.25) -> None:
         self.alpha = alpha
         self.warmup = warmup
         self.threshold = threshold
-        self._by_size: dict[int, tuple[float, int]] = {}  # batch units -> (ewma, samples)
-        self._all: tuple[float, int] = (1.0, 0)
+        # batch units -> (ewma, mean deviation, samples); None: the model as a whole
+        self._est: dict[int | None, tuple[float, float, int]] = {}
 
     def observe(self, units: int, ratio: float) -> None:
         if not math.isfinite(ratio) or ratio <= 0:
             return
         for key in (units, None):
-            ewma, n = self._all if key is None else self._by_size.get(key, (ratio, 0))
+            ewma, dev, n = self._est.get(key, (ratio, 0.0, 0))
             # the first samples carry more weight, so that the estimate settles quickly
             weight = max(self.alpha, 1.0 / (n + 1))
-            updated = (ewma + weight * (ratio - ewma), n + 1)
-            if key is None:
-                self._all = updated
-            else:
-                self._by_size[key] = updated
+            dev += weight * (abs(ratio - ewma) - dev)
+            ewma += weight * (ratio - ewma)
+            self._est[key] = (ewma, dev, n + 1)
 
     @property
     def ratio(self) -> float:
         """The model's observed / profiled latency (1.0 before any sample)."""
-        return self._all[0]
+        return self._est.get(None, (1.0, 0.0, 0))[0]
 
     def scale(self, units: int) -> float:
-        ewma, n = self._by_size.get(units, (1.0, 0))
+        ewma, dev, n = self._est.get(units, (1.0, 0.0, 0))
         if n < self.warmup:
-            ewma, n = self._all
+            ewma, dev, n = self._est.get(None, (1.0, 0.0, 0))
         if n < self.warmup or 1 / self.threshold <= ewma <= self.threshold:
             return 1.0
-        return ewma
+        return ewma + 2 * dev
 
 
 class LatencyModel:
@@ -185,6 +185,16 @@ class Pending:
 
 
 @dataclass(eq=False)
+class _Probe:
+    """A request being considered for admission (what `_simulate` needs of a Pending)."""
+
+    model: str
+    rows: int
+    arrival: float
+    deadline: float
+
+
+@dataclass(eq=False)
 class _InFlight:
     model: str
     members: list[Pending]
@@ -261,13 +271,18 @@ class Scheduler:
         slo = info.slo_seconds
         deadline = math.inf if slo is None else arrival + slo
         if slo is not None:
-            predicted = self.predict(model, cost, deadline, now)
-            if predicted > deadline:
+            predicted, pushed = self.admission(model, cost, arrival, deadline, now)
+            if predicted > deadline or pushed > 0:
                 stats.record_rejection("admission", int((now - arrival) * 1e9))
+                if predicted > deadline:
+                    why = (
+                        f"predicted {(predicted - arrival) * 1000:.1f} ms > SLO {slo * 1000:.1f} ms"
+                    )
+                else:
+                    why = "it would make requests admitted earlier miss their SLO"
                 raise Rejected(
-                    f"model '{model}': rejected by SLO admission: predicted "
-                    f"{(predicted - arrival) * 1000:.1f} ms > SLO {slo * 1000:.1f} ms",
-                    retry_after_s=predicted - deadline,
+                    f"model '{model}': rejected by SLO admission: {why}",
+                    retry_after_s=max(predicted - deadline, pushed),
                 )
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -317,6 +332,68 @@ class Scheduler:
         return predict_completion(
             now, running, self.max_in_flight, ahead, (self.latency[model], own[-1])
         )
+
+    def admission(
+        self, model: str, units: int, arrival: float, deadline: float, now: float
+    ) -> tuple[float, float]:
+        """Honest admission: simulate EDF over everything queued plus the newcomer.
+
+        Returns the newcomer's predicted finish, and how far past its deadline the newcomer
+        would push the latest already-admitted request that is on time without it (0 when
+        none): EDF lets an urgent newcomer overtake, so admitting it must not make earlier
+        admissions late."""
+        queued = [p for q in self._queues.values() for p in q if not p.future.done()]
+        queued += [p for p in self._retry if not p.future.done()]
+        probe = _Probe(model, units, arrival, deadline)
+        finish = self._simulate([*queued, probe], now)
+        pushed = 0.0
+        late = [p for p in queued if finish[p] > p.deadline]
+        if late:
+            before = self._simulate(queued, now)
+            for p in late:
+                if before[p] <= p.deadline:
+                    pushed = max(pushed, finish[p] - p.deadline)
+        return finish[probe], pushed
+
+    def _simulate(self, items: list[Pending | _Probe], now: float) -> dict[object, float]:
+        """Predicted finish time of each item under the dispatcher's EDF batching."""
+        per_model: dict[str, list[Pending | _Probe]] = {}
+        for p in sorted(items, key=lambda p: (p.deadline, p.arrival)):
+            per_model.setdefault(p.model, []).append(p)
+        running = [r.batch for r in self._running]
+        t = now
+        for b in running:
+            t = max(t, b.start + b.latency.bottleneck(b.rows))
+        ends = sorted(b.start + b.latency.first(b.rows) for b in running)
+        depth = self.max_in_flight
+        heads = dict.fromkeys(per_model, 0)
+        out: dict[object, float] = {}
+        while heads:
+            name = min(
+                heads,
+                key=lambda m: (per_model[m][heads[m]].deadline, per_model[m][heads[m]].arrival),
+            )
+            queue, i = per_model[name], heads[name]
+            cap = max(self.infos[name].max_batch_size, 1)
+            lm = self.latency[name]
+            batch = [queue[i]]
+            rows = queue[i].rows
+            i += 1
+            while i < len(queue) and rows + queue[i].rows <= cap:
+                rows += queue[i].rows
+                batch.append(queue[i])
+                i += 1
+            if i < len(queue):
+                heads[name] = i
+            else:
+                del heads[name]
+            start = t if len(ends) < depth else max(t, ends[-depth])
+            end = start + lm.first(rows)
+            ends.append(end)
+            t = start + lm.bottleneck(rows)
+            for p in batch:
+                out[p] = end
+        return out
 
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values()) + len(self._retry)

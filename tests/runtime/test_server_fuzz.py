@@ -1,4 +1,6 @@
-"""Fuzz the REST API: a few thousand generated requests, never a 5xx, never a crash."""
+"""Fuzz the REST and gRPC APIs: over 10,000 generated requests (REST_EXAMPLES x 3 REST
+requests plus GRPC_EXAMPLES gRPC ones) against an in-process server; never a 5xx, never
+INTERNAL or UNKNOWN, never a hang, and correct answers afterwards."""
 
 from __future__ import annotations
 
@@ -7,23 +9,29 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.local_engine import LocalEngine, tiny_embedder, tiny_mlp
 from statmux.runtime.server_runner import BackgroundServer
 
+REST_EXAMPLES = 2500  # three requests each
+GRPC_EXAMPLES = 3000
+MLP = tiny_mlp()
 MODELS = ["tiny-mlp", "tiny-embed", "ghost", "", "..", "%2F", "a" * 300]
 DATATYPES = ["FP32", "INT64", "INT8", "BOOL", "BYTES", "FP16", "UINT8", "FP64", "x", ""]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[BackgroundServer]:
-    engine = LocalEngine([tiny_mlp(), tiny_embedder()])
-    srv = BackgroundServer(FrontEnd(engine, max_request_bytes=64 * 1024), grpc_port=None)
+    engine = LocalEngine([MLP, tiny_embedder()])
+    srv = BackgroundServer(FrontEnd(engine, max_request_bytes=64 * 1024))
     yield srv
     srv.stop()
     engine.shutdown()
@@ -126,7 +134,7 @@ def test_fuzz_rest_api_never_answers_5xx(server: BackgroundServer) -> None:
     seen: dict[int, int] = {}
 
     @settings(
-        max_examples=800,
+        max_examples=REST_EXAMPLES,
         deadline=None,
         derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -162,7 +170,7 @@ def test_fuzz_rest_api_never_answers_5xx(server: BackgroundServer) -> None:
                 assert set(json.loads(resp)) == {"error"}, (m, p, status, resp[:300])
 
     one()
-    assert sum(seen.values()) > 1000
+    assert sum(seen.values()) == 3 * REST_EXAMPLES
     assert 200 in seen and 400 in seen and 404 in seen
     # still serving correctly afterwards
     x = np.ones((1, 16), np.float32).tolist()
@@ -172,3 +180,110 @@ def test_fuzz_rest_api_never_answers_5xx(server: BackgroundServer) -> None:
     status, resp, _ = client.request("POST", "/v2/models/tiny-mlp/infer", ok, {})
     assert status == 200 and json.loads(resp)["outputs"][0]["shape"] == [1, 4]
     assert client.request("GET", "/v2/health/ready", b"", {})[0] == 200
+
+
+# --------------------------------------------------------------------------- gRPC
+GRPC_DATATYPES = [*DATATYPES, "UINT16", "INT32", "UINT64"]
+CONTENT_FIELDS = [
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+]
+_ALLOWED_GRPC_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+@st.composite
+def grpc_request(draw: st.DrawFn) -> bytes:
+    """A ModelInferRequest built field by field (often wrong), or raw bytes that are not."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=200))
+    req = service_pb2.ModelInferRequest(
+        model_name=draw(st.sampled_from(MODELS)),
+        model_version=draw(st.sampled_from(["", "1", "2"])),
+        id=draw(st.text(max_size=4)),
+    )
+    raw = draw(st.booleans())
+    for _ in range(draw(st.integers(0, 3))):
+        t = req.inputs.add()
+        t.name = draw(st.sampled_from(["INPUT0", "input_ids", "x"]))
+        t.datatype = draw(st.sampled_from(GRPC_DATATYPES))
+        t.shape.extend(
+            draw(
+                st.lists(
+                    st.one_of(st.integers(-2, 20), st.sampled_from([2**32, 2**62])), max_size=4
+                )
+            )
+        )
+        if raw:
+            if draw(st.booleans()):  # the right size for FP32 of a small shape
+                count = int(np.prod([max(0, min(d, 64)) for d in t.shape])) if t.shape else 0
+                req.raw_input_contents.append(np.arange(count, dtype=np.float32).tobytes())
+            else:
+                req.raw_input_contents.append(draw(st.binary(max_size=128)))
+        else:
+            field = draw(st.sampled_from(CONTENT_FIELDS))
+            values: Any
+            if field == "bytes_contents":
+                values = draw(st.lists(st.binary(max_size=8), max_size=20))
+            elif field == "bool_contents":
+                values = draw(st.lists(st.booleans(), max_size=20))
+            elif field.startswith("fp"):
+                values = draw(st.lists(st.floats(width=32), max_size=20))
+            elif field.startswith("uint"):
+                values = draw(st.lists(st.integers(0, 2**31), max_size=20))
+            else:
+                values = draw(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=20))
+            getattr(t.contents, field).extend(values)
+    for name in draw(st.lists(st.sampled_from(["OUTPUT0", "embedding", "y"]), max_size=2)):
+        req.outputs.add().name = name
+    return bytes(req.SerializeToString())
+
+
+def test_fuzz_grpc_never_answers_internal_or_unknown(server: BackgroundServer) -> None:
+    seen: dict[str, int] = {}
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+        @settings(
+            max_examples=GRPC_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+            database=None,
+        )
+        @given(request=grpc_request())
+        def one(request: bytes) -> None:
+            try:
+                infer(request, timeout=30)  # a hang fails as DEADLINE_EXCEEDED
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+                assert code in _ALLOWED_GRPC_CODES, (code, e.details(), request[:200])
+            seen[code.name] = seen.get(code.name, 0) + 1
+
+        one()
+        assert sum(seen.values()) == GRPC_EXAMPLES
+        assert seen.get("OK") and seen.get("INVALID_ARGUMENT") and seen.get("NOT_FOUND"), seen
+        # still serving correctly afterwards
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        x = np.arange(32, dtype=np.float32).reshape(2, 16) / 32
+        req = service_pb2.ModelInferRequest(model_name="tiny-mlp")
+        t = req.inputs.add()
+        t.name, t.datatype = "INPUT0", "FP32"
+        t.shape.extend([2, 16])
+        req.raw_input_contents.append(x.tobytes())
+        resp = stub.ModelInfer(req, timeout=30)
+        got = np.frombuffer(resp.raw_output_contents[0], dtype=np.float32).reshape(2, 4)
+        with torch.inference_mode():
+            want = MLP.module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5)
