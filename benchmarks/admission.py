@@ -59,7 +59,7 @@ def sleepy(name: str) -> LocalModel:
 BODY = json.dumps(
     {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 ).encode()
-_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$', re.MULTILINE)
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
 
 
 def server_counts(text: str) -> dict[str, float]:

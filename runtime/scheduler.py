@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -355,7 +355,7 @@ class Scheduler:
                     pushed = max(pushed, finish[p] - p.deadline)
         return finish[probe], pushed
 
-    def _simulate(self, items: list[Pending | _Probe], now: float) -> dict[object, float]:
+    def _simulate(self, items: Sequence[Pending | _Probe], now: float) -> dict[object, float]:
         """Predicted finish time of each item under the dispatcher's EDF batching."""
         per_model: dict[str, list[Pending | _Probe]] = {}
         for p in sorted(items, key=lambda p: (p.deadline, p.arrival)):
