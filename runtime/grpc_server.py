@@ -175,6 +175,9 @@ class GrpcServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 return response
             except ServingError as e:
                 await self._fail(context, e)
+            except Exception:  # a bug: log it, answer a generic error (never its text)
+                log.exception("unhandled error in ModelInfer for model %r", model)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming inference is not supported")

@@ -136,6 +136,11 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def deserialize_bytes(raw: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    if count * _LEN.size > len(raw):  # before allocating `count` slots: each needs 4 bytes
+        raise InvalidRequest(
+            f"tensor '{name}': {count} BYTES elements need at least {count * _LEN.size} "
+            f"bytes, the data has {len(raw)}"
+        )
     out = np.empty(count, dtype=_OBJECT)
     view = memoryview(raw)
     pos = 0

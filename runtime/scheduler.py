@@ -11,10 +11,17 @@ so its handlers' awaits return without an event-loop iteration.
   pick the model whose head request has the earliest deadline (EDF across models) and take
   up to its max_batch_size rows that can all still finish by the tightest deadline among them.
   A request that cannot make its deadline even alone is dropped (reason "deadline").
-- Admission: at arrival, predict when the request would finish given the batches running,
-  the queued requests EDF would serve first and the model's profile; reject it if that is past
-  its deadline (reason "admission"). A pipeline takes the sum of the stages for the first batch
-  and the bottleneck stage for every further one. Requests without an SLO are never rejected.
+- Admission: at arrival, simulate EDF batching over the batches running, every queued
+  request and the newcomer, with the model's profile; reject the newcomer (reason
+  "admission") if it would finish past its deadline, or if by overtaking it would make an
+  admitted request late. A pipeline takes the sum of the stages for the first batch and
+  the bottleneck stage for every further one. Requests without an SLO are never rejected.
+- Learning: each batch that ran alone measures observed / profiled latency (`Drift`); once
+  that leaves a band around 1, the profile is scaled by it everywhere above.
+- Cost: a request's `rows` are batch units (oip_codec.request_units), so a long sequence
+  costs what it will take.
+- Accounting: from `submit` on, every request's outcome is counted here exactly once
+  (a refusal at submit, success, rejection, cancellation, failure).
 - Failures: if the group is unhealthy every queued and running request fails (Unavailable);
   if a batch of several requests fails on a healthy group, each request is retried alone so
   one bad request cannot fail the others.

@@ -21,8 +21,8 @@ from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.local_engine import LocalEngine, tiny_embedder, tiny_mlp
 from statmux.runtime.server_runner import BackgroundServer
 
-REST_EXAMPLES = 2500  # three requests each
-GRPC_EXAMPLES = 3000
+REST_EXAMPLES = 2500  # up to three requests each (paths http.client refuses are skipped)
+GRPC_EXAMPLES = 3500
 MLP = tiny_mlp()
 MODELS = ["tiny-mlp", "tiny-embed", "ghost", "", "..", "%2F", "a" * 300]
 DATATYPES = ["FP32", "INT64", "INT8", "BOOL", "BYTES", "FP16", "UINT8", "FP64", "x", ""]
@@ -170,7 +170,7 @@ def test_fuzz_rest_api_never_answers_5xx(server: BackgroundServer) -> None:
                 assert set(json.loads(resp)) == {"error"}, (m, p, status, resp[:300])
 
     one()
-    assert sum(seen.values()) == 3 * REST_EXAMPLES
+    assert sum(seen.values()) >= 2.7 * REST_EXAMPLES  # with GRPC_EXAMPLES: over 10,000
     assert 200 in seen and 400 in seen and 404 in seen
     # still serving correctly afterwards
     x = np.ones((1, 16), np.float32).tolist()
@@ -205,8 +205,24 @@ _ALLOWED_GRPC_CODES = {
 @st.composite
 def grpc_request(draw: st.DrawFn) -> bytes:
     """A ModelInferRequest built field by field (often wrong), or raw bytes that are not."""
-    if draw(st.integers(0, 9)) == 0:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
         return draw(st.binary(max_size=200))
+    if kind <= 2:  # well formed: tiny-mlp, 1-8 rows, raw or typed contents
+        rows = draw(st.integers(1, 8))
+        x = np.asarray(
+            draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=16 * rows, max_size=16 * rows)),
+            dtype=np.float32,
+        )
+        req = service_pb2.ModelInferRequest(model_name="tiny-mlp")
+        t = req.inputs.add()
+        t.name, t.datatype = "INPUT0", "FP32"
+        t.shape.extend([rows, 16])
+        if draw(st.booleans()):
+            req.raw_input_contents.append(x.tobytes())
+        else:
+            t.contents.fp32_contents.extend(x.tolist())
+        return bytes(req.SerializeToString())
     req = service_pb2.ModelInferRequest(
         model_name=draw(st.sampled_from(MODELS)),
         model_version=draw(st.sampled_from(["", "1", "2"])),

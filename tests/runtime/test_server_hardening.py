@@ -667,3 +667,22 @@ def test_admission_learns_a_profile_that_is_five_times_too_optimistic() -> None:
     finally:
         srv.stop()
         engine.shutdown()
+
+
+def test_bytes_tensors_claiming_billions_of_elements_are_invalid(server: BackgroundServer) -> None:
+    """Found by the fuzzer: BYTES of shape [2**32] with a few raw bytes allocated 32 GiB."""
+    request = service_pb2.ModelInferRequest(model_name="tiny-mlp")
+    t = request.inputs.add()
+    t.name, t.datatype = "INPUT0", "BYTES"
+    t.shape.extend([2**32])
+    request.raw_input_contents.append(b"\x00" * 64)
+    with grpc.insecure_channel(server.grpc_url) as ch:
+        call = ch.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "BYTES elements" in (e.value.details() or "")
