@@ -91,7 +91,8 @@ def parse_shape(shape: object, tensor: str) -> tuple[int, ...]:
             raise InvalidRequest(
                 f"tensor '{tensor}': shape {shape!r} has a dimension above {MAX_ELEMENTS}"
             )
-    if math.prod(shape) > MAX_ELEMENTS:
+    # zero dimensions do not excuse the others: numpy refuses [0, 2**32, 2**32] as well
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
         raise InvalidRequest(
             f"tensor '{tensor}': shape {shape!r} has more than {MAX_ELEMENTS} elements"
         )

@@ -219,7 +219,9 @@ def test_the_sequence_limit_is_in_the_model_config(server: BackgroundServer) -> 
 
 
 # --------------------------------------------------------------------------- malformed input
-@pytest.mark.parametrize("shape", [[2**32, 2**32], [0, 2**62], [2**63], [2**64, 0]])
+@pytest.mark.parametrize(
+    "shape", [[2**32, 2**32], [0, 2**62], [2**63], [2**64, 0], [0, 2**32, 2**32]]
+)
 def test_absurd_shapes_are_400_with_the_oip_body(server: BackgroundServer, shape: list) -> None:
     body = json.dumps(
         {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": shape, "data": []}]}
@@ -229,7 +231,7 @@ def test_absurd_shapes_are_400_with_the_oip_body(server: BackgroundServer, shape
     assert "shape" in oip_error(resp)
 
 
-@pytest.mark.parametrize("shape", [[2**32, 2**32], [0, 2**62], [2**62, 4]])
+@pytest.mark.parametrize("shape", [[2**32, 2**32], [0, 2**62], [2**62, 4], [0, 2**32, 2**32]])
 def test_absurd_shapes_are_invalid_argument_over_grpc(
     server: BackgroundServer, shape: list
 ) -> None:
