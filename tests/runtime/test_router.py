@@ -316,6 +316,26 @@ def test_tritonclient_asyncio_http_and_grpc(cluster: Cluster) -> None:
     assert m[("statmux_router_success_total", (("model", "bert-a"),))] >= 16
 
 
+def test_grpc_typed_contents_are_sent_as_raw_bytes(cluster: Cluster) -> None:
+    """A client that sends int64_contents instead of raw bytes gets the same answer."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    req = service_pb2.ModelInferRequest(model_name="bert-b", id="typed-1")
+    t = req.inputs.add()
+    t.name, t.datatype = "input_ids", "INT64"
+    t.shape.extend(IDS.shape)
+    t.contents.int64_contents.extend(IDS.ravel().tolist())
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.router.grpc}") as ch:
+        reply = service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=60)
+    assert reply.id == "typed-1" and reply.outputs[0].name == "last_hidden_state"
+    got = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(reply.outputs[0].shape)
+    c = th.InferenceServerClient(cluster.groups["g0"].url[len("http://") :])
+    want = c.infer("bert-b", [http_input()]).as_numpy("last_hidden_state")
+    c.close()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_unknown_model_is_404_on_both_protocols(cluster: Cluster) -> None:
     r = cluster.router
     status, body = post(r.url + "/v2/models/nope/infer", b"{}")
