@@ -69,7 +69,7 @@ class Drift:
     is predicted on its slow side.
     """
 
-    def __init__(self, alpha: float = 0.2, warmup: int = 3, threshold: float = 1.25) -> None:
+    def __init__(self, alpha: float = 0.2, warmup: int = 3, threshold: float = 1.1) -> None:
         self.alpha = alpha
         self.warmup = warmup
         self.threshold = threshold
