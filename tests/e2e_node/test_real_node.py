@@ -25,7 +25,8 @@ from statmux.placement.spec import WeightSource
 from statmux.runtime.checkpoint import build_full_model
 from statmux.runtime.presets import resolve_config
 
-pytestmark = pytest.mark.e2e_node
+# Each step may wait for image starts, torch imports and rendezvous on a loaded 2-core machine.
+pytestmark = [pytest.mark.e2e_node, pytest.mark.timeout(1800)]
 
 NODE_NAME = "statmux-node"  # e2e/cluster/node-up.sh
 NS = "statmux-node-e2e"
