@@ -39,6 +39,10 @@ COPY docker/constraints.txt /etc/statmux/constraints.txt
 
 # ---------------------------------------------------------------- operator (kopf, no torch)
 FROM base AS operator
+# Changes with the sources when the builder passes it (e2e/cluster/images.sh): buildah's layer
+# cache does not look into RUN --mount=from=builder, so this keeps a new wheel from being
+# served an old layer. Unset (docker build) it changes nothing.
+ARG STATMUX_SOURCE_ID=""
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m pip install --constraint /etc/statmux/constraints.txt \
       "$(ls /wheels/statmux-*.whl)[operator]" \
@@ -59,6 +63,7 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 # torch (with its CUDA wheels: GBs) in its own layer first, pinned by the constraints: it
 # depends on nothing of ours, so editing the sources rebuilds only the small layer below.
 RUN python -m pip install --constraint /etc/statmux/constraints.txt torch
+ARG STATMUX_SOURCE_ID=""
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m pip install --constraint /etc/statmux/constraints.txt \
       "$(ls /wheels/statmux-*.whl)[runtime]"

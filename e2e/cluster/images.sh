@@ -135,13 +135,16 @@ find-links = /wheelhouse
 EOF
 
 # ------------------------------------------------------------------------------ targets
+# What the wheel is built from (the Dockerfile's builder COPYs): see STATMUX_SOURCE_ID there.
+SOURCE_ID="$(cd "$REPO" && find pyproject.toml README.md statmux placement runtime operator \
+  -name __pycache__ -prune -o -type f -print | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
 for target in operator runtime; do
   wants "$target" || continue
   img="docker.io/statmux/$target:0.1.0"
   t=$(date +%s)
   log "$target: buildah bud --target $target ..."
   "${BUILDAH[@]}" bud --isolation chroot --pull-never --layers --quiet \
-    --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
+    --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "STATMUX_SOURCE_ID=$SOURCE_ID" \
     -v "$WH:/wheelhouse:ro" -v "$BSTORE/pip.conf:/etc/pip.conf:ro" \
     --target "$target" -t "$img" -f "$REPO/Dockerfile" "$REPO" > "$BSTORE/bud-$target.log" 2>&1 ||
     die "buildah bud --target $target failed: $(tail -5 "$BSTORE/bud-$target.log")"
