@@ -143,11 +143,19 @@ for target in operator runtime; do
   img="docker.io/statmux/$target:0.1.0"
   t=$(date +%s)
   log "$target: buildah bud --target $target ..."
-  "${BUILDAH[@]}" bud --isolation chroot --pull-never --layers --quiet \
-    --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "STATMUX_SOURCE_ID=$SOURCE_ID" \
-    -v "$WH:/wheelhouse:ro" -v "$BSTORE/pip.conf:/etc/pip.conf:ro" \
-    --target "$target" -t "$img" -f "$REPO/Dockerfile" "$REPO" > "$BSTORE/bud-$target.log" 2>&1 ||
-    die "buildah bud --target $target failed: $(tail -5 "$BSTORE/bud-$target.log")"
+  bud() {
+    "${BUILDAH[@]}" bud --isolation chroot --pull-never --quiet "$@" \
+      --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "STATMUX_SOURCE_ID=$SOURCE_ID" \
+      -v "$WH:/wheelhouse:ro" -v "$BSTORE/pip.conf:/etc/pip.conf:ro" \
+      --target "$target" -t "$img" -f "$REPO/Dockerfile" "$REPO" > "$BSTORE/bud-$target.log" 2>&1
+  }
+  # buildah 1.28 with --layers: a RUN --mount=from=builder that must run again while the builder
+  # stage is fully cached sees an empty mount (seen when the final stages' Dockerfile lines
+  # change). Then build once more without the cache.
+  if ! bud --layers; then
+    log "$target: cached build failed ($(grep -m1 -i error "$BSTORE/bud-$target.log")); again with --no-cache"
+    bud --layers --no-cache || die "buildah bud --target $target failed: $(tail -5 "$BSTORE/bud-$target.log")"
+  fi
   log "$target: built in $(( $(date +%s) - t ))s"
   archive "$img" "$target"
 done
