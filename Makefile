@@ -46,10 +46,10 @@ e2e: install
 NODE_CLUSTER_DIR ?= /tmp/statmux-node-cluster
 NODE_ENV := STATMUX_CLUSTER_DIR=$(NODE_CLUSTER_DIR) STATMUX_KWOK_TAINT=1
 e2e-node: install
-	$(NODE_ENV) ./e2e/cluster/up.sh > /dev/null
-	$(NODE_ENV) ./e2e/cluster/images.sh > /dev/null
-	$(NODE_ENV) ./e2e/cluster/node-up.sh > /dev/null
-	STATMUX_NODE_CLUSTER_DIR=$(NODE_CLUSTER_DIR) $(PY) -m pytest -m e2e_node -q tests/e2e_node; \
+	$(NODE_ENV) ./e2e/cluster/up.sh > /dev/null && \
+	  $(NODE_ENV) ./e2e/cluster/images.sh > /dev/null && \
+	  $(NODE_ENV) ./e2e/cluster/node-up.sh > /dev/null && \
+	  STATMUX_NODE_CLUSTER_DIR=$(NODE_CLUSTER_DIR) $(PY) -m pytest -m e2e_node -q tests/e2e_node; \
 	  rc=$$?; $(NODE_ENV) ./e2e/cluster/down.sh; exit $$rc
 
 # The operator and runtime images (and the node's pause image) as OCI archives, with buildah.
