@@ -65,7 +65,7 @@ def _serving_error(e: ServingError) -> web.Response:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ServingError as e:
@@ -81,34 +81,69 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error("internal server error", 500)
 
 
+def oip_app(
+    max_request_bytes: int,
+    *,
+    infer: Handler,
+    server_metadata: Handler,
+    live: Handler,
+    ready: Handler,
+    stats: Handler,
+    model_metadata: Handler,
+    model_ready: Handler,
+    model_config: Handler,
+    repository_index: Handler,
+    load: Handler,
+    unload: Handler,
+    metrics: Handler,
+) -> web.Application:
+    """The Open Inference Protocol's REST routes, shared by the group front end and the router
+    so that both answer the same paths with the same error middleware."""
+    # Leave room for the JSON header around a maximum-size tensor.
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=max_request_bytes + 65536
+    )
+    r = app.router
+    # aiohttp tries dynamic routes in order: the hot one first
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_post(base + "/infer", infer)
+    r.add_get("/v2", server_metadata)
+    r.add_get("/v2/health/live", live)
+    r.add_get("/v2/health/ready", ready)
+    r.add_get("/v2/models/stats", stats)
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(base, model_metadata)
+        r.add_get(base + "/ready", model_ready)
+        r.add_get(base + "/config", model_config)
+        r.add_get(base + "/stats", stats)
+    r.add_post("/v2/repository/index", repository_index)
+    r.add_post("/v2/repository/models/{model}/load", load)
+    r.add_post("/v2/repository/models/{model}/unload", unload)
+    r.add_get("/metrics", metrics)
+    return app
+
+
 class RestServer:
     def __init__(self, front: FrontEnd, limits: ServerLimits | None = None) -> None:
         self.front = front
         self.limits = limits or ServerLimits()
 
     def app(self) -> web.Application:
-        # Leave room for the JSON header around a maximum-size tensor.
-        app = web.Application(
-            middlewares=[_errors], client_max_size=self.front.max_request_bytes + 65536
+        return oip_app(
+            self.front.max_request_bytes,
+            infer=self.infer,
+            server_metadata=self.server_metadata,
+            live=self.live,
+            ready=self.ready,
+            stats=self.stats,
+            model_metadata=self.model_metadata,
+            model_ready=self.model_ready,
+            model_config=self.model_config,
+            repository_index=self.repository_index,
+            load=self.load,
+            unload=self.unload,
+            metrics=self.metrics,
         )
-        r = app.router
-        # aiohttp tries dynamic routes in order: the hot one first
-        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            r.add_post(base + "/infer", self.infer)
-        r.add_get("/v2", self.server_metadata)
-        r.add_get("/v2/health/live", self.live)
-        r.add_get("/v2/health/ready", self.ready)
-        r.add_get("/v2/models/stats", self.stats)
-        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            r.add_get(base, self.model_metadata)
-            r.add_get(base + "/ready", self.model_ready)
-            r.add_get(base + "/config", self.model_config)
-            r.add_get(base + "/stats", self.stats)
-        r.add_post("/v2/repository/index", self.repository_index)
-        r.add_post("/v2/repository/models/{model}/load", self.load)
-        r.add_post("/v2/repository/models/{model}/unload", self.unload)
-        r.add_get("/metrics", self.metrics)
-        return app
 
     # ----------------------------------------------------------------- health, metadata
     async def server_metadata(self, request: web.Request) -> web.Response:

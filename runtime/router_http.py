@@ -16,11 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from statmux.runtime.frontend import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from statmux.runtime.http_server import (
-    _errors,
     _GuardedRunner,
     _header_length,
     _json,
     _optional_json,
+    oip_app,
 )
 from statmux.runtime.router_core import Router
 from statmux.runtime.router_upstream import HEADER_LENGTH, Reply
@@ -71,24 +71,21 @@ class RouterRest:
         self.limits = limits
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors], client_max_size=self.max_request_bytes + 65536)
-        r = app.router
-        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            r.add_post(base + "/infer", self.infer)
-        r.add_get("/v2", self.server_metadata)
-        r.add_get("/v2/health/live", self.live)
-        r.add_get("/v2/health/ready", self.ready)
-        r.add_get("/v2/models/stats", self.stats)
-        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-            r.add_get(base, self.forward)
-            r.add_get(base + "/ready", self.model_ready)
-            r.add_get(base + "/config", self.forward)
-            r.add_get(base + "/stats", self.stats)
-        r.add_post("/v2/repository/index", self.repository_index)
-        r.add_post("/v2/repository/models/{model}/load", self.repository_change)
-        r.add_post("/v2/repository/models/{model}/unload", self.repository_change)
-        r.add_get("/metrics", self.metrics)
-        return app
+        return oip_app(
+            self.max_request_bytes,
+            infer=self.infer,
+            server_metadata=self.server_metadata,
+            live=self.live,
+            ready=self.ready,
+            stats=self.stats,
+            model_metadata=self.forward,
+            model_ready=self.model_ready,
+            model_config=self.forward,
+            repository_index=self.repository_index,
+            load=self.repository_change,
+            unload=self.repository_change,
+            metrics=self.metrics,
+        )
 
     # ----------------------------------------------------------------- inference
     async def infer(self, request: web.Request) -> web.Response:
