@@ -64,6 +64,9 @@ def free_port(host: str = HOST) -> int:
 
 def port_in_use(port: int, host: str = HOST) -> bool:
     with socket.socket() as s:
+        # As the servers bind (aiohttp and gRPC set SO_REUSEADDR): connections of a previous
+        # run in TIME_WAIT do not make the port busy, a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

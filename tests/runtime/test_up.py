@@ -195,3 +195,22 @@ def test_up_with_load_reports_measured_vs_predicted_and_stops(tmp_path):
     assert set(doc["perModel"]) == {"bert-a", "gpt2-a", "bert-b"}
     assert "stopped every process" in err
     assert [p for p in descendants(proc.pid) if alive(p)] == []
+
+
+def test_a_port_left_in_time_wait_by_a_previous_run_is_free():
+    import socket
+
+    from statmux.runtime.local_cluster import port_in_use
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp and gRPC bind
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the side that closes first keeps the port in TIME_WAIT
+    client.close()
+    assert port_in_use(port)  # still listening
+    server.close()
+    assert not port_in_use(port)
