@@ -20,6 +20,7 @@ import logging
 
 from statmux.contract import (
     ANNOTATION_GANG_EPOCH,
+    ANNOTATION_LAST_FAILURE,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
     LABEL_MODELSET,
@@ -28,6 +29,7 @@ from statmux.contract import (
 )
 from statmux.operator.kinds import POD, STATEFULSET
 from statmux.operator.kube import Api
+from statmux.operator.pod_failures import pod_failure
 from statmux.operator.resources import Obj, Owner
 
 log = logging.getLogger("statmux.operator")
@@ -121,11 +123,17 @@ def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
         meta.get("name"),
         event_type,
     )
+    # The failed pod is deleted below: keep why on the StatefulSet for the ModelSet's status.
+    detail = pod_failure(pod) or f"pod {meta.get('name')}: {reason}"
+    note = f"{detail} (restart {new_epoch})"
     patched = api.merge_patch(
         STATEFULSET,
         ns,
         sts_name,
-        {"spec": {"template": {"metadata": {"annotations": {ANNOTATION_GANG_EPOCH: new_epoch}}}}},
+        {
+            "metadata": {"annotations": {ANNOTATION_LAST_FAILURE: note}},
+            "spec": {"template": {"metadata": {"annotations": {ANNOTATION_GANG_EPOCH: new_epoch}}}},
+        },
     )
     if patched is None:
         return []

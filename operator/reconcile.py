@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from statmux.contract import ANNOTATION_SPEC_HASH, LABEL_COMPONENT, LABEL_WORKLOAD, PLAN_KEY
+from statmux.contract import (
+    ANNOTATION_LAST_FAILURE,
+    ANNOTATION_SPEC_HASH,
+    LABEL_COMPONENT,
+    LABEL_MODELSET,
+    LABEL_WORKLOAD,
+    PLAN_KEY,
+)
 from statmux.operator.config import OperatorConfig
 from statmux.operator.gang import delete_stale_gang_pods
 from statmux.operator.kinds import (
@@ -24,10 +31,12 @@ from statmux.operator.kinds import (
     DEPLOYMENT,
     LEADERWORKERSET,
     MANAGED,
+    POD,
     kind_of,
 )
 from statmux.operator.kube import Api
 from statmux.operator.planning import plan_for
+from statmux.operator.pod_failures import pod_failure
 from statmux.operator.resources import (
     GroupWorkload,
     Obj,
@@ -131,6 +140,19 @@ def _workload_gpus(objs: list[Obj]) -> int:
     return 0
 
 
+def group_failure(api: Api, ns: str, owner: Owner, workload: str, obj: Obj | None) -> str | None:
+    """Why a group that is not ready fails: a pod's container state (CrashLoopBackOff, an
+    exit code), else the reason of its last gang restart, which deleted the failed pod.
+    None while it is merely starting."""
+    for pod in api.list(POD, ns, {LABEL_MODELSET: owner.name, LABEL_WORKLOAD: workload}):
+        why = pod_failure(pod)
+        if why:
+            return why
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    last = annotations.get(ANNOTATION_LAST_FAILURE)
+    return f"restarting after {last}" if last else None
+
+
 def converge(
     api: Api,
     owner: Owner,
@@ -163,10 +185,14 @@ def converge(
     gws = group_workloads(owner, plan, cfg, kind, gpu_product)
     groups_status: list[Obj] = []
     not_ready: list[str] = []
+    failing: list[str] = []
     for gw in gws:
         ready, ready_pods = workload_ready(applied.get((kind, gw.name)), gw)
         if not ready:
             not_ready.append(gw.group)
+            why = group_failure(api, ns, owner, gw.name, applied.get((kind, gw.name)))
+            if why:
+                failing.append(f"group {gw.group}: {why}")
         groups_status.append(
             {
                 "name": gw.group,
@@ -227,6 +253,7 @@ def converge(
         router_ready=deployment_available(router),
         not_ready=tuple(not_ready),
         retiring=tuple(retiring),
+        failing=tuple(failing),
     )
     return Outcome(readiness, groups_status, new_rollout, deleted)
 

@@ -86,7 +86,9 @@ def planned_conditions(plan: Plan) -> list[Condition]:
             True,
             "Planned",
             f"policy {plan.policy}: {len(plan.groups)} groups on {gpus} GPUs, "
-            f"predicted SLO attainment {plan.predicted.attainment:.3f}",
+            f"predicted SLO attainment {plan.predicted.attainment:.3f}"
+            # what `statmux plan` prints as warnings (e.g. a truncated trace) is not lost here
+            + "".join(f"; warning: {w}" for w in plan.warnings),
         )
     ]
 
@@ -100,6 +102,7 @@ class Readiness:
     router_ready: bool
     not_ready: tuple[str, ...] = ()
     retiring: tuple[str, ...] = ()
+    failing: tuple[str, ...] = ()  # "group g0: pod ... CrashLoopBackOff (...)", one per group
 
 
 def readiness_conditions(
@@ -129,12 +132,19 @@ def readiness_conditions(
     else:
         top = Condition(READY, False, "RouterNotReady", "the router Deployment is not available")
     out = [groups, top]
+    problems: list[str] = []
+    reason = ""
+    if r.failing:
+        reason = "GroupFailing"
+        problems.append("; ".join(r.failing))
     if plan_ready and unplaced:
-        message = (
+        reason = reason or "UnplacedModels"
+        problems.append(
             f"{len(unplaced)} models get no replica and fail every request: "
             f"{', '.join(unplaced)}; raise cluster.gpuMemory or cluster.gpus"
         )
-        out.append(Condition(DEGRADED, True, "UnplacedModels", message))
+    if problems:
+        out.append(Condition(DEGRADED, True, reason, "; ".join(problems)))
     elif plan_ready:
         out.append(Condition(DEGRADED, False, "AsExpected", "the spec is valid"))
     return out

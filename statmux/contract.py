@@ -63,3 +63,5 @@ LABEL_POD_INDEX: Final = "apps.kubernetes.io/pod-index"  # set by the StatefulSe
 # --------------------------------------------------------------------------- annotations
 ANNOTATION_GANG_EPOCH: Final = "statmux.io/gang-epoch"  # bumped to recreate a whole group
 ANNOTATION_SPEC_HASH: Final = "statmux.io/spec-hash"  # plan ConfigMap: the spec it answers
+# On a group StatefulSet: why its last gang restart happened (the failed pod is gone after it).
+ANNOTATION_LAST_FAILURE: Final = "statmux.io/last-failure"

@@ -10,6 +10,7 @@ from statmux.operator.status import (
     condition_status,
     invalid_spec_conditions,
     merge_conditions,
+    planned_conditions,
     readiness_conditions,
 )
 
@@ -61,3 +62,13 @@ def test_unplaced_models_make_the_modelset_degraded() -> None:
     degraded = next(c for c in conds if c.type == "Degraded")
     assert degraded.status and degraded.reason == "UnplacedModels"
     assert "bert-c, bert-d" in degraded.message
+
+
+def test_plan_warnings_reach_the_plan_ready_message() -> None:
+    from plans import make_test_plan  # tests/helpers, on the path via conftest
+
+    plan = make_test_plan([(1, 1, ["a"])]).model_copy(
+        update={"warnings": ["the trace spans 7200 s; planned on the first 3600 s"]}
+    )
+    c = planned_conditions(plan)[0]
+    assert c.status and "warning: the trace spans 7200 s; planned on the first 3600 s" in c.message
