@@ -10,11 +10,14 @@ the front end's CPU share small, so the figures hold on a busy machine.) An open
 Poisson client sends `--rate` requests/s (1x), then twice and three times that, half to
 each model, over keep-alive connections.
 
-For each load: the share of admitted requests that finished within their SLO (by the
-server's own count, statmux_requests_within_slo_total over successes, and by the client's
-clock), rejections (429 at arrival), and goodput (successes within SLO per second),
-relative to the goodput measured at 1x. Goals (issue 9): >= 99 % of admitted within SLO
-at every load; goodput at 2x and 3x >= 90 % of the 1x figure.
+For each load: the requests admitted at arrival, those rejected at arrival (429), those
+admitted but given up at dispatch (`dropped`, also a 429 to the client: a broken promise,
+so they count as admitted and not within SLO), the share of admitted requests that
+finished within their SLO (by the server's own count, statmux_requests_within_slo_total
+over successes plus drops, and by the client's clock), goodput (successes within SLO per
+second) relative to the goodput measured at 1x, the drift ratio and the 1-minute load
+average of the machine (os.getloadavg) at the end of the load. Goals (issue 9): >= 99 %
+of admitted within SLO at every load; goodput at 2x and 3x >= 90 % of the 1x figure.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import random
 import re
 import time
@@ -70,6 +74,8 @@ def server_counts(text: str) -> dict[str, float]:
             out["within"] = out.get("within", 0) + float(value)
         elif name == "statmux_requests_total" and 'outcome="success"' in labels:
             out["success"] = out.get("success", 0) + float(value)
+        elif name == "statmux_requests_rejected_total" and 'reason="deadline"' in labels:
+            out["dropped"] = out.get("dropped", 0) + float(value)
         elif name == "statmux_profile_drift_ratio":
             out["drift"] = max(out.get("drift", 0), float(value))
     return out
@@ -106,16 +112,20 @@ async def run_load(url: str, rate: float, seconds: float, seed: int) -> dict[str
     client_within = sum(lat <= SLO_S[m] for m, lat in ok)
     success = after["success"] - before.get("success", 0)
     within = after["within"] - before.get("within", 0)
+    # admitted at arrival but given up at dispatch (a 429 to the client): a broken promise
+    dropped = after.get("dropped", 0) - before.get("dropped", 0)
     return {
         "rate": rate,
         "sent": len(results),
-        "admitted": len(ok),
-        "rejected": sum(status == 429 for _, status, _ in results),
+        "admitted": len(ok) + int(dropped),
+        "rejected": sum(status == 429 for _, status, _ in results) - int(dropped),
+        "dropped": int(dropped),
         "other": sum(status not in (200, 429) for _, status, _ in results),
-        "admitted_within_slo_server": within / success if success else 1.0,
-        "admitted_within_slo_client": client_within / len(ok) if ok else 1.0,
+        "admitted_within_slo_server": within / (success + dropped) if success else 1.0,
+        "admitted_within_slo_client": client_within / (len(ok) + dropped) if ok else 1.0,
         "goodput": within / elapsed,
         "drift": after.get("drift", 1.0),
+        "loadavg": os.getloadavg()[0],
     }
 
 
@@ -157,15 +167,17 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     print(
-        f"{'load':>4} {'req/s':>6} {'sent':>5} {'admitted':>8} {'429':>5} {'other':>5} "
-        f"{'in SLO (server)':>15} {'in SLO (client)':>15} {'goodput/s':>9} {'vs 1x':>6}"
+        f"{'load':>4} {'req/s':>6} {'sent':>5} {'admitted':>8} {'429':>5} {'dropped':>7} "
+        f"{'other':>5} {'in SLO (server)':>15} {'in SLO (client)':>15} {'goodput/s':>9} "
+        f"{'vs 1x':>6} {'drift':>5} {'loadavg':>7}"
     )
     for r in rows:
         print(
             f"{r['load']:>4} {r['rate']:>6.0f} {r['sent']:>5} {r['admitted']:>8} "
-            f"{r['rejected']:>5} {r['other']:>5} {r['admitted_within_slo_server']:>15.2%} "
-            f"{r['admitted_within_slo_client']:>15.2%} {r['goodput']:>9.1f} "
-            f"{r['goodput_vs_1x']:>6.0%} {r['drift']:>5.2f}"
+            f"{r['rejected']:>5} {r['dropped']:>7} {r['other']:>5} "
+            f"{r['admitted_within_slo_server']:>15.2%} {r['admitted_within_slo_client']:>15.2%} "
+            f"{r['goodput']:>9.1f} {r['goodput_vs_1x']:>6.0%} {r['drift']:>5.2f} "
+            f"{r['loadavg']:>7.1f}"
         )
 
 

@@ -255,8 +255,8 @@ class ServingCollector(Collector):
         if self._drift is not None:
             drift = GaugeMetricFamily(
                 "statmux_profile_drift_ratio",
-                "Observed over profiled batch latency (EWMA); admission uses the observed "
-                "latency when this leaves [1/threshold, threshold]",
+                "Observed over profiled batch latency (EWMA); admission predicts with the "
+                "observed latencies",
                 labels=["model"],
             )
             for model, ratio in sorted(self._drift().items()):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -58,52 +59,106 @@ InlineRunner = Callable[[str, list[Request]], list[Response] | None]
 
 
 class Drift:
-    """How far a model's observed batch latencies are from its profile.
+    """How a model's observed batch latencies compare with its profile.
 
-    Each finished batch gives one sample: its observed latency over what the profile
-    predicted for it. Kept per batch size and for the model as a whole, as an EWMA of the
-    ratio and of its mean deviation (as TCP estimates round trips); a batch size with too
-    few samples of its own uses the model's. `scale()` is what admission and dispatch
-    multiply the profile by: 1 while the ratio stays within [1/threshold, threshold] (the
-    profile is trusted), else the ratio plus twice its deviation, so that a noisy reality
-    is predicted on its slow side.
+    Each batch that ran alone gives one sample: its observed latency over what the profile
+    predicted for it, kept per batch size and for the model as a whole. `ratio` is their
+    EWMA (what the metric reports). `scale(units)` is what predictions multiply the profile
+    by: the median of the last `window` samples of that batch size (of the model as a whole
+    while the size has fewer than `warmup`; 1.0, the profile itself, before that). The
+    median is a typical batch; how far batches stray from it is `Slip`'s business.
     """
 
-    def __init__(self, alpha: float = 0.2, warmup: int = 3, threshold: float = 1.1) -> None:
+    def __init__(self, alpha: float = 0.2, warmup: int = 3, window: int = 64) -> None:
         self.alpha = alpha
         self.warmup = warmup
-        self.threshold = threshold
-        # batch units -> (ewma, mean deviation, samples); None: the model as a whole
-        self._est: dict[int | None, tuple[float, float, int]] = {}
+        self._window = window
+        self._ewma: float | None = None
+        # batch units -> recent samples, and (count, median) of them; None: the model
+        self._samples: dict[int | None, deque[float]] = {}
+        self._medians: dict[int | None, tuple[int, float]] = {}
 
     def observe(self, units: int, ratio: float) -> None:
         if not math.isfinite(ratio) or ratio <= 0:
             return
         for key in (units, None):
-            ewma, dev, n = self._est.get(key, (ratio, 0.0, 0))
-            # the first samples carry more weight, so that the estimate settles quickly
-            weight = max(self.alpha, 1.0 / (n + 1))
-            dev += weight * (abs(ratio - ewma) - dev)
-            ewma += weight * (ratio - ewma)
-            self._est[key] = (ewma, dev, n + 1)
+            samples = self._samples.setdefault(key, deque(maxlen=self._window))
+            samples.append(ratio)
+            # computed once per batch, not on every prediction
+            self._medians[key] = (len(samples), statistics.median(samples))
+        n = len(self._samples[None])
+        # the first samples carry more weight, so that the estimate settles quickly
+        weight = max(self.alpha, 1.0 / n)
+        self._ewma = ratio if self._ewma is None else self._ewma + weight * (ratio - self._ewma)
 
     @property
     def ratio(self) -> float:
-        """The model's observed / profiled latency (1.0 before any sample)."""
-        return self._est.get(None, (1.0, 0.0, 0))[0]
+        """The model's observed / profiled latency (EWMA; 1.0 before any sample)."""
+        return 1.0 if self._ewma is None else self._ewma
 
     def scale(self, units: int) -> float:
-        ewma, dev, n = self._est.get(units, (1.0, 0.0, 0))
-        if n < self.warmup:
-            ewma, dev, n = self._est.get(None, (1.0, 0.0, 0))
-        if n < self.warmup or 1 / self.threshold <= ewma <= self.threshold:
+        known = self._medians.get(units)
+        if known is None or known[0] < self.warmup:
+            known = self._medians.get(None)
+        if known is None or known[0] < self.warmup:
             return 1.0
-        return ewma + 2 * dev
+        return known[1]
+
+
+class Slip:
+    """How far the group falls behind its typical batch latencies over an interval.
+
+    Each batch that ran alone adds its overrun: observed latency minus the typical (median)
+    latency predicted for it, negative when it was faster. A request admitted now finishes
+    late by the sum of the overruns of the batches that run before it ends, so admission
+    adds, to every predicted finish, `margin(horizon)`: the `quantile` (0.99) of that sum
+    over every interval of `horizon` seconds that starts at one of the last `window`
+    batches. This is the observed tail of the error that makes requests late: steady
+    noise adds up over the batches ahead, and a rare stall (the event loop or a rank
+    starved of CPU on a busy machine) is counted for as long as it stays in the window,
+    neither of which an average batch time nor a per-batch tail describes.
+    """
+
+    def __init__(self, window: int = 512, quantile: float = 0.99, warmup: int = 16) -> None:
+        if not 0.5 <= quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0.5, 1], got {quantile}")
+        self.quantile = quantile
+        self.warmup = warmup
+        self._batches: deque[tuple[float, float]] = deque(maxlen=window)  # (end, overrun)
+        self._margins: dict[float, float] = {}  # horizon -> margin, until the next batch
+
+    def observe(self, end: float, overrun: float) -> None:
+        if math.isfinite(overrun):
+            self._batches.append((end, overrun))
+            self._margins.clear()
+
+    def margin(self, horizon: float) -> float:
+        """Seconds to add to a finish predicted `horizon` seconds ahead (0 before `warmup`
+        batches, and never negative: a faster spell does not promise more)."""
+        cached = self._margins.get(horizon)
+        if cached is not None:
+            return cached
+        margin = 0.0
+        if len(self._batches) >= self.warmup:
+            ends = [e for e, _ in self._batches]
+            overruns = [o for _, o in self._batches]
+            sums = []
+            total, j = 0.0, 0
+            for i in range(len(ends)):  # a sliding window over [ends[i], ends[i] + horizon]
+                while j < len(ends) and ends[j] <= ends[i] + horizon:
+                    total += overruns[j]
+                    j += 1
+                sums.append(total)
+                total -= overruns[i]
+            sums.sort()
+            margin = max(0.0, sums[min(len(sums) - 1, math.ceil(self.quantile * len(sums)) - 1)])
+        self._margins[horizon] = margin
+        return margin
 
 
 class LatencyModel:
-    """A model's per-batch-size, per-stage latency (from the Plan's profile), corrected by
-    what the group actually measured once that diverges (see `Drift`)."""
+    """A model's per-batch-size, per-stage latency (from the Plan's profile), scaled by the
+    typical latency the group measured (see `Drift`)."""
 
     def __init__(self, stage_latency_s: dict[int, list[float]], drift: Drift | None = None) -> None:
         rows = sorted((int(b), list(s)) for b, s in stage_latency_s.items() if s)
@@ -207,6 +262,7 @@ class _InFlight:
     members: list[Pending]
     batch: RunningBatch
     alone: bool = True  # dispatched onto an empty pipeline: its latency is the batch's own
+    swaps: int = 0  # the engine's swap-ins so far when it was dispatched
     started_ns: int = field(default_factory=time.perf_counter_ns)
 
 
@@ -221,6 +277,9 @@ class Scheduler:
         self._clock = clock
         self.infos: dict[str, ModelInfo] = engine.model_infos()
         self.latency = {n: LatencyModel(i.stage_latency_s) for n, i in self.infos.items()}
+        self.slip = Slip()
+        # horizon of each model's margin: its SLO (the longest a request of it waits)
+        self._horizon = {n: i.slo_seconds or 0.0 for n, i in self.infos.items()}
         self._idle = asyncio.Event()
         self.stats = {n: ModelStats(n, i.version) for n, i in self.infos.items()}
         self._queues: dict[str, deque[Pending]] = {n: deque() for n in self.infos}
@@ -345,10 +404,13 @@ class Scheduler:
     ) -> tuple[float, float]:
         """Honest admission: simulate EDF over everything queued plus the newcomer.
 
-        Returns the newcomer's predicted finish, and how far past its deadline the newcomer
-        would push the latest already-admitted request that is on time without it (0 when
-        none): EDF lets an urgent newcomer overtake, so admitting it must not make earlier
-        admissions late."""
+        Returns the newcomer's predicted finish, and how much later the newcomer would make
+        an already-admitted request finish past its deadline (0 when none): EDF lets an
+        urgent newcomer overtake, so admitting it must not make earlier admissions late.
+        Every finish is predicted with typical batch latencies plus the observed tail of
+        how far the group falls behind them over an SLO (see `Drift`, `Slip`); a request
+        that a slow batch has already pushed into that margin (still on time at a typical
+        pace, no longer with the margin) must not be pushed further either."""
         queued = [p for q in self._queues.values() for p in q if not p.future.done()]
         queued += [p for p in self._retry if not p.future.done()]
         probe = _Probe(model, units, arrival, deadline)
@@ -360,7 +422,17 @@ class Scheduler:
             for p in late:
                 if before[p] <= p.deadline:
                     pushed = max(pushed, finish[p] - p.deadline)
+                elif (
+                    before[p] - self._margin(p.model) <= p.deadline
+                    and finish[p] > before[p] + 1e-6  # (the same prediction computed twice)
+                ):
+                    # at risk: any further delay counts; a request late even at a typical
+                    # pace is not protected (dispatch will give it up)
+                    pushed = max(pushed, finish[p] - before[p])
         return finish[probe], pushed
+
+    def _margin(self, model: str) -> float:
+        return self.slip.margin(self._horizon[model])
 
     def _simulate(self, items: Sequence[Pending | _Probe], now: float) -> dict[object, float]:
         """Predicted finish time of each item under the dispatcher's EDF batching."""
@@ -383,23 +455,31 @@ class Scheduler:
             queue, i = per_model[name], heads[name]
             cap = max(self.infos[name].max_batch_size, 1)
             lm = self.latency[name]
+            start = t if len(ends) < depth else max(t, ends[-depth])
+            # the batch the dispatcher will form (`_take_batch`): up to `cap` rows, cut
+            # where one more request would make the batch too slow for its tightest deadline
             batch = [queue[i]]
             rows = queue[i].rows
+            tightest = queue[i].deadline
             i += 1
             while i < len(queue) and rows + queue[i].rows <= cap:
-                rows += queue[i].rows
-                batch.append(queue[i])
+                p = queue[i]
+                if start + lm.first(rows + p.rows) > min(tightest, p.deadline):
+                    break
+                rows += p.rows
+                tightest = min(tightest, p.deadline)
+                batch.append(p)
                 i += 1
             if i < len(queue):
                 heads[name] = i
             else:
                 del heads[name]
-            start = t if len(ends) < depth else max(t, ends[-depth])
             end = start + lm.first(rows)
             ends.append(end)
             t = start + lm.bottleneck(rows)
+            margin = self._margin(name)
             for p in batch:
-                out[p] = end
+                out[p] = end + margin
         return out
 
     def queued(self) -> int:
@@ -520,6 +600,7 @@ class Scheduler:
             batch,
             RunningBatch(self._clock(), self.latency[model], rows),
             alone=not self._running,
+            swaps=self._swaps(),
         )
         self._running.append(flight)
         loop = self._loop
@@ -603,13 +684,19 @@ class Scheduler:
         """One drift sample: this batch's latency over what the profile predicts for it.
 
         Only batches that started on an empty pipeline measure their own latency; others
-        also waited for the batches ahead of them."""
-        if not flight.alone:
+        also waited for the batches ahead of them. A batch that waited for a model to be
+        swapped in measures the swap, not the model."""
+        if not flight.alone or self._swaps() != flight.swaps:
             return
-        lm = flight.batch.latency
-        profiled = lm.profiled_first(flight.batch.rows)
+        lm, rows = flight.batch.latency, flight.batch.rows
+        took = now - flight.batch.start
+        profiled = lm.profiled_first(rows)
         if profiled > 0:
-            lm.drift.observe(flight.batch.rows, (now - flight.batch.start) / profiled)
+            self.slip.observe(now, took - lm.first(rows))  # before the sample moves it
+            lm.drift.observe(rows, took / profiled)
+
+    def _swaps(self) -> int:
+        return sum(count for count, _ in self.engine.swap_totals().values())
 
     def _failed(self, flight: _InFlight, exc: BaseException | None) -> None:
         model = flight.model

@@ -22,9 +22,11 @@ from statmux.runtime.engine import (
     TensorSpec,
 )
 from statmux.runtime.scheduler import (
+    Drift,
     LatencyModel,
     RunningBatch,
     Scheduler,
+    Slip,
     pack_batches,
     predict_completion,
 )
@@ -46,6 +48,7 @@ class ScriptedEngine(GroupEngine):
         self.infos = {i.name: i for i in infos}
         self.batches: list[tuple[str, list[Request], Future[list[Response]]]] = []
         self.is_healthy = True
+        self.swaps = 0
 
     def model_infos(self) -> dict[str, ModelInfo]:
         return self.infos
@@ -69,6 +72,9 @@ class ScriptedEngine(GroupEngine):
 
     def shutdown(self) -> None:
         pass
+
+    def swap_totals(self) -> dict[str, tuple[int, float]]:
+        return {"any": (self.swaps, 0.0)}
 
     def complete(self, index: int) -> None:
         _, batch, fut = self.batches[index]
@@ -221,6 +227,107 @@ def test_admission_counts_earlier_deadlines_of_other_models() -> None:
         # arriving at 0.2 (running batch done), tight's queue (deadlines 0.5 <= 0.55) goes first
         clock.t = 0.2
         assert sched.predict("loose", 1, 0.55, 0.2) == pytest.approx(0.2 + 2 * 0.1 + 0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_slightly_optimistic_profile_is_corrected_too() -> None:
+    """7 % slower than profiled (inside the band the profile used to be trusted in): the
+    error piles up over the batches ahead, so predictions use the observed median."""
+    lm = LatencyModel({1: [0.1]})
+    for _ in range(5):
+        lm.drift.observe(1, 1.07)
+    assert lm.first(1) == pytest.approx(0.107)
+    # the median, not the mean: one outlier (a swap-in) does not move typical predictions
+    drift = Drift()
+    for ratio in [1.0] * 9 + [5.0]:
+        drift.observe(1, ratio)
+    assert drift.scale(1) == pytest.approx(1.0) and drift.ratio > 1.1
+
+
+def test_slip_margin_is_the_tail_of_lateness_over_the_horizon() -> None:
+    slip = Slip(window=512, quantile=0.99, warmup=16)
+    assert slip.margin(0.5) == 0.0  # nothing learned yet
+    # a batch every 100 ms, each 2 ms slower than typical, one stalled by 80 ms
+    for i in range(100):
+        slip.observe(0.1 * (i + 1), 0.08 if i == 50 else 0.002)
+    # a 0.5 s horizon spans about six batches: 6 % of such intervals hold the stall
+    assert slip.margin(0.5) == pytest.approx(0.08 + 0.002 * 5, abs=0.0025)
+    # a 50 ms horizon spans one batch: the stall is in 1 % of them, the 99th percentile
+    # interval only in the steady 2 ms
+    assert slip.margin(0.05) == pytest.approx(0.002)
+    faster = Slip(warmup=2)
+    for i in range(10):
+        faster.observe(0.1 * i, -0.01)
+    assert faster.margin(0.5) == 0.0  # a faster spell does not promise more
+
+
+def test_admission_adds_the_learned_slip() -> None:
+    """Batches that now and then stall by 80 ms: a request that fits its SLO at the typical
+    pace but not with the observed tail of the slip is rejected (it used to be admitted)."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        engine = ScriptedEngine([info("a", 0.35, latency=0.1, max_batch=1)])
+        sched = Scheduler(engine, max_in_flight=1, clock=clock)
+        for i in range(20):  # alone on the pipeline, each batch is one sample
+            f = sched.submit("a", req(i), 1)
+            clock.t += 0.18 if i % 5 == 0 else 0.1
+            engine.complete(i)
+            await settle()
+            await f
+        assert sched.latency["a"].first(1) == pytest.approx(0.1)  # the typical batch
+        assert sched.slip.margin(0.35) >= 0.08
+        running = sched.submit("a", req(20), 1)  # finishes at +0.1
+        queued = sched.submit("a", req(21), 1)  # +0.2, and the margin: within 0.35
+        with pytest.raises(Rejected, match="SLO admission"):
+            sched.submit("a", req(22), 1)  # +0.3 <= 0.35 typically, but not with the slip
+        for f in (running, queued):
+            f.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_that_waited_for_a_swap_in_teaches_nothing() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        engine = ScriptedEngine([info("a", 1.0, latency=0.1, max_batch=1)])
+        sched = Scheduler(engine, max_in_flight=1, clock=clock)
+        for i in range(4):
+            f = sched.submit("a", req(i), 1)
+            engine.swaps += i == 0  # the first batch swapped the model in: 2 s
+            clock.t += 2.0 if i == 0 else 0.1
+            engine.complete(i)
+            await settle()
+            await f
+        assert sched.latency["a"].drift.ratio == pytest.approx(1.0)
+        assert sched.latency["a"].first(1) == pytest.approx(0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_already_in_the_margin_is_not_pushed_further() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        engine = ScriptedEngine(
+            [info("b", 0.5, latency=0.1, max_batch=1), info("a", 0.15, 0.02, max_batch=1)]
+        )
+        sched = Scheduler(engine, max_in_flight=1, clock=clock)
+        for i in range(40):  # learned: every batch 5 ms slower than typical
+            sched.slip.observe(0.1 * (i + 1), 0.005)
+        margin = sched.slip.margin(0.5)
+        assert 0.02 < margin < 0.04
+        b = [sched.submit("b", req(i), 1) for i in range(4)]  # finish 0.1 .. 0.4 + margin
+        # the running batch overruns: b[3] now finishes at 0.48, within 0.5 only typically
+        clock.t = 0.18
+        with pytest.raises(Rejected, match="admitted earlier"):
+            sched.submit("a", req(9), 1)  # would overtake b[1..3] (deadline 0.33 < 0.5)
+        # once b[2] and b[3] are late even at a typical pace (0.54, 0.64) they are not
+        # protected (dispatch will give them up), and b[1] (0.44) still makes it
+        clock.t = 0.34
+        sched.submit("a", req(10), 1).cancel()
+        for f in b:
+            f.cancel()
 
     asyncio.run(scenario())
 
