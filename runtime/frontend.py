@@ -155,16 +155,17 @@ class FrontEnd:
                 raise Draining("the server is draining (shutting down); retry on another replica")
             yield
         except ServingError as e:
-            self._refused(model, e, arrival)
+            self.refused(model, e, arrival)
             raise
         except asyncio.CancelledError:
-            self._refused(model, Cancelled("the client went away"), arrival)
+            self.refused(model, Cancelled("the client went away"), arrival)
             raise
         except Exception:
-            self._refused(model, EngineFailed("internal error"), arrival)
+            self.refused(model, EngineFailed("internal error"), arrival)
             raise
 
-    def _refused(self, model: str, error: ServingError, arrival: float) -> None:
+    def refused(self, model: str, error: ServingError, arrival: float) -> None:
+        """Count an inference request refused before it reached the scheduler."""
         stats = self.scheduler.stats.get(model)
         if stats is None:  # an unknown model has no per-model series (no label explosion)
             self.unknown_model_requests += 1

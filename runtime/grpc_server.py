@@ -31,6 +31,7 @@ from statmux.runtime.oip_codec import (
     raw_bytes,
     tensor_from_raw,
 )
+from statmux.runtime.server_limits import ServerLimits
 from statmux.runtime.serving_errors import (
     InvalidRequest,
     PayloadTooLarge,
@@ -261,18 +262,64 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         return handler._replace(request_deserializer=safe, unary_unary=guarded)
 
 
-async def start_grpc(front: FrontEnd, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Serve on host:port from the running event loop; returns the server and its port."""
-    limit = front.max_request_bytes + 65536
+class CallLimit(grpc.aio.ServerInterceptor):
+    """Serves at most `limit` calls at once; one more gets RESOURCE_EXHAUSTED at once, with
+    a message naming the limit and a retry-after trailer (an inference call among them is
+    counted as rejected, like any request refused before the scheduler)."""
+
+    def __init__(self, front: FrontEnd, limit: int) -> None:
+        self.front = front
+        self.limit = limit
+        self.active = 0  # on the event loop only: no lock
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+        infer = str(details.method).endswith("/ModelInfer")
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.active >= self.limit:
+                err = Rejected(
+                    f"the server is serving {self.limit} gRPC calls already, its limit "
+                    "(--grpc-max-calls); retry later",
+                    retry_after_s=1.0,
+                )
+                if infer:
+                    self.front.refused(request.model_name, err, self.front.clock())
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), trailing_metadata=_RETRY_1S
+                )
+            self.active += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.active -= 1
+
+        return handler._replace(unary_unary=limited)
+
+
+_RETRY_1S = (("retry-after", "1"),)
+
+
+async def start_grpc(
+    front: FrontEnd, host: str, port: int, limits: ServerLimits | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Serve on host:port from the running event loop; returns the server and its port.
+
+    `limits` bound what clients can hold (see ServerLimits.grpc_options): connections, the
+    HTTP/2 handshake time, streams per connection, calls at once, idle and old connections.
+    """
+    limits = limits or ServerLimits()
     server = grpc.aio.server(
-        interceptors=[MalformedRequests(front)],
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", -1),
-            # bound what one client can hold open: streams per connection, idle connections
-            ("grpc.max_concurrent_streams", 256),
-            ("grpc.max_connection_idle_ms", 300_000),
-        ],
+        # outermost first: a malformed message is answered before it takes a call slot
+        interceptors=[MalformedRequests(front), CallLimit(front, limits.grpc_max_calls)],
+        options=limits.grpc_options(front.max_request_bytes + 65536),
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcServicer(front), server)
     bound = server.add_insecure_port(f"{host}:{port}")

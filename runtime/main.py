@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=10.0,
         metavar="SECONDS",
-        help="a client must send a request's head within this (default 10)",
+        help="a client must send a request's head within this, and a gRPC connection its "
+        "HTTP/2 preface and settings (default 10)",
     )
     p.add_argument(
         "--body-timeout",
@@ -168,7 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=_positive_int,
         default=1024,
-        help="open REST connections beyond this are closed at once (default 1024)",
+        help="open REST connections, and open gRPC connections, beyond this are closed at "
+        "once (default 1024 each)",
+    )
+    p.add_argument(
+        "--grpc-max-calls",
+        type=_positive_int,
+        default=1024,
+        help="gRPC calls served at once; more get RESOURCE_EXHAUSTED (default 1024)",
+    )
+    p.add_argument(
+        "--grpc-max-streams",
+        type=_positive_int,
+        default=256,
+        help="HTTP/2 streams one gRPC connection may open at once (default 256)",
+    )
+    p.add_argument(
+        "--grpc-max-connection-age",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a gRPC connection is closed after this (GOAWAY; its calls get --drain-timeout "
+        "to finish; clients reconnect) (default 600)",
     )
     p.add_argument(
         "--switch-interval",
@@ -328,6 +350,9 @@ def limits_of(args: argparse.Namespace) -> ServerLimits:
         body_timeout_s=args.body_timeout,
         max_connections=args.max_connections,
         drain_timeout_s=args.drain_timeout,
+        grpc_max_calls=args.grpc_max_calls,
+        grpc_max_streams=args.grpc_max_streams,
+        grpc_max_connection_age_s=args.grpc_max_connection_age,
     )
 
 

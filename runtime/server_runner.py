@@ -66,7 +66,7 @@ async def start_servers(
     grpc_server, bound = (None, None)
     if grpc_port is not None:
         try:
-            grpc_server, bound = await start_grpc(front, host, grpc_port)
+            grpc_server, bound = await start_grpc(front, host, grpc_port, limits)
         except BaseException:
             await runner.cleanup()
             raise

@@ -580,6 +580,90 @@ def test_open_connections_are_capped(server: BackgroundServer) -> None:
     assert status == 200
 
 
+# --------------------------------------------------------------------------- gRPC connections
+def _read_until_closed(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_grpc_connection_without_its_http2_preface_is_closed(server: BackgroundServer) -> None:
+    """Slowloris over gRPC: half a preface, then silence; closed after --head-timeout (0.5 s
+    here) with a GOAWAY that says why, not after grpc's default two minutes."""
+    assert server.grpc_port is not None
+    with socket.create_connection(("127.0.0.1", server.grpc_port), timeout=20) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n")
+        data = _read_until_closed(s)  # a socket timeout here fails the test
+    assert b"handshake timeout" in data, data
+
+
+def test_open_grpc_connections_are_capped(server: BackgroundServer) -> None:
+    """Beyond --max-connections (64 here) a gRPC connection is closed before the server
+    sends its HTTP/2 settings; the server serves again once they are gone."""
+    assert server.grpc_port is not None
+    socks = [socket.create_connection(("127.0.0.1", server.grpc_port)) for _ in range(80)]
+    try:
+        refused = 0
+        for s in socks:
+            s.settimeout(10)
+            try:
+                first = s.recv(65536)  # the accepted ones get the server's SETTINGS frame
+            except ConnectionResetError:
+                first = b""
+            refused += first == b""
+        assert refused >= 80 - 64
+    finally:
+        for s in socks:
+            s.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert tg.InferenceServerClient(server.grpc_url).is_server_live()
+            break
+        except InferenceServerException:
+            assert time.monotonic() < deadline, "the gRPC server never took connections again"
+            time.sleep(0.1)
+
+
+def test_grpc_calls_beyond_the_limit_get_resource_exhausted_and_are_counted() -> None:
+    engine = LocalEngine([slow_model(seconds=0.4)])
+    srv = BackgroundServer(
+        FrontEnd(engine, max_request_bytes=MAX_BYTES), limits=ServerLimits(grpc_max_calls=2)
+    )
+    x = np.ones((1, 4), dtype=np.float32)
+
+    async def burst(n: int) -> list[str]:
+        client = tga.InferenceServerClient(srv.grpc_url)
+        try:
+
+            async def one() -> str:
+                try:
+                    await client.infer("slow", [grpc_input(x)])
+                    return "ok"
+                except InferenceServerException as e:
+                    return f"{e.status()}: {e.message()}"
+
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+        finally:
+            await client.close()
+
+    try:
+        results = asyncio.run(burst(6))
+        refused = [r for r in results if r != "ok"]
+        assert results.count("ok") >= 2 and refused, results
+        for r in refused:
+            assert "RESOURCE_EXHAUSTED" in r and "--grpc-max-calls" in r, r
+        counts = outcomes(srv.http_port, "slow")
+        assert counts.get("success") == results.count("ok")
+        assert counts.get("rejected") == len(refused)
+        # the slots free again: a call after the burst is served
+        assert asyncio.run(burst(1)) == ["ok"]
+    finally:
+        srv.stop()
+        engine.shutdown()
+
+
 # --------------------------------------------------------------------------- drain
 def test_drain_finishes_accepted_requests_and_refuses_new_ones() -> None:
     engine = LocalEngine([slow_model(seconds=0.1)])
