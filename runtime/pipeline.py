@@ -13,6 +13,15 @@ group. The last stage's TP rank 0 returns results to the leader over a dedicated
 process group that the leader reads on its own thread: the forward path never waits on the
 return path, so sends never block in a cycle however many batches are in flight.
 
+Sends of RUN messages are asynchronous on CPU (gloo): a gloo send blocks until the receiver
+has posted its receive, so a stage that finished a batch would otherwise wait for the next
+stage to finish its own batch before taking the next one (no buffer between stages, a
+bubble per batch whenever the next stage is busy). Each rank therefore hands RUN messages
+to one sender thread (FIFO, so the order on the wire is the order of the work) and goes on;
+control messages (load, unload, ping, shutdown) first wait for that queue to drain and are
+sent inline, as before. With NCCL a send is already asynchronous to the CPU (it is enqueued
+on a stream), and NCCL communicators are not shared between threads: the sends stay inline.
+
 Stage timings ride the same headers: after the tensor specs, each header has one
 (compute ns, transfer ns, batches) slot per stage. A stage writes its own cumulative totals
 for the message's model into its slot before passing a RUN message on, so the leader reads
@@ -22,12 +31,18 @@ the stage's send of the batch in hand, which is counted with its next batch).
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 class Op(IntEnum):
@@ -145,8 +160,61 @@ class Topology:
         return [stage * self.tp + r for r in range(self.tp)]
 
 
+Sent = Callable[[int], None]  # told the ns a send took
+
+
+class SendError(RuntimeError):
+    """An earlier asynchronous send of this rank failed (the next stage is gone)."""
+
+
+class _Sender:
+    """One thread that sends this rank's queued messages in order (see the module doc)."""
+
+    def __init__(self, send: Callable[[Message, int, dist.ProcessGroup | None], int]) -> None:
+        self._send = send
+        self._queue: queue.Queue[tuple[Message, int, dist.ProcessGroup | None, Sent | None]] = (
+            queue.Queue()
+        )
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="statmux-send", daemon=True)
+        self._thread.start()
+
+    def put(
+        self, msg: Message, dst: int, group: dist.ProcessGroup | None, done: Sent | None
+    ) -> None:
+        self.check()
+        self._queue.put((msg, dst, group, done))
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise SendError(f"a send to the next stage failed: {self.error}") from self.error
+
+    def flush(self) -> None:
+        """Wait until every queued message is on the wire (or a send failed)."""
+        self._queue.join()
+        self.check()
+
+    def _run(self) -> None:
+        while True:
+            msg, dst, group, done = self._queue.get()
+            try:
+                if self.error is None:  # after a failure the rest is dropped, never sent
+                    ns = self._send(msg, dst, group)
+                    if done is not None:
+                        done(ns)
+            except Exception as err:
+                log.error(
+                    "rank sender: sending batch %d to rank %d failed: %s", msg.batch_id, dst, err
+                )
+                self.error = err
+            finally:
+                self._queue.task_done()
+
+
 class Links:
-    """This rank's message channels. `device` is where tensors travel (cuda for NCCL)."""
+    """This rank's message channels. `device` is where tensors travel (cuda for NCCL).
+
+    `async_send` (default: on CPU): RUN messages go out on a sender thread (module doc)."""
 
     def __init__(
         self,
@@ -154,11 +222,17 @@ class Links:
         device: torch.device,
         tp_group: dist.ProcessGroup | None,
         return_group: dist.ProcessGroup | None,
+        async_send: bool | None = None,
     ) -> None:
         self.topo = topo
         self.device = device
         self.tp_group = tp_group
         self.return_group = return_group
+        if async_send is None:
+            async_send = device.type == "cpu"
+        self._sender: _Sender | None = None
+        if async_send and (not topo.is_last or (topo.tp_rank == 0 and topo.pp > 1)):
+            self._sender = _Sender(self.send)
 
     # point to point -------------------------------------------------------------------
     def send(self, msg: Message, dst: int, group: dist.ProcessGroup | None = None) -> int:
@@ -213,15 +287,32 @@ class Links:
             return self.broadcast_input(None)
         return self.recv(self.topo.prev_rank)
 
-    def forward(self, msg: Message) -> int:
+    def forward(self, msg: Message, sent: Sent | None = None) -> int:
         """Pass a message on to the next stage, or back to the leader from the last one.
 
-        Returns the ns spent sending (0 when nothing was sent)."""
+        Returns the ns spent sending (0 when nothing was sent or the send was queued);
+        `sent`, when given, is told the ns of a send (on the sender thread if queued).
+        Raises SendError when an earlier queued send failed."""
         if not self.topo.is_last:
-            return self.send(msg, self.topo.next_rank)
-        if self.topo.tp_rank == 0 and self.topo.pp > 1 and msg.op in _RETURNED:
-            return self.send(msg, 0, group=self.return_group)
-        return 0
+            dst, group = self.topo.next_rank, None
+        elif self.topo.tp_rank == 0 and self.topo.pp > 1 and msg.op in _RETURNED:
+            dst, group = 0, self.return_group
+        else:
+            return 0
+        if self._sender is not None:
+            if msg.op == Op.RUN:
+                self._sender.put(msg, dst, group, sent)
+                return 0
+            self._sender.flush()  # control messages keep their place behind the work
+        ns = self.send(msg, dst, group=group)
+        if sent is not None:
+            sent(ns)
+        return ns
+
+    def flush(self) -> None:
+        """Wait until every queued send is done (raises SendError if one failed)."""
+        if self._sender is not None:
+            self._sender.flush()
 
     def receive_result(self) -> Message:
         """Leader: the next message the last stage returned."""

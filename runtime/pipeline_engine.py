@@ -83,17 +83,20 @@ def step(state: RankState, msg: Message) -> Message:
             raise RuntimeError(f"model {state.models[msg.model].name!r} is not resident")
         start = time.perf_counter_ns()
         inputs = [t.to(shard.device) for t in msg.tensors]
-        result = shard.module(inputs)
-        if shard.device.type == "cuda":  # the kernels are asynchronous: time their end
-            torch.cuda.synchronize(shard.device)
         if state.emulator is not None:
+            result = state.emulator.forward(msg.model, inputs, shard.module)
             rows = int(msg.tensors[0].shape[0]) if msg.tensors else 1
             state.emulator.hold(msg.model, rows, start)
+        else:
+            result = shard.module(inputs)
+            if shard.device.type == "cuda":  # the kernels are asynchronous: time their end
+                torch.cuda.synchronize(shard.device)
         clock, topo = state.clock, state.topo
         clock.add(msg.model, time.perf_counter_ns() - start, msg.transfer_ns)
         timings = clock.stamp(msg.timings, topo.stage, topo.pp, msg.model)
         out = Message(Op.RUN, msg.batch_id, msg.model, result, timings)
-        clock.add(msg.model, 0, state.links.forward(out), batches=0)
+        model = msg.model
+        state.links.forward(out, lambda ns: clock.add(model, 0, ns, batches=0))
         return out
     state.links.forward(msg)  # first, so the next stages swap concurrently with this one
     if msg.op == Op.LOAD:

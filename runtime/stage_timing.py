@@ -2,7 +2,8 @@
 
 Each rank owns one `StageClock` for its stage. Compute is the stage's forward (tensor-parallel
 all-reduces included); transfer is receiving the activations after their header arrived plus
-sending the stage's output on (a blocking send also waits until the next stage takes it).
+sending the stage's output on (on CPU a queued send, timed on the rank's sender thread; a
+blocking send also waits until the next stage takes it).
 The totals travel to the leader in the timing slots of the RUN headers (runtime/pipeline.py),
 and `StageTimes` keeps the latest totals the leader has seen for each (model, stage).
 """
@@ -19,21 +20,25 @@ class StageClock:
 
     def __init__(self) -> None:
         self._totals: dict[int, list[int]] = {}
+        self._lock = threading.Lock()  # the rank's sender thread adds its sends' time
 
     def add(self, model: int, compute_ns: int, transfer_ns: int, batches: int = 1) -> None:
-        acc = self._totals.get(model)
-        if acc is None:
-            acc = self._totals[model] = [0, 0, 0]
-        acc[0] += compute_ns
-        acc[1] += transfer_ns
-        acc[2] += batches
+        with self._lock:
+            acc = self._totals.get(model)
+            if acc is None:
+                acc = self._totals[model] = [0, 0, 0]
+            acc[0] += compute_ns
+            acc[1] += transfer_ns
+            acc[2] += batches
 
     def totals(self, model: int) -> tuple[int, int, int]:
-        acc = self._totals.get(model)
-        return (0, 0, 0) if acc is None else (acc[0], acc[1], acc[2])
+        with self._lock:
+            acc = self._totals.get(model)
+            return (0, 0, 0) if acc is None else (acc[0], acc[1], acc[2])
 
     def models(self) -> list[int]:
-        return list(self._totals)
+        with self._lock:
+            return list(self._totals)
 
     def stamp(self, timings: list[int], stage: int, stages: int, model: int) -> list[int]:
         """`timings` (as received, possibly empty) with this stage's slot set to its totals."""

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.http as th
 
 from statmux.placement.plan import Plan
@@ -25,6 +26,24 @@ def test_hold_lasts_at_least_the_profiled_time():
     start = time.perf_counter_ns()
     emu.hold(0, 1, start)
     assert time.perf_counter_ns() - start >= 0.05e9
+
+
+def test_emulated_outputs_are_computed_once_per_shape() -> None:
+    emu = StageEmulator(0, {0: ("m", {1: [0.01]})})
+    seen: list[tuple[int, ...]] = []
+
+    def module(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        seen.append(tuple(xs[0].shape))
+        return [xs[0].float() * 2]
+
+    a = emu.forward(0, [torch.ones(1, 3)], module)
+    b = emu.forward(0, [torch.ones(1, 3)], module)
+    c = emu.forward(0, [torch.ones(2, 3)], module)
+    assert seen == [(1, 3), (2, 3)] and emu.forwards == 2
+    assert torch.equal(a[0], torch.full((1, 3), 2.0)) and torch.equal(b[0], a[0])
+    assert c[0].shape == (2, 3)
+    b[0].add_(1)  # a copy: the kept output is not changed by its users
+    assert torch.equal(emu.forward(0, [torch.ones(1, 3)], module)[0], a[0])
 
 
 def test_a_model_without_a_profile_is_refused():
