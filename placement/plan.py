@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from statmux.placement.profile import ModelProfile, ParallelConfig
+from statmux.placement.profile import ModelProfile, Overheads, ParallelConfig
 from statmux.placement.spec import DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_LIMIT, WeightSource
 
 PLAN_API_VERSION = "statmux.io/v1alpha1"
@@ -83,6 +83,40 @@ class _PlanModel(BaseModel):
     )
 
 
+class PlanOverheads(_PlanModel):
+    """The profile's serving overheads (statmux.placement.profile.Overheads), carried so that
+    the router's and the groups' admission predict what the simulator predicts."""
+
+    request_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="added to every request's completion outside the stages (hops, front "
+        "ends); counts against the SLO, occupies no stage",
+    )
+    stage_seconds: float = Field(
+        default=0.0, ge=0, description="added to every stage after the first (activation transfer)"
+    )
+    stage_fraction: float = Field(
+        default=0.0, ge=0, description="every stage's latency times (1 + stageFraction x pp)"
+    )
+
+    def apply(self, stages: Sequence[float]) -> list[float]:
+        """Per-stage latencies with the per-stage overheads added (Overheads.apply)."""
+        scale = 1.0 + self.stage_fraction * len(stages)
+        return [x * scale + (self.stage_seconds if k else 0.0) for k, x in enumerate(stages)]
+
+
+def plan_overheads(o: Overheads) -> PlanOverheads | None:
+    """A profile's overheads as the Plan carries them (None: it has none)."""
+    if not (o.request_seconds or o.stage_seconds or o.stage_fraction):
+        return None
+    return PlanOverheads(
+        request_seconds=o.request_seconds,
+        stage_seconds=o.stage_seconds,
+        stage_fraction=o.stage_fraction,
+    )
+
+
 class PlanModel(_PlanModel):
     """One model hosted by a group, with everything its ranks need to load and admit it."""
 
@@ -101,6 +135,12 @@ class PlanModel(_PlanModel):
     )
     weight_bytes_per_gpu: float = Field(ge=0)
     weights: WeightSource = Field(description="spec.models[].weights, verbatim")
+    overheads: PlanOverheads | None = Field(
+        default=None,
+        description="the profile's serving overheads; the router and the group's admission "
+        "add them to stageLatencySeconds as the simulator does (--emulate-device sleeps "
+        "stageLatencySeconds alone: the overheads are the real serving path's)",
+    )
 
     @field_validator("stage_latency_seconds")
     @classmethod
@@ -125,6 +165,19 @@ class PlanModel(_PlanModel):
     def latency(self, batch: int = 1) -> float:
         """End-to-end latency of one batch through every stage."""
         return float(sum(self.stage_latency(batch)))
+
+    def served_stage_latency(self, batch: int) -> list[float]:
+        """`stage_latency` with the per-stage overheads: what a stage takes when served."""
+        lat = self.stage_latency(batch)
+        return lat if self.overheads is None else self.overheads.apply(lat)
+
+    def served_stage_latency_seconds(self) -> dict[int, list[float]]:
+        """The whole table with the per-stage overheads (for the group's admission)."""
+        return {b: self.served_stage_latency(b) for b in self.stage_latency_seconds}
+
+    @property
+    def request_overhead_seconds(self) -> float:
+        return 0.0 if self.overheads is None else self.overheads.request_seconds
 
 
 class PlanGroup(_PlanModel):

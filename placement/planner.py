@@ -20,6 +20,7 @@ from statmux.placement.plan import (
     Predicted,
     SearchInfo,
     group_memory_per_gpu,
+    plan_overheads,
 )
 from statmux.placement.policies import PolicyResult, manual_policy
 from statmux.placement.policy_registry import BASELINES, POLICIES, unknown_policy_message
@@ -209,6 +210,7 @@ def make_plan(
                     },
                     weight_bytes_per_gpu=cp.weight_bytes_per_gpu,
                     weights=by_name[name].weights,
+                    overheads=plan_overheads(problem.profiles[name].overheads),
                 )
             )
         groups.append(

@@ -141,7 +141,8 @@ def start_group(
             cfg,
             entry.max_batch_size,
             entry.slo_seconds,
-            entry.stage_latency_seconds,
+            # admission predicts with the Plan's overheads, as the router and the simulator
+            entry.served_stage_latency_seconds(),
             max_sequence_length(cfg, entry.weights.max_sequence_length),
         )
         models.append(HostedModel(i, entry.name, entry.weights.architecture, cfg, info, shard))

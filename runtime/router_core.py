@@ -312,7 +312,7 @@ class Router:
             st = next(s for c, s in pairs if c is cand)
             if tried:
                 mm.retries.inc()
-            ticket = st.backlog.commit(now, cand.model.stage_latency(rows))
+            ticket = st.backlog.commit(now, cand.model.served_stage_latency(rows))
             try:
                 reply = await self.upstreams.request("POST", st.group.url + path, body, headers)
             except (NotAccepted, Broken) as e:

@@ -7,11 +7,18 @@ If even that completion is past t + SLO(m), the request is rejected at once.
 
 Outstanding work is estimated from the Plan, exactly as the simulator's `est` does: each group
 keeps the time each of its pp stages frees, a dispatched request occupies every stage for its
-profiled batch latency (s_k = max(e_{k-1}, free_k), e_k = s_k + l_k). The groups correct the
-estimate: whenever a response comes back, the group's stage times are recomputed from the
-requests still outstanding there, replayed from now (a group with nothing outstanding is idle
-now, whatever the profile predicted). The estimate is therefore never behind by more than one
-response, and errs on the late side (conservative), like the simulator's.
+profiled batch latency (s_k = max(e_{k-1}, free_k), e_k = s_k + l_k). Latencies carry the
+Plan's overheads as the simulator applies them (PlanModel.served_stage_latency; the
+per-request overhead is added to the completion and so counts against the SLO).
+
+The groups correct the estimate: whenever a response comes back, the group's stage times are
+recomputed from the requests still outstanding there, replayed from the answered request's
+exit from each stage (it left the last stage now; a group with nothing outstanding is idle
+now, whatever the profile predicted). The estimate is therefore never behind by more than
+one response, and between answers it follows the profile, as the simulator does. (Replaying
+every outstanding request from now, as an earlier version did, assumed that a pipeline
+restarts its work at each answer: it over-estimated a busy pp2 group's backlog by about one
+stage per answer and rejected requests that the simulator admits.)
 
 Pure logic, no I/O: the router calls `choose`, `commit` and `release` on its event loop.
 """
@@ -74,10 +81,20 @@ class Backlog:
         return ticket
 
     def release(self, ticket: Ticket, now: float) -> None:
-        """The group answered (or failed) `ticket`: re-estimate from what is still out."""
+        """The group answered (or failed) `ticket`: re-estimate from what is still out.
+
+        The answer anchors the pipeline: `ticket` left its last stage now, so (by its stage
+        latencies) it left stage k at now minus the stages after k, and a request still out
+        entered no stage before it (a group feeds its pipeline in order). The requests still
+        out are replayed from those times in the order they were sent, none before it was
+        sent: each still needs at least its last stage from now."""
         if self.outstanding.pop(ticket.id, None) is None:
             return
         free = [now] * self.pp
+        after = 0.0
+        for k in range(min(self.pp, len(ticket.lat)) - 1, -1, -1):
+            free[k] = now - after
+            after += ticket.lat[k]
         for t in self.outstanding.values():
             e = t.dispatched
             for k, latency in enumerate(t.lat):
@@ -107,11 +124,13 @@ class Choice:
 
 def choose(candidates: Iterable[Candidate], rows: int, now: float) -> Choice:
     """The candidate that completes a `rows`-row request arriving now earliest (first wins
-    ties, as in the simulator)."""
+    ties, as in the simulator). Latencies are the Plan's with its overheads, as the
+    simulator applies them: per-stage ones in the stages, the per-request one after."""
     best: Candidate | None = None
     best_end = math.inf
     for c in candidates:
-        end = c.backlog.finish(now, c.model.stage_latency(rows))
+        m = c.model
+        end = c.backlog.finish(now, m.served_stage_latency(rows)) + m.request_overhead_seconds
         if end < best_end:
             best, best_end = c, end
     return Choice(best, best_end)

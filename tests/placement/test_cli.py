@@ -221,3 +221,35 @@ def test_trace_example_plans_no_empty_group_and_marks_latency_source(tmp_path: P
     # the built-in bert-2.6b profile is scaled from bert-1.3b: estimated
     assert {g.latency_source for g in plan.groups} <= {"measured", "estimated"}
     assert "estimated" in r.stdout or "measured" in r.stdout
+
+
+def test_the_profiles_overheads_reach_the_plan() -> None:
+    """The router and the groups admit with the overheads the simulator scored the plan with."""
+    from statmux.placement.planner import plan_modelset
+    from statmux.placement.spec import parse_modelset
+
+    overheads = {"requestSeconds": 0.012, "stageSeconds": 0.004, "stageFraction": 0.01}
+    inline = {
+        "weightBytes": 1e9,
+        "configs": [
+            {"pipelineStages": 2, "tensorParallel": 1, "stageLatencyS": {"1": [0.05, 0.06]}}
+        ],
+    }
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"]["durationSeconds"] = 30
+    doc["spec"]["models"] = [
+        {"name": "a", "profile": {"inline": inline | {"overheads": overheads}}},
+        {"name": "b", "profile": {"inline": inline}},
+    ]
+    doc["spec"]["workload"]["total"]["rate"] = 4
+    doc["spec"]["placement"] = {
+        "policy": "manual",
+        "groups": [{"pipelineStages": 2, "tensorParallel": 1, "models": ["a", "b"]}],
+    }
+    plan = Plan.parse_json(plan_modelset(parse_modelset(doc)).to_json())  # through JSON
+    a, b = plan.groups[0].models
+    assert a.overheads is not None and b.overheads is None
+    assert a.overheads.model_dump(by_alias=True) == overheads
+    assert a.stage_latency(1) == [0.05, 0.06]  # the profile's, as emulation sleeps them
+    assert a.served_stage_latency(1) == pytest.approx([0.05 * 1.02, 0.06 * 1.02 + 0.004])
+    assert a.request_overhead_seconds == 0.012 and b.request_overhead_seconds == 0.0

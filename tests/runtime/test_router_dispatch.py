@@ -52,6 +52,47 @@ def test_release_reestimates_from_what_is_still_outstanding() -> None:
     assert b.free == [0.9]
 
 
+def test_release_of_a_pipeline_anchors_at_the_answer() -> None:
+    """pp2: an answer on time leaves the estimate as the profile had it (the request behind
+    it is already in its second stage); a late answer shifts what is still out by as much."""
+    b = Backlog(2)
+    t1 = b.commit(0.0, [1.0, 1.0])  # s0: 0-1, s1: 1-2
+    b.commit(0.0, [1.0, 1.0])  # s0: 1-2, s1: 2-3
+    assert b.free == [2.0, 3.0]
+    b.release(t1, 2.0)
+    assert b.free == [2.0, 3.0]  # not [3, 4]: t2 does not start over at the answer
+    late = Backlog(2)
+    u1 = late.commit(0.0, [1.0, 1.0])
+    late.commit(0.0, [1.0, 1.0])
+    late.release(u1, 2.5)
+    assert late.free == [2.5, 3.5]
+    late.release(u1, 3.0)  # twice: no effect
+    assert late.free == [2.5, 3.5]
+
+
+def test_overheads_in_the_plan_count_in_dispatch_and_admission() -> None:
+    """The per-stage overheads occupy the stages after the first, the per-request one delays
+    the completion (statmux.placement.profile.Overheads, as the simulator applies them)."""
+    m = PlanModel.model_validate(
+        {
+            "name": "m",
+            "sloSeconds": 1.0,
+            "stageLatencySeconds": {"1": [0.1, 0.2]},
+            "weightBytesPerGpu": 1.0,
+            "weights": WEIGHTS,
+            "overheads": {"requestSeconds": 0.05, "stageSeconds": 0.01, "stageFraction": 0.1},
+        }
+    )
+    assert m.served_stage_latency(1) == pytest.approx([0.12, 0.25])  # x1.2, +0.01 after s0
+    assert m.stage_latency(1) == [0.1, 0.2]  # what --emulate-device sleeps
+    backlog = Backlog(2)
+    choice = choose([Candidate("g0", m, backlog)], 1, 0.0)
+    assert choice.completion == pytest.approx(0.12 + 0.25 + 0.05)
+    assert admit(choice, 0.42 + 1e-9) and not admit(choice, 0.41)
+    ticket = backlog.commit(0.0, m.served_stage_latency(1))
+    assert ticket.completion == pytest.approx(0.37)  # the stages only: the hop occupies none
+
+
 def test_choose_earliest_completion_first_wins_ties_and_admission() -> None:
     fast, slow = Backlog(1), Backlog(2)
     a = Candidate("g0", model([0.2]), fast)
