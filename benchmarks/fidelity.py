@@ -13,9 +13,10 @@ Two modes, reported separately:
   `statmux up --emulate-device`: every stage takes its profiled V100 time (a sleep) while the
   real pipeline, router, queues, admission and transport run unchanged. The serving path's
   own costs (router hop, HTTP, scheduling, activation transfer) are not in the V100 profiles;
-  as AlpaServe calibrated its simulator, they are measured here first with `statmux profile`
-  on the emulated models' real (tiny) shards and written into the profiles as `overheads`
-  (`--no-calibrate` skips this and uses the bare built-in profiles).
+  as AlpaServe calibrated its simulator, they are measured here first with
+  `statmux profile --emulate-device` (the same emulated serving path, one request at a
+  time) and written into the profiles as `overheads`, which the Plan carries to the router's
+  and the groups' admission (`--no-calibrate` skips this and uses the bare built-in profiles).
 
 Each mode prints per-model measured and predicted attainment and the gap in percentage
 points (measured - predicted); the goal is |overall gap| <= 1.5 points.
@@ -77,8 +78,8 @@ def profile_models(modelset: Path, outdir: Path) -> Path:
 
 
 def calibrated_modelset(modelset: Path, outdir: Path) -> tuple[Path, dict[str, float]]:
-    """The ModelSet with each built-in profile written out as a file, plus the serving
-    path's overheads measured here on the models' real shards (pp 1 and 2)."""
+    """The ModelSet with each built-in profile written out as a file, plus the emulated
+    serving path's overheads measured here (pp 1 and 2, one request at a time)."""
     from statmux.placement.profiles import builtin_profile
 
     doc = yaml.safe_load(modelset.read_text())
@@ -88,8 +89,8 @@ def calibrated_modelset(modelset: Path, outdir: Path) -> tuple[Path, dict[str, f
     print("calibrating: the serving path's overheads on the real shards", flush=True)
     statmux(
         "profile", "--preset", f"{w.get('architecture', 'bert')}-{w['preset']}", *overrides,
-        "--pp", "1,2", "--batch", "1", "--repeats", "15", "-o", str(measured),
-        stdout=subprocess.DEVNULL,
+        "--pp", "1,2", "--batch", "1", "--repeats", "15", "--emulate-device",
+        "-o", str(measured), stdout=subprocess.DEVNULL,
     )  # fmt: skip
     overheads = yaml.safe_load(measured.read_text())["overheads"]
     files: dict[str, str] = {}

@@ -19,7 +19,9 @@ around every request (runtime/stage_timing.py: every rank times its own stage). 
 
 The output is the documented profile file format (docs/profiles.md), so a ModelSet can use it
 as `profile: {file: ...}`; the simulator applies the overheads. Descriptive keys (`about`,
-`hardware`, `model`) say what was measured.
+`hardware`, `model`) say what was measured. `--emulate-device` runs the ranks as
+`statmux up --emulate-device` does (each stage sleeps a 1 ms placeholder): its overheads are
+those of the emulated serving path (benchmarks/fidelity.py uses them).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from statmux.runtime.local_cluster import ClusterError, ClusterOptions, LocalClu
 from statmux.runtime.presets import PRESETS, ModelConfigError, resolve_config
 
 MODEL = "profiled"
+# the profiled model's stage latencies in its Plan: what --emulate-device ranks sleep
+PLACEHOLDER_STAGE_S = 1e-3
 
 
 class ProfileUsageError(Exception):
@@ -105,7 +109,7 @@ def profile_plan(weights: WeightSource, pp: int, tp: int, batches: list[int]) ->
         "name": MODEL,
         "sloSeconds": 3600.0,  # never rejected: we measure the pipeline, not admission
         "maxBatchSize": max(batches),
-        "stageLatencySeconds": {str(b): [1e-3] * pp for b in batches},
+        "stageLatencySeconds": {str(b): [PLACEHOLDER_STAGE_S] * pp for b in batches},
         "weightBytesPerGpu": 0.0,
         "weights": weights.model_dump(by_alias=True, exclude_none=True),
     }
@@ -203,6 +207,7 @@ def profile_config(
     repeats: int,
     workdir: Path,
     via_router: bool = True,
+    emulate: bool = False,
 ) -> ConfigMeasurement:
     plan = profile_plan(weights, pp, tp, batches)
     cfg_dir = workdir / f"pp{pp}-tp{tp}"
@@ -210,7 +215,11 @@ def profile_config(
     plan_path = cfg_dir / "plan.json"
     plan.write(plan_path)
     options = ClusterOptions(
-        device=device, with_router=via_router, http_port=free_port(), grpc_port=free_port()
+        device=device,
+        with_router=via_router,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        emulate_device=emulate,
     )
     with LocalCluster(plan, plan_path, cfg_dir, options) as cluster:
         cluster.start()
@@ -223,7 +232,12 @@ def profile_config(
 
 
 def profile_document(
-    preset: str, weights: WeightSource, device: str, seq_len: int, rows: list[ConfigMeasurement]
+    preset: str,
+    weights: WeightSource,
+    device: str,
+    seq_len: int,
+    rows: list[ConfigMeasurement],
+    emulated: bool = False,
 ) -> dict[str, Any]:
     total = sum(stage_weight_bytes(weights, 1, 1))
     cfg = resolve_config(weights)
@@ -241,7 +255,12 @@ def profile_document(
             f"each stage's compute, the transfers and the end-to-end latency at the client, "
             f"{seq_len} tokens per row, one request at a time"
         ),
-        "hardware": f"{device}: {platform.processor() or platform.machine()}",
+        "hardware": (
+            f"emulated devices ({1000 * PLACEHOLDER_STAGE_S:g} ms per stage) on "
+            if emulated
+            else ""
+        )
+        + f"{device}: {platform.processor() or platform.machine()}",
         "model": {
             "preset": preset,
             "architecture": weights.architecture,
@@ -317,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="send to the group leader, not through the router (request overhead without "
         "the router's hop)",
     )
+    p.add_argument(
+        "--emulate-device",
+        action="store_true",
+        help="run the ranks as `statmux up --emulate-device` does, every stage taking "
+        f"{1000 * PLACEHOLDER_STAGE_S:g} ms: measures the overheads of the emulated serving path "
+        "(its stage latencies are that placeholder, not the model's)",
+    )
     p.add_argument("-o", "--output", required=True, help="the profile file (.yaml or .json)")
     return p
 
@@ -353,11 +379,14 @@ def profile_main(argv: Sequence[str]) -> int:
                                 args.repeats,
                                 Path(tmp),
                                 not args.direct,
+                                args.emulate_device,
                             )
                         )
                     except ClusterError as e:
                         raise ProfileUsageError(f"pp{pp}×tp{tp}: {e}") from None
-        doc = profile_document(args.preset, weights, args.device, args.sequence_length, rows)
+        doc = profile_document(
+            args.preset, weights, args.device, args.sequence_length, rows, args.emulate_device
+        )
     except ProfileUsageError as e:
         print(f"statmux profile: error: {e}", file=sys.stderr)
         return 2

@@ -32,3 +32,16 @@ def test_profile_of_a_real_group_loads_as_a_profile_file(tmp_path):
         assert list(config.stage_latency[config.batch_sizes.index(2)]) == measured
     assert ParallelConfig(1, 1) in profile.configs
     assert profile.overheads.stage_seconds == doc["overheads"]["stageSeconds"]
+
+
+def test_emulated_profile_measures_the_emulated_serving_path(tmp_path):
+    """--emulate-device: every stage takes the 1 ms placeholder (so the measured stages are
+    at least that) and the overheads are those of the emulated ranks' serving path."""
+    out = tmp_path / "emulated.yaml"
+    argv = ["--preset", "bert-tiny", "--pp", "2", "--batch", "1", "--emulate-device"]
+    assert profile_main([*argv, "--repeats", "3", "--warmup", "1", "-o", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert doc["hardware"].startswith("emulated devices (1 ms per stage)")
+    (config,) = doc["configs"]
+    assert all(x >= 1e-3 for x in config["stageLatencyS"]["1"])
+    assert doc["overheads"]["requestSeconds"] >= 0 and doc["overheads"]["stageSeconds"] > 0
