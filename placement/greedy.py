@@ -7,8 +7,9 @@ room, which picks the same replica in the common case at a fraction of the simul
 
 Adding model m to group g can only change the outcome of requests whose models share a group
 with m or g, transitively (routing never leaves the groups hosting a request's model). So a
-candidate is scored by simulating just that connected component, before and after: the
-attainment change is exact and the simulation touches a fraction of the requests.
+candidate is scored by simulating just that connected component after the move (the counts
+before it are the greedy's running ones): the attainment change is exact and the simulation
+touches a fraction of the requests.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ def greedy_select(
     candidates: int = 8,
     deadline: Deadline | None = None,
     lazy: bool = False,
+    max_work: int | None = None,
 ) -> Placement:
-    """lazy: skip a candidate whose gain at its last evaluation is below the best gain found
+    """max_work: stop once the problem's simulators have simulated this many requests in
+    all (a budget that does not depend on machine load, so results are reproducible).
+    lazy: skip a candidate whose gain at its last evaluation is below the best gain found
     in this step (gains rarely grow as the placement fills), as in lazy greedy for
     submodular maximization; cuts late-phase simulations several-fold."""
     models = list(problem.models if models is None else models)
@@ -35,22 +39,27 @@ def greedy_select(
     placement = Placement([g.copy() for g in groups])
     names = problem.workload.model_names
     index = {m: names.index(m) for m in models}
+    rows = np.array([index[m] for m in models], dtype=np.int64)
     totals = request_counts(problem.workload)
     scorer = ComponentScorer(problem)
     last_gain: dict[str, int] = {}
     good = problem.simulator(sub).good_per_model(placement).copy()
     problem.simulations += 1
-    while deadline is None or not deadline.expired():
+    # `good` stands for the 'before' counts of a component only if the simulator over `models`
+    # sees every request of the models placed (none from outside the set)
+    known = all(m in index for g in placement.groups for m in g.models)
+    work = problem.simulator().work  # requests simulated so far, shared by every simulator
+    while (deadline is None or not deadline.expired()) and (max_work is None or work[0] < max_work):
         missed = sorted(
-            ((int(totals[index[m]] - good[index[m]]), m) for m in models),
-            reverse=True,
+            zip((totals[rows] - good[rows]).tolist(), models, strict=True), reverse=True
         )
         best: tuple[int, int, str, np.ndarray] | None = None  # (gain, -group, model, good)
         shortlist: list[tuple[str, int]] = []
+        room = GroupLoads(problem, placement)  # once per step, not per candidate
         for miss, m in missed:
             if len(shortlist) >= candidates or miss <= 0:
                 break
-            gi = least_loaded_group(problem, placement, m)
+            gi = room.least_loaded(m)
             if gi is not None:
                 shortlist.append((m, gi))
         if lazy:
@@ -58,7 +67,7 @@ def greedy_select(
         for m, gi in shortlist:
             if lazy and best is not None and last_gain.get(m, 1 << 62) < best[0]:
                 continue
-            gain, after = scorer.gain(placement, m, gi)
+            gain, after = scorer.gain(placement, m, gi, good if known else None)
             last_gain[m] = gain
             if best is None or (gain, -gi) > best[:2]:
                 best = (gain, -gi, m, after)
@@ -76,15 +85,26 @@ class ComponentScorer:
 
     def __init__(self, problem: SearchProblem) -> None:
         self.problem = problem
+        self._index: dict[str, int] | None = None
         self._good: dict[tuple[tuple[str, ...], tuple[tuple[str, ...], ...]], np.ndarray] = {}
 
-    def gain(self, placement: Placement, model: str, group_index: int) -> tuple[int, np.ndarray]:
+    def gain(
+        self,
+        placement: Placement,
+        model: str,
+        group_index: int,
+        good: np.ndarray | None = None,
+    ) -> tuple[int, np.ndarray]:
         """Good requests gained, and the component's per-model good counts afterwards
-        (-1 for models outside the component)."""
+        (-1 for models outside the component).
+
+        good: the placement's per-model good counts, when the caller knows them. The
+        component before the move is a union of closed components (no model in it shares a
+        group outside it), so its models' counts in the full simulation are exactly those
+        of simulating it alone: the 'before' simulation is then skipped."""
         comp_groups, comp_models = component(
             placement, {model} | set(placement.groups[group_index].models)
         )
-        before = Placement([placement.groups[i].copy() for i in sorted(comp_groups)])
         after = Placement(
             [
                 Group(g.config, [*g.models, model]) if i == group_index else g.copy()
@@ -92,15 +112,18 @@ class ComponentScorer:
             ]
         )
         good_after = self._good_of(after, comp_models)
-        good_before = self._good_of(before, comp_models)
         mask = self._mask(comp_models, len(good_after))
-        gain = int(good_after[mask].sum() - good_before[mask].sum())
+        if good is None:
+            before = Placement([placement.groups[i].copy() for i in sorted(comp_groups)])
+            good = self._good_of(before, comp_models)
+        gain = int(good_after[mask].sum() - good[mask].sum())
         return gain, np.where(mask, good_after, -1)
 
     def _mask(self, models: set[str], n: int) -> np.ndarray:
-        names = self.problem.workload.model_names
+        if self._index is None:
+            self._index = {m: i for i, m in enumerate(self.problem.workload.model_names)}
         mask = np.zeros(n, dtype=bool)
-        mask[[names.index(m) for m in models]] = True
+        mask[[self._index[m] for m in models]] = True
         return mask
 
     def _good_of(self, placement: Placement, models: set[str]) -> np.ndarray:
@@ -136,17 +159,37 @@ def component(placement: Placement, seed_models: set[str]) -> tuple[set[int], se
     return groups, models
 
 
+class GroupLoads:
+    """Each group's memory in use and the bottleneck load its models bring (their demand
+    on the group's config, shared among their replicas), computed once for a placement."""
+
+    def __init__(self, problem: SearchProblem, placement: Placement) -> None:
+        self.problem = problem
+        self.placement = placement
+        replicas: dict[str, int] = {}
+        for g in placement.groups:
+            for m in g.models:
+                replicas[m] = replicas.get(m, 0) + 1
+        self.used = [
+            sum(problem.bytes_per_gpu(m, g.config) for m in g.models) for g in placement.groups
+        ]
+        self.load = [
+            sum(problem.demand(m, g.config) / replicas[m] for m in g.models)
+            for g in placement.groups
+        ]
+
+    def least_loaded(self, model: str) -> int | None:
+        """The group with room for `model` whose hosted models bring the least load."""
+        problem, budget = self.problem, self.problem.budget
+        best: tuple[float, int] | None = None
+        for gi, g in enumerate(self.placement.groups):
+            if model in g.models or self.used[gi] + problem.bytes_per_gpu(model, g.config) > budget:
+                continue
+            if best is None or (self.load[gi], gi) < best:
+                best = (self.load[gi], gi)
+        return None if best is None else best[1]
+
+
 def least_loaded_group(problem: SearchProblem, placement: Placement, model: str) -> int | None:
     """The group with room for `model` whose hosted models bring the least bottleneck load."""
-    replicas: dict[str, int] = {}
-    for g in placement.groups:
-        for m in g.models:
-            replicas[m] = replicas.get(m, 0) + 1
-    best: tuple[float, int] | None = None
-    for gi, g in enumerate(placement.groups):
-        if not problem.can_add(g, model):
-            continue
-        load = sum(problem.demand(m, g.config) / replicas[m] for m in g.models)
-        if best is None or (load, gi) < best:
-            best = (load, gi)
-    return None if best is None else best[1]
+    return GroupLoads(problem, placement).least_loaded(model)

@@ -29,39 +29,46 @@ def pack(
     models = list(problem.models if models is None else models)
     placement = Placement([Group(g.config, list(g.models)) for g in groups])
     gs = placement.groups
+    budget = problem.budget
     used = [sum(problem.bytes_per_gpu(m, g.config) for m in g.models) for g in gs]
+    hosted = [set(g.models) for g in gs]
     replicas = {m: placement.replicas(m) for m in models}
-    # Demand is config-dependent; a group's load sums its models' share of their demand.
-    per_config = {(m, c): problem.demand(m, c) for m in models for c in {g.config for g in gs}}
-    demand = {(m, gi): per_config[(m, g.config)] for m in models for gi, g in enumerate(gs)}
+    # Demand and bytes are config-dependent: looked up once per (model, config), then per
+    # (model, group) by list index (this loop runs for every partition of every screen).
+    configs = list(dict.fromkeys(g.config for g in gs))
+    per_config = {(m, c): problem.demand(m, c) for m in models for c in configs}
+    size = {(m, c): problem.bytes_per_gpu(m, c) for m in models for c in configs}
+    demand = {m: [per_config[(m, g.config)] for g in gs] for m in models}
+    need_bytes = {m: [size[(m, g.config)] for g in gs] for m in models}
     load = [0.0] * len(gs)
 
     def add(m: str, gi: int) -> None:
         r_old = replicas[m]
         r_new = r_old + 1
-        for gj, g in enumerate(gs):
-            if m in g.models:
-                load[gj] += demand[(m, gj)] / r_new - demand[(m, gj)] / r_old
+        d = demand[m]
+        for gj in range(len(gs)):
+            if m in hosted[gj]:
+                load[gj] += d[gj] / r_new - d[gj] / r_old
         gs[gi].models.append(m)
-        used[gi] += problem.bytes_per_gpu(m, gs[gi].config)
-        load[gi] += demand[(m, gi)] / r_new
+        hosted[gi].add(m)
+        used[gi] += need_bytes[m][gi]
+        load[gi] += d[gi] / r_new
         replicas[m] = r_new
 
     def best_group(m: str) -> int | None:
         best: tuple[float, float, int] | None = None
-        for gi, g in enumerate(gs):
-            if problem.can_add(g, m, used[gi]):
+        b = need_bytes[m]
+        for gi in range(len(gs)):
+            if m not in hosted[gi] and used[gi] + b[gi] <= budget:
                 key = (load[gi], used[gi], gi)
                 if best is None or key < best:
                     best = key
         return None if best is None else best[2]
 
-    mean_demand = {
-        m: sum(demand[(m, gi)] for gi in range(len(gs))) / max(len(gs), 1) for m in models
-    }
+    mean_demand = {m: sum(demand[m]) / max(len(gs), 1) for m in models}
 
     def density(m: str) -> float:
-        smallest = min(problem.bytes_per_gpu(m, g.config) for g in gs) if gs else 1.0
+        smallest = min(need_bytes[m]) if gs else 1.0
         return problem.rates.get(m, 0.0) / max(smallest, 1.0)
 
     first = density if by_density else (lambda m: mean_demand[m])

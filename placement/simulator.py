@@ -247,11 +247,19 @@ class Simulator:
         b_dim, m_count = self._b_dim, len(self.model_names)
         table = np.full((m_count, b_dim, config.pp), np.nan)
         maxb = np.zeros(m_count, np.int64)
+        # Models that share a config profile (many copies of one built-in model) share
+        # their rows: computed once.
+        done: dict[tuple[int, object, int], int] = {}
         for i, name in enumerate(self.model_names):
             prof = self.profiles.get(name)
             cp = prof.get(config.pp, config.tp) if prof is not None else None
             if cp is None:
                 continue
+            same = (id(cp), prof.overheads if prof is not None else None, self._max_batch[i])
+            if same in done:
+                table[i], maxb[i] = table[done[same]], maxb[done[same]]
+                continue
+            done[same] = i
             lat = np.asarray(cp.stage_latency, dtype=np.float64)
             if lat.ndim != 2 or lat.shape[1] != config.pp or lat.shape[0] != len(cp.batch_sizes):
                 raise ValueError(

@@ -7,29 +7,38 @@
    placed 2 of 8 models at 1 GiB).
 2. Screen: each partition gets one demand-balanced packing (packing.py) and one simulation;
    when no partition can hold every model once, also a packing in knapsack order
-   (requests per weight byte), the better counts.
+   (requests per weight byte), the better counts. The packings fill memory, so their
+   replica counts also estimate AlpaServe's cost (its greedy simulates once per replica
+   until memory is full, on every partition) without running it.
 3. Fill: the best partitions (up to `top`, within `close` of the best screen: a packing
-   misranks partitions by about a point under tight memory; for a single latency cluster
-   only while the search has simulated under `work_share` of the requests AlpaServe's search
-   would, estimated from the first fill) get AlpaServe's fast greedy
-   (one simulation per replica, memory filled) and the simulator-scored component greedy
-   (greedy.py: the best of the 4 neediest models' replicas per step, lazily re-evaluated)
-   followed by a memory fill; the best placement wins. The component greedy is what wins
-   on bursty and tight-SLO sets.
-4. Heterogeneous sets: the GPUs are split between AlpaServe's latency clusters. Every
-   pruned split (AlpaServe's enumeration) and the demand-proportional split is screened by
-   merging each cluster's best screened packing (cached per cluster and GPU count, one
-   simulation per split); the `top_splits` best get step 3 per cluster.
+   misranks partitions by about a point under tight memory) get the simulator-scored
+   component greedy (greedy.py: the best of the 4 neediest models' replicas per step, each
+   scored exactly by simulating its connected component, lazily re-evaluated) followed by a
+   memory fill: the first `top_component` of them on the unsplit problem, the first
+   `top_component_split` on a cluster's. With several latency clusters the unsplit problem's
+   partitions also get AlpaServe's fast greedy (on the demo at 6 GiB it alone finds the
+   best placement, on the 4th partition). With one cluster AlpaServe's whole search is
+   this sub-problem: the fills stop once the search has simulated `fill_share` of the
+   requests AlpaServe's would (the component greedy is anytime: it stops mid-way, then
+   memory is filled), so that homogeneous sets take under half its time.
+4. Heterogeneous sets: the GPUs are split between AlpaServe's latency clusters. AlpaServe's
+   pruned splits (its enumeration), at most `max_screen` of them (the closest to its
+   balance rule: rate share vs throughput share), are screened by merging each cluster's best
+   screened packing (cached per cluster and GPU count, one simulation per split); the
+   `top_splits` best get step 3 per cluster.
 5. The best candidate on the whole workload is refined by local search (local_search.py)
-   for a tenth of AlpaServe's estimated simulation count (at most 100 simulations).
+   for `refine_share` of AlpaServe's estimated simulation count (10 to 100 simulations).
 
 Every simulation of steps 2–4 runs on the cluster's own requests; a (cluster, GPU count)
-sub-problem is solved once.
+sub-problem is solved once. Every budget counts simulations or simulated requests, never
+seconds, so the search is deterministic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from statmux.placement.alpaserve import (
     fast_greedy,
@@ -67,33 +76,55 @@ def partitions(problem: SearchProblem, models: list[str], gpus: int) -> list[lis
     return [p for p in out if any(g.config in profiled for g in p)]
 
 
+def split_gap(problem: SearchProblem, clusters: list[list[str]], split: list[int]) -> float:
+    """AlpaServe's pruning score of a split: the largest gap between a cluster's share of the
+    request rate and its share of the throughput (GPUs / single-GPU latency)."""
+    rates = problem.rates
+    share = np.array([sum(rates.get(m, 0.0) for m in c) for c in clusters])
+    share = share / max(share.sum(), 1e-12)
+    latency = np.array([problem.profiles[c[0]].single_device_latency for c in clusters])
+    throughput = np.array(split) / latency
+    return float(np.max(np.abs(share - throughput / throughput.sum())))
+
+
 class StatmuxSearch:
     def __init__(
         self,
         problem: SearchProblem,
         top: int = 4,
         close: float = 0.02,
+        top_component: int = 2,
+        top_component_split: int = 1,
         top_splits: int = 2,
-        component: bool = True,
+        max_screen: int | None = 20,
         candidates: int = 4,
         lazy: bool = True,
+        fill_share: float = 0.1,
+        refine_share: float = 0.05,
     ) -> None:
-        self.candidates = candidates
-        self.lazy = lazy
+        """top / close: partitions filled (the best screened, within `close` of the best);
+        top_component: of those, how many get the component greedy on the unsplit problem
+        (top_component_split: on a cluster's sub-problem); top_splits: GPU splits filled;
+        max_screen: GPU splits screened (those closest to AlpaServe's balance rule);
+        fill_share / refine_share: see the module docstring."""
         self.problem = problem
         self.top = top
         self.close = close
-        self.component = component
+        self.top_component = top_component
+        self.top_component_split = top_component_split
         self.top_splits = top_splits
+        self.max_screen = max_screen
+        self.candidates = candidates
+        self.lazy = lazy
+        self.fill_share = fill_share
+        self.refine_share = refine_share
         self._screened: dict[tuple[tuple[str, ...], int], list[Found]] = {}
         self._solved: dict[tuple[tuple[str, ...], int], Found] = {}
-        # AlpaServe's cost on the unsplit problem, estimated as partitions x greedy steps
-        # (simulations) and x the requests of each (simulated requests): the local search
-        # gets a tenth of the simulations, and the unsplit search stops adding partitions
-        # once it has simulated `work_share` of AlpaServe's requests.
+        # AlpaServe's cost on the unsplit problem, estimated from the screen (see
+        # _estimate_alpaserve): in simulations and in simulated requests
         self._alpaserve_cost = 0
         self._alpaserve_work = 0
-        self.work_share = 0.4
+        self._work0 = problem.simulator().work[0]
         self._clusters = latency_clusters(problem)
 
     def _sub(self, models: list[str]) -> list[str] | None:
@@ -121,6 +152,22 @@ class StatmuxSearch:
             self._screened[key] = found
         return self._screened[key]
 
+    def _estimate_alpaserve(self, ranked: list[Found], gpus: int) -> None:
+        """AlpaServe's cost on the unsplit problem: its greedy simulates once per replica
+        until memory is full, on each of its partitions; the screen's packings fill memory
+        too, so their replica counts estimate its steps (no simulation needed)."""
+        problem = self.problem
+        published = {
+            tuple(g.config for g in p) for p in group_partitions(gpus, problem.gpus_per_node)
+        }
+        steps = sum(
+            sum(len(g.models) for g in f.placement.groups) + 2
+            for f in ranked
+            if tuple(g.config for g in f.placement.groups) in published
+        )
+        self._alpaserve_cost = steps
+        self._alpaserve_work = steps * len(problem.simulator())
+
     def solve(self, models: list[str], gpus: int) -> Found:
         """Steps 2-3 for `models` on `gpus` GPUs (cached)."""
         key = (tuple(models), gpus)
@@ -128,28 +175,34 @@ class StatmuxSearch:
             return self._solved[key]
         problem, sub = self.problem, self._sub(models)
         ranked = self.screen(models, gpus)
+        if models == problem.models:
+            self._estimate_alpaserve(ranked, gpus)
         best = ranked[0] if ranked else Found(Placement([]), 0.0, "empty")
         near = [f for f in ranked[: self.top] if f.attainment >= ranked[0].attainment - self.close]
         work = problem.simulator().work
-        # AlpaServe spends its time on the unsplit problem only when there is one cluster
-        whole = models == problem.models and len(self._clusters) == 1
-        start_work = work[0]
+        # A single latency cluster: AlpaServe's whole search is this sub-problem, so the
+        # fills get a share of its (estimated) simulated requests; the greedy is anytime.
+        limit = None
+        whole = models == problem.models
+        if whole and len(self._clusters) == 1:
+            limit = self._work0 + int(self.fill_share * self._alpaserve_work)
         for i, screened in enumerate(near):
-            if whole and i > 0:
-                per_partition = (work[0] - start_work) / i
-                if work[0] + per_partition > self.work_share * self._alpaserve_work:
-                    break
+            if limit is not None and work[0] >= limit:
+                break
             empty = [Group(g.config) for g in screened.placement.groups]
-            before, before_work = problem.simulations, work[0]
-            tries = [fast_greedy(problem, empty, models)]
-            if models == problem.models and i == 0:
-                self._alpaserve_cost = len(ranked) * (problem.simulations - before)
-                self._alpaserve_work = len(ranked) * (work[0] - before_work)
-            if self.component:
+            tries = []
+            if i < (self.top_component if whole else self.top_component_split):
                 greedy = greedy_select(
-                    problem, empty, models, candidates=self.candidates, lazy=self.lazy
+                    problem,
+                    empty,
+                    models,
+                    candidates=self.candidates,
+                    lazy=self.lazy,
+                    max_work=limit,
                 )
                 tries.append(pack(problem, greedy.groups, models))  # fill memory
+            if whole and len(self._clusters) > 1:
+                tries.append(fast_greedy(problem, empty, models))
             for p in tries:
                 att = problem.attainment(p, sub)
                 if att > best.attainment + 1e-12:
@@ -161,12 +214,15 @@ class StatmuxSearch:
         return best
 
     def splits(self, clusters: list[list[str]]) -> list[list[int]]:
-        """AlpaServe's pruned splits plus the demand-proportional one, that hold every
-        cluster's screen."""
+        """The `top_splits` best of AlpaServe's pruned splits (at most `max_screen` screened),
+        each scored by merging its clusters' best screened packings."""
         problem = self.problem
         found = pruned_splits(
             problem, clusters, gpu_splits(problem.num_gpus, len(clusters), problem.gpus_per_node)
         )
+        if self.max_screen is not None and len(found) > self.max_screen:
+            found = sorted(found, key=lambda sp: split_gap(problem, clusters, sp))
+            found = found[: self.max_screen]
         scored: list[tuple[float, list[int]]] = []
         for split in found:
             merged = Placement([])
@@ -180,8 +236,8 @@ class StatmuxSearch:
 
     def run(self, refine_simulations: int = 100) -> Placement:
         problem = self.problem
-        candidates = [self.solve(problem.models, problem.num_gpus).placement]
         clusters = self._clusters
+        candidates = [self.solve(problem.models, problem.num_gpus).placement]
         if len(clusters) > 1:
             for split in self.splits(clusters):
                 merged = Placement([])
@@ -195,7 +251,7 @@ class StatmuxSearch:
         problem.simulations += len(scored)
         best_att, best_i = max(scored)
         best = candidates[best_i]
-        budget = min(refine_simulations, max(10, self._alpaserve_cost // 10))
+        budget = min(refine_simulations, max(10, int(self.refine_share * self._alpaserve_cost)))
         if best_att < 1.0:
             best, _ = improve(problem, best, max_simulations=budget)
             problem.say(f"statmux local search: {best.describe()}")
