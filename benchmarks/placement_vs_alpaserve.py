@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="trace seconds")
     parser.add_argument("--only", help="only the settings whose name contains this")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per policy; the median CPU time is reported"
+        "--repeat", type=int, default=5, help="runs per policy; the median CPU time is reported"
     )
     args = parser.parse_args()
     rows = run(args.duration, args.only, args.repeat)

@@ -32,14 +32,16 @@ def pack(
     budget = problem.budget
     used = [sum(problem.bytes_per_gpu(m, g.config) for m in g.models) for g in gs]
     hosted = [set(g.models) for g in gs]
-    replicas = {m: placement.replicas(m) for m in models}
-    # Demand and bytes are config-dependent: looked up once per (model, config), then per
-    # (model, group) by list index (this loop runs for every partition of every screen).
-    configs = list(dict.fromkeys(g.config for g in gs))
-    per_config = {(m, c): problem.demand(m, c) for m in models for c in configs}
-    size = {(m, c): problem.bytes_per_gpu(m, c) for m in models for c in configs}
-    demand = {m: [per_config[(m, g.config)] for g in gs] for m in models}
-    need_bytes = {m: [size[(m, g.config)] for g in gs] for m in models}
+    replicas = dict.fromkeys(models, 0)
+    for h in hosted:
+        for m in h:
+            if m in replicas:
+                replicas[m] += 1
+    # Demand and bytes are config-dependent: looked up once per config, then per (model,
+    # group) by list index (this runs for every partition of every screen).
+    columns = [problem.per_model(g.config) for g in gs]
+    demand = {m: [d[m] for d, _ in columns] for m in models}
+    need_bytes = {m: [b[m] for _, b in columns] for m in models}
     load = [0.0] * len(gs)
 
     def add(m: str, gi: int) -> None:

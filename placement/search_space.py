@@ -40,6 +40,9 @@ class SearchProblem:
     # (model, config) -> value; the search asks these questions millions of times.
     _demand: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
     _bytes: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
+    _columns: dict[ParallelConfig, tuple[dict[str, float], dict[str, float]]] = field(
+        default_factory=dict, repr=False
+    )
     simulations: int = 0
 
     # ------------------------------------------------------------------ simulation
@@ -106,6 +109,18 @@ class SearchProblem:
             cp = self.profiles[model].configs.get(config)
             b = self._bytes[key] = float("inf") if cp is None else cp.weight_bytes_per_gpu
         return b
+
+    def per_model(self, config: ParallelConfig) -> tuple[dict[str, float], dict[str, float]]:
+        """(demand, bytes per GPU) of every model on `config` (cached): the packing asks
+        for whole columns, once per partition."""
+        cached = self._columns.get(config)
+        if cached is None:
+            cached = (
+                {m: self.demand(m, config) for m in self.models},
+                {m: self.bytes_per_gpu(m, config) for m in self.models},
+            )
+            self._columns[config] = cached
+        return cached
 
     def fits_alone(self, model: str, config: ParallelConfig) -> bool:
         return self.bytes_per_gpu(model, config) <= self.budget
