@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,12 +26,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.metrics import exposition
 from statmux.runtime.oip_codec import decode_rest_request, encode_rest_response
+from statmux.runtime.oip_routes import (
+    HANDLER_NAMES,
+    JSON,
+    ROUTES,
+    ErrorAnswer,
+    error_answer,
+    json_bytes,
+    parse_optional_json,
+    serving_error_answer,
+)
 from statmux.runtime.server_limits import ServerLimits
 from statmux.runtime.serving_errors import (
-    Draining,
     InvalidRequest,
     PayloadTooLarge,
-    Rejected,
     RequestTimeout,
     ServingError,
 )
@@ -40,28 +47,23 @@ from statmux.runtime.serving_errors import (
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-_JSON = "application/json"
 _BINARY = "application/octet-stream"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=json.dumps(doc, separators=(",", ":")).encode(), status=status, content_type=_JSON
-    )
+    return web.Response(body=json_bytes(doc), status=status, content_type=JSON)
+
+
+def _answer(a: ErrorAnswer) -> web.Response:
+    resp = web.Response(body=a.body, status=a.status, content_type=JSON, headers=dict(a.headers))
+    if a.close:
+        resp.force_close()
+    return resp
 
 
 def _error(message: str, status: int) -> web.Response:
-    return _json({"error": message}, status)
-
-
-def _serving_error(e: ServingError) -> web.Response:
-    resp = _error(str(e), e.http_status)
-    if isinstance(e, Rejected):
-        resp.headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
-    if isinstance(e, (Draining, RequestTimeout)):
-        resp.force_close()  # Connection: close: go elsewhere / the stream is out of step
-    return resp
+    return _answer(error_answer(message, status))
 
 
 @web.middleware
@@ -69,7 +71,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ServingError as e:
-        return _serving_error(e)
+        return _answer(serving_error_answer(e))
     except web.HTTPRequestEntityTooLarge as e:
         return _error(f"request body too large: {e.text}", 413)
     except web.HTTPException as e:
@@ -81,45 +83,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error("internal server error", 500)
 
 
-def oip_app(
-    max_request_bytes: int,
-    *,
-    infer: Handler,
-    server_metadata: Handler,
-    live: Handler,
-    ready: Handler,
-    stats: Handler,
-    model_metadata: Handler,
-    model_ready: Handler,
-    model_config: Handler,
-    repository_index: Handler,
-    load: Handler,
-    unload: Handler,
-    metrics: Handler,
-) -> web.Application:
-    """The Open Inference Protocol's REST routes, shared by the group front end and the router
-    so that both answer the same paths with the same error middleware."""
+def oip_app(max_request_bytes: int, **handlers: Handler) -> web.Application:
+    """The Open Inference Protocol's REST routes (oip_routes.ROUTES, which the router's lean
+    server matches too) with the shared error answers; one handler per name in
+    oip_routes.HANDLER_NAMES."""
+    missing = set(HANDLER_NAMES) ^ set(handlers)
+    if missing:
+        raise TypeError(f"oip_app: handlers missing or unknown: {sorted(missing)}")
     # Leave room for the JSON header around a maximum-size tensor.
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=max_request_bytes + 65536
     )
-    r = app.router
-    # aiohttp tries dynamic routes in order: the hot one first
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_post(base + "/infer", infer)
-    r.add_get("/v2", server_metadata)
-    r.add_get("/v2/health/live", live)
-    r.add_get("/v2/health/ready", ready)
-    r.add_get("/v2/models/stats", stats)
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_get(base, model_metadata)
-        r.add_get(base + "/ready", model_ready)
-        r.add_get(base + "/config", model_config)
-        r.add_get(base + "/stats", stats)
-    r.add_post("/v2/repository/index", repository_index)
-    r.add_post("/v2/repository/models/{model}/load", load)
-    r.add_post("/v2/repository/models/{model}/unload", unload)
-    r.add_get("/metrics", metrics)
+    for method, path, name in ROUTES:
+        app.router.add_route(method, path, handlers[name])
+        if method == "GET":  # aiohttp's add_get answers HEAD too; the lean server does
+            app.router.add_route("HEAD", path, handlers[name])
     return app
 
 
@@ -202,7 +180,7 @@ class RestServer:
             payload, header_len = encode_rest_response(info.name, info.version, decoded.id, outputs)
             front.record_output(model, started)
         if header_len is None:
-            return web.Response(body=payload, content_type=_JSON)
+            return web.Response(body=payload, content_type=JSON)
         return web.Response(
             body=payload, content_type=_BINARY, headers={HEADER_LENGTH: str(header_len)}
         )
@@ -258,16 +236,7 @@ async def _read_body(request: web.Request, timeout_s: float) -> bytes:
 
 
 async def _optional_json(request: web.Request) -> dict[str, Any]:
-    body = await _read_body(request, 30.0)
-    if not body.strip():
-        return {}
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise InvalidRequest(f"body is not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return doc
+    return parse_optional_json(await _read_body(request, 30.0))
 
 
 class _GuardedHandler(RequestHandler):

@@ -35,6 +35,7 @@ from statmux.runtime.router_upstream import (
     probe_ready,
 )
 from statmux.runtime.serving_errors import (
+    Draining,
     ModelNotFound,
     Rejected,
     ServingError,
@@ -288,7 +289,7 @@ class Router:
         while True:
             if self.closing is not None:
                 mm.rejected["unavailable"].inc()
-                raise Unavailable(self.closing)
+                raise Draining(self.closing)  # 503, and REST closes the connection
             pairs = [(s.candidates[model], s) for s in hosts if s.up and s not in tried]
             if not pairs:
                 pairs = [(s.candidates[model], s) for s in self._fallback(model) if s not in tried]
