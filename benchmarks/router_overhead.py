@@ -2,12 +2,18 @@
 the group, tiny model, loopback, REST with the binary tensor extension.
 
     python benchmarks/router_overhead.py [--requests 2000] [--rows 1] [--tokens 8]
+                                         [--group real|stub] [--event-loop auto|uvloop|asyncio]
 
 Starts one real group (`statmux runtime`, pp1, synthetic tiny BERT, CPU) and the real router
 in front of it, both as subprocesses on 127.0.0.1. One keep-alive client alternates a request
 to the group with the same request through the router, so both see the same machine load;
 it prints the p50 of each path and the p50 of the per-pair difference (the overhead). Target:
 <= 0.3 ms.
+
+`--group stub` puts a bare asyncio responder (a canned answer of the same size, no model
+compute) in place of the group: on a busy machine the tiny model's own latency varies by
+milliseconds, and the stub isolates what the router adds. `--event-loop` is passed to the
+router (default auto: uvloop when installed).
 
 Wall-clock figures need a quiet machine. The CPU time the router process spent per request
 (from /proc, user + system) is printed too: it hardly depends on what else runs, and on an
@@ -60,6 +66,60 @@ def plan() -> dict:
         ],
         "predicted": {"attainment": 1.0},
     }
+
+
+def serve_stub(port: int) -> None:
+    """A stand-in group: /v2/health/ready answers 200, an inference request a canned binary
+    answer (1 x 8 x 32 FP32, the tiny BERT's), read and written with no HTTP library."""
+    import asyncio
+
+    head = json.dumps(
+        {
+            "model_name": "bert",
+            "model_version": "1",
+            "outputs": [
+                {
+                    "name": "last_hidden_state",
+                    "datatype": "FP32",
+                    "shape": [1, 8, 32],
+                    "parameters": {"binary_data_size": 1024},
+                }
+            ],
+        }
+    ).encode()
+    infer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n"
+        % (len(head), len(head) + 1024)
+        + head
+        + bytes(1024)
+    )
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    class Stub(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                lines = self.buf[:end].split(b"\r\n")
+                length = next(
+                    (int(v) for k, _, v in (x.partition(b":") for x in lines[1:])
+                     if k.strip().lower() == b"content-length"),
+                    0,
+                )  # fmt: skip
+                if len(self.buf) < end + 4 + length:
+                    return
+                self.buf = self.buf[end + 4 + length :]
+                self.transport.write(infer if b"/infer" in lines[0] else ok)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Stub, "127.0.0.1", port)
+        await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def free_port() -> int:
@@ -135,7 +195,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=8)
+    ap.add_argument("--group", choices=("real", "stub"), default="real")
+    ap.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    ap.add_argument("--serve-stub", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_stub is not None:
+        serve_stub(args.serve_stub)
+        return
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
     tmp = Path(tempfile.mkdtemp(prefix="statmux-bench-"))
@@ -143,13 +209,17 @@ def main() -> None:
     group_port, router_port = free_port(), free_port()
     py = [sys.executable, "-m", "statmux"]
     common = ["--plan", str(tmp / "plan.json"), "--host", "127.0.0.1", "--no-grpc"]
+    group_cmd = [*py, "runtime", *common, "--group", "g0", "--http-port", str(group_port)]
+    if args.group == "stub":
+        group_cmd = [sys.executable, __file__, "--serve-stub", str(group_port)]
     group = subprocess.Popen(
-        [*py, "runtime", *common, "--group", "g0", "--http-port", str(group_port)],
+        group_cmd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     router_flags = ["--http-port", str(router_port), "--log-level", "WARNING"]
+    router_flags += ["--event-loop", args.event_loop]
     router = subprocess.Popen(
         [*py, "router", *common, "--groups", f"g0=127.0.0.1:{group_port}", *router_flags],
         env=env,
@@ -173,7 +243,10 @@ def main() -> None:
             r[i] = timed(routed, body, headers)
         cpu_router = cpu_seconds(router.pid) - cpu_router
         cpu_group = (cpu_seconds(group.pid) - cpu_group) / 2  # it served both paths
-        print(f"requests: {args.requests} pairs, input ({args.rows}, {args.tokens}) INT64")
+        print(
+            f"requests: {args.requests} pairs, input ({args.rows}, {args.tokens}) INT64, "
+            f"group: {args.group}, router event loop: {args.event_loop}"
+        )
         print(f"direct to the group   {stats(d)}")
         print(f"through the router    {stats(r)}")
         overhead = np.median(r - d) * 1e3

@@ -213,6 +213,8 @@ class _Connection(asyncio.Protocol):
                 detail = (str(e) or type(e).__name__).splitlines()[0][:200]
             request = self.current
             self.current = None
+            if request is not None and request.answer is not None:
+                request = None  # answered (and queued) at its head already
             self._enqueue_refusal(request, InvalidRequest(f"malformed HTTP request: {detail}"))
 
     # ----------------------------------------------------------------- parser callbacks
@@ -339,7 +341,13 @@ class _Connection(asyncio.Protocol):
                         self.transport.resume_reading()
                 answer = request.answer
                 if answer is None:
-                    answer = await app.handle(request)
+                    try:
+                        answer = await app.handle(request)
+                    except Exception:  # the app's bug: do not leave the client hanging
+                        log.exception("unhandled error for %s %s", request.method, request.path)
+                        if self.transport is not None:
+                            self.transport.abort()
+                        return
                 if self.transport is None:
                     return
                 if self._write(request, answer):
@@ -368,7 +376,12 @@ class _Connection(asyncio.Protocol):
     def _write(self, request: Request, answer: Response) -> bool:
         """Send `answer`; True when the connection closes after it."""
         assert self.transport is not None
-        close = answer.close or not request.keep_alive or self.server.draining
+        close = (
+            answer.close
+            or not request.keep_alive
+            or self.server.draining
+            or (self.closing and not self.queue)  # the last answer (e.g. to an Upgrade)
+        )
         body = answer.body
         parts = [_status_line(answer.status, request.http10)]
         if answer.content_type is not None:

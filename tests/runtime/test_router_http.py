@@ -295,6 +295,31 @@ def test_a_malformed_request_after_good_ones_is_answered_after_them(router: Rout
         assert answers.closed()
 
 
+def test_a_bad_body_after_an_answered_head_gets_one_400(router: RouterThread) -> None:
+    """404 from the head, then a malformed chunk: each answered once, then the close."""
+    with connect(router.port) as s:
+        s.sendall(
+            b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\nzz\r\n"
+        )
+        answers = Answers(s)
+        assert answers.next()[0] == 404
+        status, _, body = answers.next()
+        assert status == 400 and oip_error(body).startswith("malformed HTTP request")
+        assert answers.closed()
+
+
+def test_an_upgrade_request_is_answered_then_closed(router: RouterThread) -> None:
+    with connect(router.port) as s:
+        s.sendall(
+            request("GET", "/v2/health/live", extra="Upgrade: h2c\r\nConnection: Upgrade\r\n")
+        )
+        answers = Answers(s)
+        status, headers, _ = answers.next()
+        assert status == 200 and headers["connection"] == "close"
+        assert answers.closed()
+
+
 def test_slowloris_heads_get_408_and_are_closed(router: RouterThread) -> None:
     socks = [connect(router.port) for _ in range(5)]
     try:
