@@ -38,6 +38,7 @@ from statmux.contract import (
     GRPC_PORT,
     HTTP_PORT,
 )
+from statmux.runtime.cpu_threads import apply_intra_op_threads
 from statmux.runtime.launcher import child_env, launch, ranks_to_launch
 from statmux.runtime.server_limits import DEFAULT_MAX_REQUEST_BYTES, ServerLimits
 
@@ -201,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default 0.005): how long the event loop and the engine's threads may wait for "
         "each other's GIL",
     )
+    p.add_argument(
+        "--intra-op-threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch intra-op threads of this rank (default: OMP_NUM_THREADS if set, else the "
+        "CPUs this process may use (affinity, cgroup CPU limit) over the ranks in its pod)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -293,6 +302,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     dist_info = rank_of(group, os.environ)
+    threads = apply_intra_op_threads(args.intra_op_threads, os.environ)
+    if threads is not None:
+        log.info("intra-op threads: %d", threads)
     from statmux.runtime.engine import EngineError
     from statmux.runtime.group import GroupSpecError, RendezvousError, start_group
     from statmux.runtime.presets import ModelConfigError
