@@ -337,6 +337,8 @@ class PipelineEngine(GroupEngine):
     def _handle(self, job: _Job) -> bool:
         """Run one job; True when the dispatcher should stop."""
         if job.kind == "run":
+            if not job.future.set_running_or_notify_cancel():
+                return False  # withdrawn by the scheduler before it started: skip it
             self._ensure_resident(job.model)
             batch_id = next(self._ids)
             out_name = output_name(self._state.models[job.model].cfg)

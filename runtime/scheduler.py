@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from statmux.runtime.engine import EngineError, GroupEngine, ModelInfo, Request, Response
 from statmux.runtime.metrics import ModelStats
 from statmux.runtime.serving_errors import (
+    Cancelled,
     EngineFailed,
     InvalidRequest,
     ModelNotFound,
@@ -264,6 +265,7 @@ class _InFlight:
     alone: bool = True  # dispatched onto an empty pipeline: its latency is the batch's own
     swaps: int = 0  # the engine's swap-ins so far when it was dispatched
     started_ns: int = field(default_factory=time.perf_counter_ns)
+    engine_future: Future[list[Response]] | None = None
 
 
 class Scheduler:
@@ -628,6 +630,21 @@ class Scheduler:
             self._complete(flight, fut)
             return
         fut.add_done_callback(lambda f: self._hop_back(loop, flight, f))
+        flight.engine_future = fut
+        for p in batch:
+            p.future.add_done_callback(lambda f: self._abandoned(flight) if f.cancelled() else None)
+
+    def _abandoned(self, flight: _InFlight) -> None:
+        """A client of a running batch went away. Once nobody waits for the batch and the
+        engine has not started it (it waits behind other batches or a swap-in), it is
+        withdrawn: it frees its slot at once instead of holding the requests behind it for
+        its whole run. A batch already started runs its course; its results are dropped
+        without being encoded (`_finish`)."""
+        fut = flight.engine_future
+        if fut is None or fut.done() or flight not in self._running:
+            return
+        if all(p.future.cancelled() for p in flight.members):
+            fut.cancel()  # False once the engine started it; else `_complete` sees it
 
     def _hop_back(
         self, loop: asyncio.AbstractEventLoop, flight: _InFlight, fut: Future[list[Response]]
@@ -644,6 +661,10 @@ class Scheduler:
 
     def _complete(self, flight: _InFlight, fut: Future[list[Response]]) -> None:
         """Account for a finished batch and resolve its requests (without dispatching)."""
+        if fut.cancelled():  # withdrawn before it started: every member's client is gone
+            self._running.remove(flight)
+            self._finish_failed(flight.members, Cancelled("the clients went away"))
+            return
         exc = fut.exception()
         self._finish(flight, None if exc is not None else fut.result(), exc)
 

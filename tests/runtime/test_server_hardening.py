@@ -359,6 +359,34 @@ def test_a_passed_grpc_deadline_cancels_and_counts_canceled(server: BackgroundSe
     assert canceled >= 1
 
 
+def test_a_cancelled_batch_that_has_not_started_is_withdrawn() -> None:
+    """Two batches in flight (pp 2) on a one-worker engine: the second waits in the engine
+    behind the first. When its client's deadline passes, it is withdrawn: it never runs,
+    so the request after it is not held behind it, and it counts as CANCELED."""
+    model = slow_model(seconds=SLOW_S)
+    runs: list[int] = model.runs  # type: ignore[attr-defined]
+    engine = LocalEngine([model])
+    srv = BackgroundServer(FrontEnd(engine, max_in_flight=2, max_request_bytes=MAX_BYTES))
+    client = tg.InferenceServerClient(srv.grpc_url)
+    x = np.ones((1, 4), dtype=np.float32)
+    try:
+        first = threading.Thread(target=client.infer, args=("slow", [grpc_input(x)]))
+        first.start()
+        time.sleep(SLOW_S / 5)  # the first runs; the next is submitted to the engine behind it
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.infer("slow", [grpc_input(x)], client_timeout=SLOW_S / 4)
+        first.join(30)
+        out = client.infer("slow", [grpc_input(x)])  # served once the first is done
+        np.testing.assert_array_equal(out.as_numpy("OUTPUT0"), x * 2)
+        assert runs == [1, 1]  # the first and the last: the withdrawn batch never ran
+        counts = outcomes(srv.http_port, "slow")
+        assert counts.get("success") == 2 and counts.get("cancelled") == 1
+    finally:
+        client.close()
+        srv.stop()
+        engine.shutdown()
+
+
 # --------------------------------------------------------------------------- counting
 def test_every_outcome_is_counted_once_on_both_protocols(server: BackgroundServer) -> None:
     """A mix over REST and gRPC (sync and asyncio): the counters add up to what was sent."""
