@@ -3,9 +3,11 @@
 The router talks REST to every group (the group Services expose REST; gRPC requests are
 re-framed as the binary tensor extension, see router_grpc). Bodies pass through as bytes:
 nothing is decoded here. The groups are statmux's own aiohttp servers, so the client is a
-small one over asyncio streams (one write per request, Content-Length or chunked answers):
-a general-purpose client (aiohttp's ClientSession) costs more per request than the whole
-router's budget (docs/router.md, "Overhead").
+small asyncio.Protocol (one write per request, the answer parsed in the transport's callback
+and handed over through one future; Content-Length, chunked or until-close answers): a
+general-purpose client (aiohttp's ClientSession) costs more per request than the whole
+router's budget, and asyncio streams cost several wake-ups per answer (docs/router.md,
+"Overhead").
 
 Failures are classified for the router's retry rule:
 - NotAccepted: the group never got the request (connection refused, DNS, connect timeout).
@@ -19,7 +21,8 @@ import asyncio
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -52,19 +55,64 @@ class Reply:
     header_length: str | None  # Inference-Header-Content-Length, when binary
 
 
-@dataclass(eq=False)
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    used: float = field(default_factory=time.monotonic)
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to a group. Answers are parsed as they arrive, in the
+    transport's callback, and handed over through one future per exchange (a stream reader
+    costs several wake-ups and copies per answer)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
+        self.used = time.monotonic()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        try:  # an answer without a length ends with the connection
+            answer = _parse_answer(self.buf, eof=True)
+        except ValueError:
+            answer = None
+        if answer is None:
+            waiter.set_exception(_Closed(bool(self.buf)))
+        else:
+            answer[1]["connection"] = "close"
+            waiter.set_result(answer)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            answer = _parse_answer(self.buf)
+        except ValueError as e:
+            waiter.set_exception(e)
+            return
+        if answer is not None:
+            waiter.set_result(answer)
 
     def usable(self, now: float) -> bool:
-        return (
-            not self.writer.is_closing() and not self.reader.at_eof() and now - self.used < IDLE_S
-        )
+        t = self.transport
+        return t is not None and not self.lost and not t.is_closing() and now - self.used < IDLE_S
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Closed(Exception):
+    """The group closed the connection before a whole answer (`partial`: after some of it)."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("the connection closed before the answer")
+        self.partial = partial
 
 
 class _Stale(Exception):
@@ -135,41 +183,37 @@ class Upstreams:
         return None
 
     async def _connect(self, addr: tuple[str, int], timeout_s: float) -> _Conn:
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(*addr, limit=HEAD_LIMIT)
+                transport, conn = await loop.create_connection(_Conn, *addr)
         except TimeoutError:
             raise NotAccepted(f"connect timed out after {timeout_s:g} s") from None
         except OSError as e:
             raise NotAccepted(f"cannot connect: {e}") from None
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Conn(reader, writer)
+        return conn
 
     async def _exchange(
         self, addr: tuple[str, int], conn: _Conn, message: bytes, reused: bool
     ) -> Reply:
         keep = False
         try:
-            conn.writer.write(message)
+            if conn.lost or conn.transport is None:
+                raise _Closed(False)
+            conn.buf.clear()
+            waiter = conn.waiter = asyncio.get_running_loop().create_future()
+            conn.transport.write(message)
             try:
-                raw = await conn.reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as e:
+                status, headers, payload = await waiter
+            except _Closed as e:
                 if reused and not e.partial:
                     raise _Stale() from None
                 raise Broken("the connection closed before the answer") from None
-            except asyncio.LimitOverrunError:
-                raise Broken("the group's answer head is too large") from None
-            status, headers = _parse_head(raw)
-            length = headers.get("content-length")
-            if length is not None:
-                payload = await conn.reader.readexactly(int(length))
-            elif headers.get("transfer-encoding", "").lower() == "chunked":
-                payload = await _read_chunked(conn.reader)
-            else:
-                payload = await conn.reader.read()
-                headers["connection"] = "close"
+            finally:
+                conn.waiter = None
             keep = headers.get("connection", "").lower() != "close"
             return Reply(
                 status,
@@ -177,7 +221,7 @@ class Upstreams:
                 headers.get("content-type"),
                 headers.get(HEADER_LENGTH.lower()),
             )
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError) as e:
+        except (ConnectionError, OSError, ValueError) as e:
             raise Broken(f"connection broke: {e or type(e).__name__}") from None
         finally:
             if keep:
@@ -197,28 +241,53 @@ class Upstreams:
         self._idle.clear()
 
 
-def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
-    lines = raw.decode("latin-1").split("\r\n")
+def _parse_answer(buf: bytearray, eof: bool = False) -> tuple[int, dict[str, str], bytes] | None:
+    """(status, headers, body) once `buf` holds a whole answer; None while it does not.
+    Headers are lower-cased. `eof`: the connection closed, so an answer with neither a
+    Content-Length nor chunked encoding is complete. ValueError: not HTTP."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > HEAD_LIMIT:
+            raise ValueError("the group's answer head is too large")
+        return None
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/"):
         raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    start = end + 4
+    length = headers.get("content-length")
+    if length is not None:
+        stop = start + int(length)
+        if len(buf) < stop:
+            return None
+        if len(buf) > stop:
+            raise ValueError("the group sent more than one answer")
+        return int(parts[1]), headers, bytes(buf[start:stop])
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(buf, start)
+        return None if body is None else (int(parts[1]), headers, body)
+    return (int(parts[1]), headers, bytes(buf[start:])) if eof else None
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+def _dechunk(buf: bytearray, pos: int) -> bytes | None:
+    """A chunked body starting at `pos`, or None while incomplete (no trailers: our groups
+    send none)."""
     chunks: list[bytes] = []
     while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
         if size == 0:
-            await reader.readuntil(b"\r\n")  # no trailers from our groups
-            return b"".join(chunks)
-        chunks.append(await reader.readexactly(size))
-        await reader.readexactly(2)
+            return b"".join(chunks) if len(buf) >= eol + 4 else None
+        if len(buf) < eol + 2 + size + 2:
+            return None
+        chunks.append(bytes(buf[eol + 2 : eol + 2 + size]))
+        pos = eol + 2 + size + 2
 
 
 async def probe_ready(upstreams: Upstreams, url: str, timeout_s: float) -> str | None:
