@@ -1,6 +1,7 @@
 """statmux vs the faithful AlpaServe baseline, same simulator, on the whole trace.
 
-    python benchmarks/placement_vs_alpaserve.py [--json] [--duration S] [--only TEXT] [--repeat N]
+    python benchmarks/placement_vs_alpaserve.py [--json] [--set generated|reference]
+        [--duration S] [--only TEXT] [--repeat N]
 
 For each setting (built by statmux.placement.scenarios: the published S1-S3 shapes, many
 models on few GPUs, mixed sizes, high CV, tight SLO; power-law rates, Gamma arrivals), both
@@ -39,24 +40,48 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(duration: float, only: str | None, repeat: int = 3) -> dict[str, Any]:
+# The issue's reference settings: uniform rates, 100 req/s in total, CV 4, SLO 5x, a
+# 20-minute trace (about 120 000 requests); `--set reference`.
+REFERENCE: dict[str, dict[str, Any]] = {
+    "48 x bert-6.7b, 16 GPUs": {"profiles": ["bert-6.7b"] * 48, "gpus": 16},
+    "48 x bert-6.7b, 64 GPUs": {"profiles": ["bert-6.7b"] * 48, "gpus": 64},
+    "72 BERT (3 sizes), 48 GPUs": {"profiles": mixed(BERT_MIX, 72), "gpus": 48},
+}
+
+
+def reference_modelset(setting: dict[str, Any], duration: float) -> Any:
+    return modelset(
+        setting["profiles"], gpus=setting["gpus"], rate=100.0, duration=duration, cv=4.0
+    )
+
+
+def generated_modelset(setting: dict[str, Any], duration: float) -> Any:
+    kw = dict(setting)
+    return modelset(
+        kw.pop("profiles"),
+        duration=duration,
+        split="powerLaw",
+        exponent=0.5,
+        cv=kw.pop("cv", 4.0),
+        slo_scale=kw.pop("slo_scale", 5.0),
+        **kw,
+    )
+
+
+def run(
+    duration: float, only: str | None, repeat: int = 3, which: str = "generated"
+) -> dict[str, Any]:
     warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
     run_policy(warm, "statmux")
     run_policy(warm, "alpaserve")
     rows: dict[str, Any] = {}
-    for name, setting in SETTINGS.items():
+    settings, build = (
+        (REFERENCE, reference_modelset) if which == "reference" else (SETTINGS, generated_modelset)
+    )
+    for name, setting in settings.items():
         if only and only not in name:
             continue
-        kw = dict(setting)
-        ms = modelset(
-            kw.pop("profiles"),
-            duration=duration,
-            split="powerLaw",
-            exponent=0.5,
-            cv=kw.pop("cv", 4.0),
-            slo_scale=kw.pop("slo_scale", 5.0),
-            **kw,
-        )
+        ms = build(setting, duration)
         row: dict[str, Any] = {}
         for policy in ("alpaserve", "statmux"):
             seconds = []
@@ -79,13 +104,23 @@ def run(duration: float, only: str | None, repeat: int = 3) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--duration", type=float, default=300.0, help="trace seconds")
+    parser.add_argument(
+        "--set",
+        dest="which",
+        choices=("generated", "reference"),
+        default="generated",
+        help="the generated settings (default) or the issue's three reference settings",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="trace seconds (default: 300; reference: 1200)"
+    )
     parser.add_argument("--only", help="only the settings whose name contains this")
     parser.add_argument(
         "--repeat", type=int, default=5, help="runs per policy; the median CPU time is reported"
     )
     args = parser.parse_args()
-    rows = run(args.duration, args.only, args.repeat)
+    duration = args.duration or (1200.0 if args.which == "reference" else 300.0)
+    rows = run(duration, args.only, args.repeat, args.which)
     if args.json:
         print(json.dumps(rows, indent=2))
         return

@@ -18,9 +18,11 @@
    `top_component_split` on a cluster's. With several latency clusters the unsplit problem's
    partitions also get AlpaServe's fast greedy (on the demo at 6 GiB it alone finds the
    best placement, on the 4th partition). With one cluster AlpaServe's whole search is
-   this sub-problem: the fills stop once the search has simulated `fill_share` of the
-   requests AlpaServe's would (the component greedy is anytime: it stops mid-way, then
-   memory is filled), so that homogeneous sets take under half its time.
+   this sub-problem: the best screened partition gets AlpaServe's fast greedy (1/P of its
+   cost; where that partition is AlpaServe's best too, statmux has its answer), and the
+   component greedy runs only until the search has simulated `fill_share` of the requests
+   AlpaServe's would (it is anytime: it stops mid-way, then memory is filled), so that
+   homogeneous sets take under half its time.
 4. Heterogeneous sets: the GPUs are split between AlpaServe's latency clusters. AlpaServe's
    pruned splits (its enumeration), at most `max_screen` of them (the closest to its
    balance rule: rate share vs throughput share), are screened by merging each cluster's best
@@ -99,7 +101,7 @@ class StatmuxSearch:
         max_screen: int | None = 20,
         candidates: int = 4,
         lazy: bool = True,
-        fill_share: float = 0.1,
+        fill_share: float = 0.12,
         refine_share: float = 0.05,
     ) -> None:
         """top / close: partitions filled (the best screened, within `close` of the best);
@@ -124,8 +126,8 @@ class StatmuxSearch:
         # _estimate_alpaserve): in simulations and in simulated requests
         self._alpaserve_cost = 0
         self._alpaserve_work = 0
-        self._work0 = problem.simulator().work[0]
         self._clusters = latency_clusters(problem)
+        self._work0 = problem.simulator().work[0]
 
     def _sub(self, models: list[str]) -> list[str] | None:
         return None if models == self.problem.models else models
@@ -181,10 +183,18 @@ class StatmuxSearch:
         near = [f for f in ranked[: self.top] if f.attainment >= ranked[0].attainment - self.close]
         work = problem.simulator().work
         # A single latency cluster: AlpaServe's whole search is this sub-problem, so the
-        # fills get a share of its (estimated) simulated requests; the greedy is anytime.
+        # fills get a share of its (estimated) simulated requests, the screen's included;
+        # the component greedy is anytime.
         limit = None
         whole = models == problem.models
-        if whole and len(self._clusters) == 1:
+        if whole and len(self._clusters) == 1 and near:
+            # AlpaServe's own greedy on the screen's best partition (1/P of its cost): where
+            # that partition is AlpaServe's best too, statmux starts from its answer
+            empty = [Group(g.config) for g in near[0].placement.groups]
+            p = fast_greedy(problem, empty, models)
+            att = problem.attainment(p, sub)
+            if att > best.attainment + 1e-12:
+                best = Found(p, att, p.describe())
             limit = self._work0 + int(self.fill_share * self._alpaserve_work)
         for i, screened in enumerate(near):
             if limit is not None and work[0] >= limit:
