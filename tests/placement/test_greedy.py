@@ -70,3 +70,18 @@ def test_greedy_only_adds_improving_replicas_and_respects_memory():
     # no single further replica of a missing-most model on its best group helps
     again = greedy_select(prob, result.groups)
     assert prob.simulator().attainment(again) == att
+
+
+def test_greedy_stops_at_its_simulation_budget():
+    """max_work: the greedy stops once the problem has simulated that many requests (one
+    step may finish past it), and what it placed so far is kept."""
+    prob = problem()
+    groups = uniform_groups(8, ParallelConfig(1, 1))
+    full = greedy_select(prob, groups, candidates=4)
+    work = prob.simulator().work
+    start = work[0]
+    limit = start + 3 * len(prob.simulator())
+    cut = greedy_select(prob, groups, candidates=4, max_work=limit)
+    placed = sum(len(g.models) for g in cut.groups)
+    assert 0 < placed < sum(len(g.models) for g in full.groups)
+    assert work[0] <= limit + 4 * len(prob.simulator())  # at most one more step of 4 candidates

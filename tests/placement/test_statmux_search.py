@@ -73,3 +73,22 @@ def test_sampled_search_is_within_tolerance_of_full() -> None:
     full = run_policy(build_problem(ms.spec), "statmux").attainment
     sampled = run_policy(build_problem(ms.spec, max_requests=10_000), "statmux").attainment
     assert sampled >= full - 0.0005
+
+
+def test_one_cluster_starts_from_alpaserves_greedy_on_the_best_screened_partition() -> None:
+    """With one latency cluster the fills are budgeted; AlpaServe's own greedy on the screen's
+    best partition always runs, so a budget can never leave statmux below it (it did on this
+    S1-shaped set, by one request, before)."""
+    from statmux.placement.alpaserve import fast_greedy
+    from statmux.placement.plan import Group
+    from statmux.placement.statmux_search import StatmuxSearch
+
+    ms = modelset(
+        ["bert-1.3b"] * 12, gpus=8, rate=24.0, duration=120, split="powerLaw", exponent=0.5
+    )
+    problem = build_problem(ms.spec)
+    search = StatmuxSearch(problem)
+    ours = search.run()
+    best = search.screen(problem.models, problem.num_gpus)[0]
+    theirs = fast_greedy(problem, [Group(g.config) for g in best.placement.groups], problem.models)
+    assert problem.attainment(ours) >= problem.attainment(theirs)
