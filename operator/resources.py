@@ -316,8 +316,18 @@ def pod_template(
             str(cfg.serve_port),
             "--drain-timeout",
             str(RUNTIME_DRAIN_SECONDS),
+            # pods without the leader answer the probe below too (runtime/worker_health.py)
+            "--worker-health",
         ],
         "env": runtime_env(owner, gw, cfg, kind),
+        # Ready = the leader's front end is ready: every rank joined and loaded its shards,
+        # and it is not draining. Without it a pod counts as ready as soon as it starts, and
+        # GroupsReady (StatefulSet readyReplicas) would turn True while weights still load.
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
         "ports": [
             {"name": "http", "containerPort": cfg.serve_port, "protocol": "TCP"},
             {"name": "dist", "containerPort": cfg.master_port, "protocol": "TCP"},

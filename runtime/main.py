@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=_port, default=GRPC_PORT, help="gRPC port")
     p.add_argument("--no-grpc", action="store_true", help="serve REST only")
     p.add_argument(
+        "--worker-health",
+        action="store_true",
+        help="in a pod without the group's leader, answer GET /v2/health/{live,ready} on "
+        "--http-port from local rank 0, so one readinessProbe serves every pod of the group "
+        "(set by the operator; see runtime/worker_health.py)",
+    )
+    p.add_argument(
         "--device",
         choices=DEVICES,
         default="cpu",
@@ -305,6 +312,15 @@ def _run(args: argparse.Namespace) -> int:
     threads = apply_intra_op_threads(args.intra_op_threads, os.environ)
     if threads is not None:
         log.info("intra-op threads: %d", threads)
+    if args.worker_health and dist_info.rank != 0 and dist_info.local_rank == 0:
+        from statmux.runtime.worker_health import serve_worker_health
+
+        try:
+            serve_worker_health(args.host, args.http_port, args.group, dist_info.rank)
+        except OSError as e:
+            raise UsageError(
+                f"--worker-health: cannot listen on port {args.http_port}: {e}"
+            ) from None
     from statmux.runtime.engine import EngineError
     from statmux.runtime.group import GroupSpecError, RendezvousError, start_group
     from statmux.runtime.presets import ModelConfigError

@@ -235,3 +235,21 @@ def test_the_router_accepts_the_operators_configmap(tmp_path) -> None:
     assert config.unrouted == ()
     assert [g.name for g in config.groups] == [g.name for g in p.groups]
     assert set(config.hosts) == {m.name for g in p.groups for m in g.models}
+
+
+def test_every_group_pod_has_a_readiness_probe_that_its_ranks_answer() -> None:
+    """Leader pods answer it from the front end, pods of worker ranks from --worker-health."""
+    for kind in ("StatefulSet", "LeaderWorkerSet"):
+        objs = desired_objects(OWNER, plan([(4, 4, ["a"])]), CFG, kind)
+        workload = next(o for o in objs if o["kind"] == kind)
+        if kind == "StatefulSet":
+            templates = [workload["spec"]["template"]]
+        else:
+            lws = workload["spec"]["leaderWorkerTemplate"]
+            templates = [lws.get("leaderTemplate") or lws["workerTemplate"], lws["workerTemplate"]]
+        for t in templates:
+            c = t["spec"]["containers"][0]
+            probe = c["readinessProbe"]["httpGet"]
+            assert probe == {"path": "/v2/health/ready", "port": "http"}, kind
+            assert "--worker-health" in c["command"], kind
+            assert any(p["name"] == "http" for p in c["ports"]), kind

@@ -479,3 +479,42 @@ def test_a_dead_rank_restarts_the_whole_group_which_serves_again(plan_file: Path
         codes = stop(procs)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
     assert codes == [0, 0]
+
+
+@pytest.mark.slow
+def test_worker_health_answers_the_pods_readiness_probe(plan_file: Path) -> None:
+    """In Kubernetes every pod of a group gets the same readinessProbe; a pod of worker ranks
+    answers it with --worker-health (here on its own port: both 'pods' share one host)."""
+    import urllib.error
+    import urllib.request
+
+    http, worker_http, grpc_port, master = free_port(), free_port(), free_port(), free_port()
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master), "WORLD_SIZE": "2"}
+    flags = ("--worker-health",)
+    procs = [
+        launch(plan_file, "g1", http, grpc_port, env | {"RANK": "0"}, flags),
+        launch(plan_file, "g1", worker_http, free_port(), env | {"RANK": "1"}, flags),
+    ]
+
+    def get(port: int, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    client = th.InferenceServerClient(f"127.0.0.1:{http}")
+    try:
+        wait_ready(client, procs)
+        assert get(worker_http, "/v2/health/ready")[0] == 200
+        assert get(worker_http, "/v2/health/live")[0] == 200
+        status, body = get(worker_http, "/v2/models/bert-a/infer")
+        assert status == 404
+        assert "worker rank 1 of group g1" in json.loads(body)["error"]
+        inp = th.InferInput("input_ids", list(IDS.shape), "INT64")
+        inp.set_data_from_numpy(IDS)
+        assert client.infer("bert-a", [inp]).as_numpy("last_hidden_state").shape == (2, 6, 32)
+    finally:
+        client.close()
+        codes = stop(procs)
+    assert codes == [0, 0]
