@@ -215,6 +215,7 @@ def main() -> None:
     group = subprocess.Popen(
         group_cmd,
         env=env,
+        cwd=root,  # `python -m` puts the working directory first on sys.path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -223,6 +224,7 @@ def main() -> None:
     router = subprocess.Popen(
         [*py, "router", *common, "--groups", f"g0=127.0.0.1:{group_port}", *router_flags],
         env=env,
+        cwd=root,  # `python -m` puts the working directory first on sys.path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
