@@ -86,7 +86,7 @@ def calibrated_modelset(modelset: Path, outdir: Path) -> tuple[Path, dict[str, f
     w = doc["spec"]["models"][0]["weights"]
     overrides = [f"--config={k}={v}" for k, v in (w.get("config") or {}).items()]
     measured = outdir / "overheads.yaml"
-    print("calibrating: the emulated serving path's overheads (statmux profile --emulate-device)", flush=True)
+    print("calibrating: the emulated serving path's overheads", flush=True)
     statmux(
         "profile", "--preset", f"{w.get('architecture', 'bert')}-{w['preset']}", *overrides,
         "--pp", "1,2", "--batch", "1", "--repeats", "15", "--emulate-device",
