@@ -320,7 +320,12 @@ def test_a_disconnected_rest_client_cancels_its_queued_request(
         target=raw, args=(server.http_port, "POST", "/v2/models/slow/infer", body)
     )
     blocker.start()
-    time.sleep(SLOW_S / 5)  # the blocker runs; the next requests queue behind it
+    # the blocker runs (a loaded machine can take longer than a fixed sleep to start it);
+    # the next requests queue behind it
+    deadline = time.monotonic() + 30
+    while len(runs) == runs_before and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(runs) == runs_before + 1, "the blocking request never started"
     head = (
         f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
