@@ -18,10 +18,8 @@ Figures only; compare rows of one run (a shared machine's load changes between r
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,40 +38,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime, all threads
 
 
-def launch(
-    plan_file: Path, pp: int, port: int, extra: list[str], env: dict[str, str]
-) -> list[subprocess.Popen[bytes]]:
-    master = rs.free_port()
-    procs = []
-    for rank in range(pp):
-        cmd = [sys.executable, "-m", "statmux.runtime.main", "--plan", str(plan_file)]
-        cmd += ["--group", "g0", "--host", "127.0.0.1", "--http-port", str(port)]
-        cmd += ["--no-grpc", "--log-level", "WARNING", *extra]
-        rank_env = {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master)}
-        rank_env |= {"RANK": str(rank), "WORLD_SIZE": str(pp)}
-        procs.append(subprocess.Popen(cmd, env=rank_env))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return procs
-        except OSError:
-            pass
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.3)
-    rs.stop(procs)
-    raise RuntimeError("the group did not become ready")
-
-
 def group_row(
     args: argparse.Namespace, plan_file: Path, extra: list[str], env: dict[str, str]
 ) -> tuple[float, list[float]]:
     payload, headers = rs.body(args.seq)
     port = rs.free_port()
-    procs = launch(plan_file, args.pp, port, extra, env)
+    procs = rs.launch(plan_file, args.pp, port, extra, env)
     try:
         rs.sequential(port, payload, headers, 30)  # warm-up
         before = sum(cpu_seconds(p.pid) for p in procs)

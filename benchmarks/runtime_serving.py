@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,18 +62,25 @@ def plan(pp: int, preset: str) -> Plan:
     )
 
 
-def launch(plan_file: Path, pp: int, http_port: int, switch: str) -> list[subprocess.Popen[bytes]]:
+def launch(
+    plan_file: Path,
+    pp: int,
+    http_port: int,
+    flags: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    """Start the pp ranks of group g0 and wait until it is ready. `env` defaults to this
+    process's environment with one intra-op thread per rank."""
+    base = dict(env) if env is not None else {**os.environ, "OMP_NUM_THREADS": "1"}
     master = free_port()
     procs = []
     for rank in range(pp):
         cmd = [sys.executable, "-m", "statmux.runtime.main", "--plan", str(plan_file)]
         cmd += ["--group", "g0", "--host", "127.0.0.1", "--http-port", str(http_port)]
-        cmd += ["--no-grpc", "--log-level", "WARNING"]
-        if switch != "default":
-            cmd += ["--switch-interval", switch]
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master)}
-        env |= {"RANK": str(rank), "WORLD_SIZE": str(pp), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen(cmd, env=env))
+        cmd += ["--no-grpc", "--log-level", "WARNING", *flags]
+        rank_env = {**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master)}
+        rank_env |= {"RANK": str(rank), "WORLD_SIZE": str(pp)}
+        procs.append(subprocess.Popen(cmd, env=rank_env))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -189,7 +197,8 @@ def main(argv: list[str]) -> int:
         print(f"pp{args.pp} {args.preset}, batch 1 x seq {args.seq}; load: {os.getloadavg()}")
         for switch in args.switch_interval:
             port = free_port()
-            procs = launch(plan_file, args.pp, port, switch)
+            flags = [] if switch == "default" else ["--switch-interval", switch]
+            procs = launch(plan_file, args.pp, port, flags)
             try:
                 seq = sequential(port, payload, headers, args.requests)
                 rps, inf, probe = asyncio.run(
