@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as th
 import tritonclient.http.aio as tha
 
-from statmux.runtime.engine import ModelInfo, TensorSpec
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.lean_http import LeanServer
-from statmux.runtime.local_engine import LocalEngine, LocalModel, tiny_mlp
+from statmux.runtime.local_engine import LocalEngine, tiny_mlp
 from statmux.runtime.oip_routes import RouteTable
 from statmux.runtime.router_config import build_config
 from statmux.runtime.router_core import Router
@@ -36,27 +34,11 @@ from statmux.runtime.server_runner import BackgroundServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
 from plans import make_test_plan
+from slow_models import slow_model
 
 MAX_BYTES = 1 << 16
 SLOW_S = 0.5
 LIMITS = ServerLimits(head_timeout_s=0.5, body_timeout_s=0.5, max_connections=16)
-
-
-def slow_model(seconds: float = SLOW_S) -> LocalModel:
-    """FP32 [-1, 4] -> its input times two, after `seconds` of "compute"."""
-
-    def forward(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        time.sleep(seconds)
-        return {"OUTPUT0": x["INPUT0"] * 2}
-
-    info = ModelInfo(
-        name="slow",
-        platform="statmux-test-slow",
-        inputs=[TensorSpec("INPUT0", "FP32", (-1, 4))],
-        outputs=[TensorSpec("OUTPUT0", "FP32", (-1, 4))],
-        max_batch_size=1,
-    )
-    return LocalModel(info, torch.nn.Identity(), forward)
 
 
 class RouterThread:
@@ -102,7 +84,7 @@ class RouterThread:
 
 @pytest.fixture(scope="module")
 def group() -> Iterator[BackgroundServer]:
-    engine = LocalEngine([tiny_mlp(), slow_model()])
+    engine = LocalEngine([tiny_mlp(), slow_model(seconds=SLOW_S)])
     srv = BackgroundServer(FrontEnd(engine, max_request_bytes=MAX_BYTES), grpc_port=None)
     yield srv
     srv.stop()

@@ -12,9 +12,11 @@ import http.client
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -33,30 +35,11 @@ from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.local_engine import LocalEngine, LocalModel, tiny_embedder, tiny_mlp
 from statmux.runtime.server_runner import BackgroundServer, ServerLimits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from slow_models import slow_model
+
 MAX_BYTES = 1 << 20
 SLOW_S = 0.25
-
-
-def slow_model(name: str = "slow", seconds: float = SLOW_S) -> LocalModel:
-    """FP32 [-1, 4] -> its input times two, after `seconds` of "compute"; counts its runs."""
-    module = torch.nn.Identity()
-    runs: list[int] = []
-
-    def forward(x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        runs.append(int(x["INPUT0"].shape[0]))
-        time.sleep(seconds)
-        return {"OUTPUT0": x["INPUT0"] * 2}
-
-    info = ModelInfo(
-        name=name,
-        platform="statmux-test-slow",
-        inputs=[TensorSpec("INPUT0", "FP32", (-1, 4))],
-        outputs=[TensorSpec("OUTPUT0", "FP32", (-1, 4))],
-        max_batch_size=1,
-    )
-    model = LocalModel(info, module, forward)
-    model.runs = runs  # type: ignore[attr-defined]
-    return model
 
 
 def broken_model() -> LocalModel:
@@ -80,7 +63,7 @@ def models() -> list[LocalModel]:
     strict.info.stage_latency_s = {1: [10.0]}  # admission rejects every request
     embed = tiny_embedder()
     embed.info.max_sequence_length = 64
-    return [tiny_mlp(), embed, strict, slow_model(), broken_model()]
+    return [tiny_mlp(), embed, strict, slow_model(seconds=SLOW_S), broken_model()]
 
 
 @pytest.fixture(scope="module")
