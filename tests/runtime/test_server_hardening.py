@@ -58,6 +58,21 @@ def broken_model() -> LocalModel:
     return LocalModel(info, torch.nn.Identity(), forward)
 
 
+def raw_grpc_infer_error(
+    server: BackgroundServer, request: service_pb2.ModelInferRequest
+) -> pytest.ExceptionInfo[grpc.RpcError]:
+    """Send a hand-built ModelInferRequest (no tritonclient checks); the error it gets."""
+    with grpc.insecure_channel(server.grpc_url) as ch:
+        call = ch.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=30)
+    return e
+
+
 def models() -> list[LocalModel]:
     strict = tiny_mlp(name="strict", slo_seconds=0.5)
     strict.info.stage_latency_s = {1: [10.0]}  # admission rejects every request
@@ -222,14 +237,7 @@ def test_absurd_shapes_are_invalid_argument_over_grpc(
     t = request.inputs.add()
     t.name, t.datatype = "INPUT0", "FP32"
     t.shape.extend(shape)
-    with grpc.insecure_channel(server.grpc_url) as ch:
-        call = ch.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelInferResponse.FromString,
-        )
-        with pytest.raises(grpc.RpcError) as e:
-            call(request, timeout=30)
+    e = raw_grpc_infer_error(server, request)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
 
 
@@ -778,13 +786,6 @@ def test_bytes_tensors_claiming_billions_of_elements_are_invalid(server: Backgro
     t.name, t.datatype = "INPUT0", "BYTES"
     t.shape.extend([2**32])
     request.raw_input_contents.append(b"\x00" * 64)
-    with grpc.insecure_channel(server.grpc_url) as ch:
-        call = ch.unary_unary(
-            "/inference.GRPCInferenceService/ModelInfer",
-            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
-            response_deserializer=service_pb2.ModelInferResponse.FromString,
-        )
-        with pytest.raises(grpc.RpcError) as e:
-            call(request, timeout=30)
+    e = raw_grpc_infer_error(server, request)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
     assert "BYTES elements" in (e.value.details() or "")
