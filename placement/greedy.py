@@ -170,24 +170,27 @@ class GroupLoads:
         for g in placement.groups:
             for m in g.models:
                 replicas[m] = replicas.get(m, 0) + 1
+        # per-config columns (demand, bytes) by model name: no (model, config) hashing
+        self.columns = [problem.per_model(g.config) for g in placement.groups]
         self.used = [
-            sum(problem.bytes_per_gpu(m, g.config) for m in g.models) for g in placement.groups
+            sum(col[1][m] for m in g.models)
+            for g, col in zip(placement.groups, self.columns, strict=True)
         ]
         self.load = [
-            sum(problem.demand(m, g.config) / replicas[m] for m in g.models)
-            for g in placement.groups
+            sum(col[0][m] / replicas[m] for m in g.models)
+            for g, col in zip(placement.groups, self.columns, strict=True)
         ]
 
     def least_loaded(self, model: str) -> int | None:
         """The group with room for `model` whose hosted models bring the least load."""
-        problem, budget = self.problem, self.problem.budget
-        best: tuple[float, int] | None = None
+        budget = self.problem.budget
+        best, best_load = -1, 0.0
         for gi, g in enumerate(self.placement.groups):
-            if model in g.models or self.used[gi] + problem.bytes_per_gpu(model, g.config) > budget:
+            if self.used[gi] + self.columns[gi][1][model] > budget or model in g.models:
                 continue
-            if best is None or (self.load[gi], gi) < best:
-                best = (self.load[gi], gi)
-        return None if best is None else best[1]
+            if best < 0 or self.load[gi] < best_load:
+                best, best_load = gi, self.load[gi]
+        return None if best < 0 else best
 
 
 def least_loaded_group(problem: SearchProblem, placement: Placement, model: str) -> int | None:

@@ -43,29 +43,40 @@ def pack(
     demand = {m: [d[m] for d, _ in columns] for m in models}
     need_bytes = {m: [b[m] for _, b in columns] for m in models}
     load = [0.0] * len(gs)
+    # the groups hosting each model: add() updates only those loads
+    hosts: dict[str, list[int]] = {m: [] for m in models}
+    for index, h in enumerate(hosted):
+        for m in h:
+            if m in hosts:
+                hosts[m].append(index)
+    n_groups = len(gs)
 
     def add(m: str, gi: int) -> None:
         r_old = replicas[m]
         r_new = r_old + 1
         d = demand[m]
-        for gj in range(len(gs)):
-            if m in hosted[gj]:
-                load[gj] += d[gj] / r_new - d[gj] / r_old
+        for gj in hosts[m]:
+            load[gj] += d[gj] / r_new - d[gj] / r_old
         gs[gi].models.append(m)
         hosted[gi].add(m)
+        hosts[m].append(gi)
         used[gi] += need_bytes[m][gi]
         load[gi] += d[gi] / r_new
         replicas[m] = r_new
 
     def best_group(m: str) -> int | None:
-        best: tuple[float, float, int] | None = None
+        """The group with room for m and the least (load, memory used, index)."""
         b = need_bytes[m]
-        for gi in range(len(gs)):
-            if m not in hosted[gi] and used[gi] + b[gi] <= budget:
-                key = (load[gi], used[gi], gi)
-                if best is None or key < best:
-                    best = key
-        return None if best is None else best[2]
+        on = hosts[m]
+        best, best_load, best_used = -1, 0.0, 0.0
+        for gi in range(n_groups):
+            u = used[gi]
+            if u + b[gi] > budget or gi in on:
+                continue
+            lo = load[gi]
+            if best < 0 or lo < best_load or (lo == best_load and u < best_used):
+                best, best_load, best_used = gi, lo, u
+        return None if best < 0 else best
 
     mean_demand = {m: sum(demand[m]) / max(len(gs), 1) for m in models}
 
