@@ -26,9 +26,9 @@
 4. Heterogeneous sets: the GPUs are split between AlpaServe's latency clusters. AlpaServe's
    pruned splits (its enumeration), at most `max_screen` of them (the closest to its
    balance rule: rate share vs throughput share; 5 pick the same splits as 20 on the
-   benchmark settings and pay for step 3's second count), are screened by merging each cluster's best
-   screened packing (cached per cluster and GPU count, one simulation per split); the
-   `top_splits` best get step 3 per cluster.
+   benchmark settings and pay for the second GPU count below), are screened by merging each
+   cluster's best screened packing (cached per cluster and GPU count, one simulation per
+   split); the `top_splits` best get step 3 per cluster.
 5. The best candidate on the whole workload is refined by local search (local_search.py)
    for `refine_share` of AlpaServe's estimated simulation count (10 to 100 simulations).
 
