@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 
 from statmux.placement.plan import Group, Placement
+from statmux.placement.profile import ParallelConfig
 from statmux.placement.search_space import SearchProblem
 
 
@@ -37,9 +38,12 @@ def pack(
         for m in h:
             if m in replicas:
                 replicas[m] += 1
-    # Demand and bytes are config-dependent: looked up once per config, then per (model,
-    # group) by list index (this runs for every partition of every screen).
-    columns = [problem.per_model(g.config) for g in gs]
+    # Demand and bytes are config-dependent: looked up once per distinct config of the
+    # partition, then per (model, group) through the group's config index (this runs for
+    # every partition of every screen).
+    cfg_index: dict[ParallelConfig, int] = {}
+    cfg_of = [cfg_index.setdefault(g.config, len(cfg_index)) for g in gs]
+    columns = [problem.per_model(c) for c in cfg_index]
     demand = {m: [d[m] for d, _ in columns] for m in models}
     need_bytes = {m: [b[m] for _, b in columns] for m in models}
     load = [0.0] * len(gs)
@@ -56,12 +60,13 @@ def pack(
         r_new = r_old + 1
         d = demand[m]
         for gj in hosts[m]:
-            load[gj] += d[gj] / r_new - d[gj] / r_old
+            dj = d[cfg_of[gj]]
+            load[gj] += dj / r_new - dj / r_old
         gs[gi].models.append(m)
         hosted[gi].add(m)
         hosts[m].append(gi)
-        used[gi] += need_bytes[m][gi]
-        load[gi] += d[gi] / r_new
+        used[gi] += need_bytes[m][cfg_of[gi]]
+        load[gi] += d[cfg_of[gi]] / r_new
         replicas[m] = r_new
 
     def best_group(m: str) -> int | None:
@@ -71,14 +76,15 @@ def pack(
         best, best_load, best_used = -1, 0.0, 0.0
         for gi in range(n_groups):
             u = used[gi]
-            if u + b[gi] > budget or gi in on:
+            if u + b[cfg_of[gi]] > budget or gi in on:
                 continue
             lo = load[gi]
             if best < 0 or lo < best_load or (lo == best_load and u < best_used):
                 best, best_load, best_used = gi, lo, u
         return None if best < 0 else best
 
-    mean_demand = {m: sum(demand[m]) / max(len(gs), 1) for m in models}
+    # summed group by group, as a per-group list would be (same rounding)
+    mean_demand = {m: sum(demand[m][c] for c in cfg_of) / max(len(gs), 1) for m in models}
 
     def density(m: str) -> float:
         smallest = min(need_bytes[m]) if gs else 1.0
