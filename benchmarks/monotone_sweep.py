@@ -1,12 +1,13 @@
-"""Are independent `statmux plan` runs monotone in GPUs? Per-step attainment and every drop.
+"""Are independent `statmux plan` runs monotone in resources? Per-step attainment, every drop.
 
-    python benchmarks/monotone_sweep.py [--only TEXT] [--span K] [--duration S] [--json]
+    python benchmarks/monotone_sweep.py [--resource gpus|memory|slo] [--only TEXT]
+        [--span K] [--duration S] [--json]
 
 For each generated setting of benchmarks/placement_vs_alpaserve.py, the default policy plans
 the same ModelSet independently (a fresh problem per run, nothing carried between runs) at
-its GPU count ± `--span`; every step whose attainment is below the previous count's is a
-drop. Also prints the statmux CPU seconds per run (process time), so the cost of
-monotonicity can be read next to the benchmark's time ratios.
+its GPU count ± `--span` (`--resource memory`: gpuMemory 6 to 24 GiB; `slo`: sloScale 1.5
+to 8); every step whose attainment is below the previous one's is a drop. Also prints the
+largest statmux CPU seconds of a run (process time).
 """
 
 from __future__ import annotations
@@ -27,18 +28,38 @@ from statmux.placement.capacity import with_gpus
 from statmux.placement.planner import build_problem, run_policy
 from statmux.placement.scenarios import modelset
 
+MEMORY = ("6Gi", "8Gi", "10Gi", "13Gi", "16Gi", "24Gi")
+SLO_SCALES = (1.5, 2.0, 3.0, 5.0, 8.0)
 
-def sweep(setting: dict[str, Any], duration: float, span: int) -> list[dict[str, Any]]:
-    spec = generated_modelset(setting, duration).spec
+
+def steps(setting: dict[str, Any], resource: str, span: int) -> list[Any]:
+    if resource == "memory":
+        return list(MEMORY)
+    if resource == "slo":
+        return list(SLO_SCALES)
     n = setting["gpus"]
+    return list(range(max(1, n - span), n + span + 1))
+
+
+def sweep(
+    setting: dict[str, Any], duration: float, span: int, resource: str = "gpus"
+) -> list[dict[str, Any]]:
     rows = []
-    for gpus in range(max(1, n - span), n + span + 1):
-        problem = build_problem(with_gpus(spec, gpus))
+    for step in steps(setting, resource, span):
+        if resource == "slo":
+            spec = generated_modelset({**setting, "slo_scale": step}, duration).spec
+        else:
+            spec = generated_modelset(setting, duration).spec
+        if resource == "memory":
+            spec.cluster.gpu_memory = step
+        elif resource == "gpus":
+            spec = with_gpus(spec, step)
+        problem = build_problem(spec)
         cpu = time.process_time()
         ev = run_policy(problem, "statmux")
         rows.append(
             {
-                "gpus": gpus,
+                "step": step,
                 "attainment": ev.attainment,
                 "cpu_seconds": round(time.process_time() - cpu, 3),
                 "simulations": ev.simulations,
@@ -49,16 +70,19 @@ def sweep(setting: dict[str, Any], duration: float, span: int) -> list[dict[str,
 
 
 def drops(rows: list[dict[str, Any]]) -> list[tuple[int, int, float]]:
-    """(from GPUs, to GPUs, points lost) for every step that lowers the attainment."""
+    """(from, to, points lost) for every step that lowers the attainment."""
     out = []
     for a, b in itertools.pairwise(rows):
         if b["attainment"] < a["attainment"]:
-            out.append((a["gpus"], b["gpus"], 100 * (a["attainment"] - b["attainment"])))
+            out.append((a["step"], b["step"], 100 * (a["attainment"] - b["attainment"])))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--resource", choices=("gpus", "memory", "slo"), default="gpus", help="what grows"
+    )
     parser.add_argument("--only", help="only the settings whose name contains this")
     parser.add_argument("--span", type=int, default=4, help="GPU counts each side (default 4)")
     parser.add_argument("--duration", type=float, default=300.0, help="trace seconds")
@@ -70,13 +94,13 @@ def main() -> None:
     for name, setting in SETTINGS.items():
         if args.only and args.only not in name:
             continue
-        rows = sweep(setting, args.duration, args.span)
+        rows = sweep(setting, args.duration, args.span, args.resource)
         out[name] = {"rows": rows, "drops": drops(rows)}
         if not args.json:
-            steps = " ".join(f"{r['gpus']}:{100 * r['attainment']:.2f}" for r in rows)
+            line = " ".join(f"{r['step']}:{100 * r['attainment']:.2f}" for r in rows)
             lost = ", ".join(f"{a}→{b} −{d:.2f}" for a, b, d in out[name]["drops"]) or "none"
             cpu = max(r["cpu_seconds"] for r in rows)
-            print(f"{name}\n  {steps}\n  drops: {lost}; max CPU s per run {cpu:.2f}", flush=True)
+            print(f"{name}\n  {line}\n  drops: {lost}; max CPU s per run {cpu:.2f}", flush=True)
     if args.json:
         print(json.dumps(out, indent=2))
         return
