@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from placement_vs_alpaserve import SETTINGS, generated_modelset
+from placement_vs_alpaserve import REFERENCE, SETTINGS, generated_modelset, reference_modelset
 
 from statmux.placement.capacity import with_gpus
 from statmux.placement.planner import build_problem, run_policy
@@ -42,14 +42,18 @@ def steps(setting: dict[str, Any], resource: str, span: int) -> list[Any]:
 
 
 def sweep(
-    setting: dict[str, Any], duration: float, span: int, resource: str = "gpus"
+    setting: dict[str, Any],
+    duration: float,
+    span: int,
+    resource: str = "gpus",
+    build: Any = generated_modelset,
 ) -> list[dict[str, Any]]:
     rows = []
     for step in steps(setting, resource, span):
         if resource == "slo":
-            spec = generated_modelset({**setting, "slo_scale": step}, duration).spec
+            spec = build({**setting, "slo_scale": step}, duration).spec
         else:
-            spec = generated_modelset(setting, duration).spec
+            spec = build(setting, duration).spec
         if resource == "memory":
             spec.cluster.gpu_memory = step
         elif resource == "gpus":
@@ -83,18 +87,32 @@ def main() -> None:
     parser.add_argument(
         "--resource", choices=("gpus", "memory", "slo"), default="gpus", help="what grows"
     )
+    parser.add_argument(
+        "--set",
+        dest="which",
+        choices=("generated", "reference"),
+        default="generated",
+        help="the generated settings (default) or the issue's reference settings (GPUs only)",
+    )
     parser.add_argument("--only", help="only the settings whose name contains this")
     parser.add_argument("--span", type=int, default=4, help="GPU counts each side (default 4)")
-    parser.add_argument("--duration", type=float, default=300.0, help="trace seconds")
+    parser.add_argument(
+        "--duration", type=float, help="trace seconds (default: 300; reference: 1200)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
     run_policy(warm, "statmux")  # the simulator's JIT compile, outside the timings
     out: dict[str, Any] = {}
-    for name, setting in SETTINGS.items():
+    reference = args.which == "reference"
+    settings, build = (
+        (REFERENCE, reference_modelset) if reference else (SETTINGS, generated_modelset)
+    )
+    duration = args.duration or (1200.0 if reference else 300.0)
+    for name, setting in settings.items():
         if args.only and args.only not in name:
             continue
-        rows = sweep(setting, args.duration, args.span, args.resource)
+        rows = sweep(setting, duration, args.span, args.resource, build)
         out[name] = {"rows": rows, "drops": drops(rows)}
         if not args.json:
             line = " ".join(f"{r['step']}:{100 * r['attainment']:.2f}" for r in rows)

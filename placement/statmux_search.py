@@ -39,7 +39,9 @@ of its own run (no shared budget), so an independent run on N + 1 GPUs has every
 candidate of the run on N, refined alike: it can only fall below N when N's answer came
 from a split or from N − 1 (two steps down in a row). With one cluster the counts'
 partitions are ranked together under one budget (monotone on the benchmark settings, not
-by construction). Partitions are kept once per multiset of group configs.
+by construction), and the smaller count is skipped when this count's screen alone used the
+fill budget (memory so tight that every partition is packed twice). Partitions are kept
+once per multiset of group configs.
 
 Every simulation of steps 2–4 runs on the cluster's own requests; a (cluster, GPU count)
 sub-problem is solved once. Every budget counts simulations or simulated requests, never
@@ -240,7 +242,15 @@ class StatmuxSearch:
         if whole:
             self._alpaserve_cost = self._estimate_alpaserve(ranked, gpus)
             self._alpaserve_work = self._alpaserve_cost * len(problem.simulator())
-            counts += list(range(gpus - 1, max(gpus - self.carry, 1) - 1, -1))
+            carry = self.carry
+            if len(self._clusters) == 1 and (
+                problem.simulator().work[0] - self._work0 >= self.fill_share * self._alpaserve_work
+            ):
+                # one cluster, and this count's screen alone used the whole fill budget
+                # (memory so tight that every partition is packed twice): a second screen
+                # would cost more than half of AlpaServe's search; no carry
+                carry = 0
+            counts += list(range(gpus - 1, max(gpus - carry, 1) - 1, -1))
         before = problem.simulator().work[0]
         screens = [ranked, *(self.screen(models, k) for k in counts[1:])]
         carried_work = problem.simulator().work[0] - before
