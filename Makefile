@@ -44,7 +44,7 @@ e2e: install
 # operator and runtime images built with buildah, and a real node (kubelet, containerd, runc,
 # kube-proxy, CoreDNS, GPU stand-in). Everything is stopped again whatever the result.
 NODE_CLUSTER_DIR ?= /tmp/statmux-node-cluster
-NODE_ENV := STATMUX_CLUSTER_DIR=$(NODE_CLUSTER_DIR) STATMUX_KWOK_TAINT=1
+NODE_ENV := STATMUX_CLUSTER_DIR=$(NODE_CLUSTER_DIR) STATMUX_KWOK_TAINT=1 STATMUX_REAL_NODE=1
 e2e-node: install
 	$(NODE_ENV) ./e2e/cluster/up.sh > /dev/null && \
 	  $(NODE_ENV) ./e2e/cluster/images.sh > /dev/null && \

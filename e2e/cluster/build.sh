@@ -5,11 +5,12 @@
 #   kwok                                                              (e2e/cluster/kwok-tools)
 #   helm                                                              (e2e/cluster/helm-tools)
 # and, only when asked for (`build.sh node` or by name), the real node's binaries:
-#   kubelet, kube-proxy, statmux-gpu-stand-in, pause                  (e2e/cluster/node-tools)
+#   kubelet, kube-proxy, statmux-gpu-stand-in, statmux-egress-proxy, pause (e2e/cluster/node-tools)
 #   coredns                                                           (e2e/cluster/coredns-tools)
 # into $STATMUX_BIN_DIR (default ${STATMUX_CACHE:-$HOME/.cache/statmux}/k8s-bin/<k8s version>/).
 #
-# Each binary gets a stamp (version + hash of its tools module's go.mod/go.sum/*.go + go version);
+# Each binary gets a stamp (version + hash of its tools module's go.mod/go.sum and its own
+# package's local *.go + go version);
 # a binary whose stamp matches is not rebuilt, so a second run is a no-op.
 #
 # Env: STATMUX_CACHE, STATMUX_BIN_DIR, STATMUX_BUILD_PARALLEL (go build -p, default 2: each
@@ -56,10 +57,16 @@ helm_ldflags() {
 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
 }
 
-stamp_for() { # stamp_for <name> <version> <moddir>
+stamp_for() { # stamp_for <name> <version> <moddir> <package>
+  # Only the module files and the local Go sources of the package itself: editing one small
+  # local command (./gpu-plugin) must not relink the kubelet of the same module.
+  local src=()
+  case "$4" in
+    .) mapfile -t src < <(find "$CLUSTER_HERE/$3" -maxdepth 1 -name '*.go' | sort) ;;
+    ./*) mapfile -t src < <(find "$CLUSTER_HERE/$3/${4#./}" -name '*.go' | sort) ;;
+  esac
   printf '%s %s %s %s\n' "$1" "$2" "$GO_VERSION" \
-    "$(cat "$CLUSTER_HERE/$3/go.mod" "$CLUSTER_HERE/$3/go.sum" \
-          $(find "$CLUSTER_HERE/$3" -name '*.go' | sort) | sha256sum | cut -c1-16)"
+    "$(cat "$CLUSTER_HERE/$3/go.mod" "$CLUSTER_HERE/$3/go.sum" ${src[@]+"${src[@]}"} | sha256sum | cut -c1-16)"
 }
 
 is_cached() { # is_cached <name> <stamp>
@@ -72,7 +79,7 @@ BUILT=() CACHED=() FAILED=()
 # build_one <name> <version> <moddir> <package> <ldflags>
 build_one() {
   local name="$1" version="$2" moddir="$3" pkg="$4" ldflags="$5" stamp t rc=0
-  stamp="$(stamp_for "$name" "$version" "$moddir")"
+  stamp="$(stamp_for "$name" "$version" "$moddir" "$pkg")"
   if is_cached "$name" "$stamp"; then CACHED+=("$name"); return 0; fi
   log "building $name $version ($pkg) ..."
   t=$(date +%s)
@@ -106,7 +113,7 @@ etcd_fallback() {
   log "using Debian etcd: $(/usr/bin/etcd --version | head -1)"
 }
 
-NODE_BINS=(kubelet kube-proxy statmux-gpu-stand-in pause coredns)
+NODE_BINS=(kubelet kube-proxy statmux-gpu-stand-in statmux-egress-proxy pause coredns)
 WANT=()
 for a in "$@"; do
   if [[ "$a" == node ]]; then WANT+=("${NODE_BINS[@]}"); else WANT+=("$a"); fi
@@ -145,6 +152,9 @@ for c in kubelet kube-proxy; do
 done
 if want_any statmux-gpu-stand-in; then
   build_one statmux-gpu-stand-in "$KUBE_VERSION" node-tools ./gpu-plugin "-s -w" || FAILED+=(statmux-gpu-stand-in)
+fi
+if want_any statmux-egress-proxy; then
+  build_one statmux-egress-proxy "$KUBE_VERSION" node-tools ./egress-proxy "-s -w" || FAILED+=(statmux-egress-proxy)
 fi
 if want_any pause; then
   build_one pause "$KUBE_VERSION" node-tools ./pause "-s -w" || FAILED+=(pause)

@@ -79,7 +79,7 @@ ns_pids() { # every pid (but the holder) whose mount namespace is the holder's
 
 # 1. The kubelet first, so it restarts nothing; then the node's other daemons.
 stop kubelet
-stop gpu-stand-in kube-proxy coredns
+stop gpu-stand-in kube-proxy coredns egress-proxy
 # 2. Containers: kill every process in the node's cgroups (the pods), then containerd.
 for round in 1 2 3; do
   mapfile -t cpids < <(node_cgroup_pids)

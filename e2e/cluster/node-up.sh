@@ -144,7 +144,7 @@ step "preflight: binaries"
 if [[ "${STATMUX_SKIP_BUILD:-0}" != 1 ]]; then
   "$CLUSTER_HERE/build.sh" node kubectl >/dev/null || fail "building the node binaries failed (see above)"
 fi
-for b in kubelet kube-proxy coredns statmux-gpu-stand-in pause kubectl; do
+for b in kubelet kube-proxy coredns statmux-gpu-stand-in statmux-egress-proxy pause kubectl; do
   [[ -x "$BIN/$b" ]] || fail "missing $BIN/$b: run e2e/cluster/build.sh node"
 done
 step "preflight: kernel features"
@@ -413,6 +413,17 @@ start kubelet node "$BIN/kubelet" \
   --v=1
 wait_for "kubelet /healthz" 90 kubelet in_node curl -fsS http://127.0.0.1:10248/healthz
 wait_for "node $NODE registered" 60 kubelet kc get node "$NODE"
+
+step "apiserver -> kubelet (kubectl logs/exec)"
+# The apiserver (host namespace) dials the kubelet through its egress selector: HTTP CONNECT
+# on $ND/egress.sock (up.sh with STATMUX_REAL_NODE=1), served from inside the node.
+if [[ -f "$DIR/egress-selector.yaml" ]]; then
+  start egress-proxy node "$BIN/statmux-egress-proxy" --socket="$ND/egress.sock"
+  wait_for "apiserver -> kubelet /healthz through the egress proxy" 30 egress-proxy \
+    kc get --raw "/api/v1/nodes/$NODE/proxy/healthz" --request-timeout=5s
+else
+  log "the cluster was started without STATMUX_REAL_NODE=1: kubectl logs/exec will not reach this node"
+fi
 
 step "GPU stand-in device plugin"
 start gpu-stand-in node "$BIN/statmux-gpu-stand-in" --dir="$ND/kubelet/device-plugins" \

@@ -14,7 +14,9 @@
 #      STATMUX_GPU_PRODUCT (NVIDIA-H100-80GB-HBM3), STATMUX_GPU_MEMORY (81559, MiB),
 #      STATMUX_KWOK_TAINT=1 (add kwok's conventional kwok.x-k8s.io/node=fake:NoSchedule taint
 #      to the nodes; off by default since there are no real nodes and every pod would need a
-#      toleration), STATMUX_API_PORT (fixed apiserver port; default: a free one).
+#      toleration), STATMUX_API_PORT (fixed apiserver port; default: a free one),
+#      STATMUX_REAL_NODE=1 (a real node will join: route the apiserver's kubelet connections
+#      through node-up.sh's egress proxy, so `kubectl logs/exec` work).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -141,6 +143,8 @@ log "generating PKI in $PKI"
   sign kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
   sign kube-scheduler "/CN=system:kube-scheduler" clientAuth
   sign kwok "/O=system:masters/CN=kwok" clientAuth
+  # The apiserver's client identity towards kubelets (logs, exec, port-forward on a real node).
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   # service-account token signing key pair (ES256)
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key
   openssl pkey -in sa.key -pubout -out sa.pub
@@ -223,6 +227,24 @@ wait_for "etcd $ETCD_V health" 60 etcd curl -fsS "$ETCD_URL/health"
 # rejects loopback, and without a default route it cannot pick one itself. Nothing dials it
 # here (no pods really run), so any non-loopback address will do.
 api_args=()
+# A real node (node-up.sh) lives in its own network namespace: the apiserver reaches its
+# kubelet through the egress selector ("cluster" traffic as HTTP CONNECT over a unix socket,
+# served inside the node by statmux-egress-proxy), so nothing changes in the host's network.
+if [[ "${STATMUX_REAL_NODE:-0}" == 1 ]]; then
+  cat > "$DIR/egress-selector.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds: {udsName: $DIR/node/egress.sock}
+EOF
+  # The node's IP, not its name (which only the node's own DNS knows), as kubeadm does.
+  api_args+=(--egress-selector-config-file="$DIR/egress-selector.yaml"
+             --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname)
+fi
 if ! ip route show default 2>/dev/null | grep -q .; then
   adv="$(hostname -I 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+\.' | grep -v '^127\.' | head -1 || true)"
   api_args+=(--advertise-address="${adv:-10.255.255.254}")
@@ -233,6 +255,8 @@ start kube-apiserver "${api_args[@]}" \
   --cert-dir="$PKI" \
   --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
   --client-ca-file="$PKI/ca.crt" \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" \
   --service-account-signing-key-file="$PKI/sa.key" \

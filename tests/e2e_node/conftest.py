@@ -26,7 +26,11 @@ def node_cluster_dir() -> Path:
 
 def script_env() -> dict[str, str]:
     """The environment for e2e/cluster scripts: this lane's cluster, never the e2e lane's."""
-    return os.environ | {"STATMUX_CLUSTER_DIR": str(node_cluster_dir()), "STATMUX_KWOK_TAINT": "1"}
+    return os.environ | {
+        "STATMUX_CLUSTER_DIR": str(node_cluster_dir()),
+        "STATMUX_KWOK_TAINT": "1",
+        "STATMUX_REAL_NODE": "1",  # the apiserver reaches the node's kubelet (logs, exec)
+    }
 
 
 def run_script(name: str, *args: str, timeout: float = 3600) -> str:
