@@ -39,13 +39,21 @@ COPY docker/constraints.txt /etc/statmux/constraints.txt
 
 # ---------------------------------------------------------------- operator (kopf, no torch)
 FROM base AS operator
-# Changes with the sources when the builder passes it (e2e/cluster/images.sh): buildah's layer
-# cache does not look into RUN --mount=from=builder, so this keeps a new wheel from being
-# served an old layer. Unset (docker build) it changes nothing.
+# Its dependencies (from pyproject.toml) first, in their own layer: kept while pyproject.toml
+# is unchanged, so a source edit reinstalls only the statmux wheel below.
+COPY pyproject.toml docker/deps.py /tmp/deps/
+RUN python /tmp/deps/deps.py /tmp/deps/pyproject.toml operator > /tmp/deps/requirements.txt \
+ && python -m pip install --constraint /etc/statmux/constraints.txt -r /tmp/deps/requirements.txt \
+ && rm -rf /tmp/deps
+# A hash of the sources when e2e/cluster/images.sh builds (unset with docker build): the wheel's
+# layers below are never served from a cache made from other sources.
 ARG STATMUX_SOURCE_ID=""
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --constraint /etc/statmux/constraints.txt \
-      "$(ls /wheels/statmux-*.whl)[operator]" \
+# COPY, not RUN --mount=from=builder: buildah 1.28 mounts an empty directory there when the
+# builder stage came from its layer cache. The wheel stays in a ~1 MB layer.
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN python -m pip install --constraint /etc/statmux/constraints.txt \
+      "$(ls /tmp/wheels/statmux-*.whl)[operator]" \
+ && rm -rf /tmp/wheels \
  && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 USER 65532:65532
 # kopf's liveness endpoint; the chart's livenessProbe polls it.
@@ -63,10 +71,16 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 # torch (with its CUDA wheels: GBs) in its own layer first, pinned by the constraints: it
 # depends on nothing of ours, so editing the sources rebuilds only the small layer below.
 RUN python -m pip install --constraint /etc/statmux/constraints.txt torch
+# The other dependencies (from pyproject.toml) next, as in the operator target.
+COPY pyproject.toml docker/deps.py /tmp/deps/
+RUN python /tmp/deps/deps.py /tmp/deps/pyproject.toml runtime > /tmp/deps/requirements.txt \
+ && python -m pip install --constraint /etc/statmux/constraints.txt -r /tmp/deps/requirements.txt \
+ && rm -rf /tmp/deps
 ARG STATMUX_SOURCE_ID=""
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --constraint /etc/statmux/constraints.txt \
-      "$(ls /wheels/statmux-*.whl)[runtime]"
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN python -m pip install --constraint /etc/statmux/constraints.txt \
+      "$(ls /tmp/wheels/statmux-*.whl)[runtime]" \
+ && rm -rf /tmp/wheels
 USER 65532:65532
 EXPOSE 8000 29500
 ENTRYPOINT ["statmux"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the images the real node runs, without Docker or a registry, into OCI archives that
-# node-up.sh imports into the node's containerd:
+# Build the images the real node runs, without Docker or a registry, into OCI image layouts
+# (directories, uncompressed layers) that node-up.sh imports into the node's containerd:
 #   pause     statmux.local/pause:1          the sandbox image: one static binary (build.sh)
 #   operator  docker.io/statmux/operator:0.1.0   Dockerfile target `operator`
 #   runtime   docker.io/statmux/runtime:0.1.0    Dockerfile target `runtime` (torch)
@@ -13,11 +13,16 @@
 #     on the host with pip, and a pip.conf (no-index, find-links) plus the wheelhouse are
 #     mounted into each RUN with `-v`. The Dockerfile's default path (PyPI) is untouched.
 #   - `--layers` keeps every step cached, so a source edit rebuilds only the last layers.
+#   - Each image is pushed into its own OCI layout $STATMUX_CACHE/images/<name>.oci (an
+#     oci-archive writes a temporary layout and then a tar of it: the GBs twice), and
+#     node-up.sh streams the layout into `ctr images import -`, which stores and unpacks only
+#     the layers the node's containerd lacks. (buildah 1.28's push still rewrites every blob,
+#     even those the layout has: a source edit costs a full push.)
 # Buildah runs in a private mount namespace (its overlay mounts never outlive it) with its
 # storage in $STATMUX_CACHE/buildah.
 #
 # Usage: e2e/cluster/images.sh [pause] [operator] [runtime]   (default: all three)
-# stdout: the archive paths. Env: STATMUX_CACHE, STATMUX_PY (python for pip download).
+# stdout: the layout paths. Env: STATMUX_CACHE, STATMUX_PY (python for pip download).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -45,31 +50,50 @@ fi
 
 image_id() { "${BUILDAH[@]}" images --noheading --no-trunc --format '{{.ID}}' "$1" 2>/dev/null | head -1; }
 
-# archive <image> <name>: OCI archive (uncompressed: ctr import then only copies) unless the
-# archive already holds this image ID.
-archive() {
-  local img="$1" name="$2" id t
+# export_image <image> <name>: push into the OCI layout $OUT/<name>.oci unless it already holds
+# this image ID. Uncompressed layers: ctr import then only copies (compressing GBs of torch
+# took minutes).
+export_image() {
+  local img="$1" name="$2" id t dir
+  dir="$OUT/$name.oci"
   id="$(image_id "$img")"
   [[ -n "$id" ]] || die "image $img is missing after the build"
-  if [[ -f "$OUT/$name.tar" && -s "$OUT/$name.ref" && "$(cat "$OUT/.$name.id" 2>/dev/null)" == "$id" ]]; then
-    log "$name: archive up to date ($OUT/$name.tar)"
+  rm -f "$OUT/$name.tar" "$OUT/.$name.tar.tmp"  # the single-archive format of earlier versions
+  if [[ -f "$dir/index.json" && -s "$OUT/$name.ref" && "$(cat "$OUT/.$name.id" 2>/dev/null)" == "$id" ]]; then
+    log "$name: layout up to date ($dir)"
   else
     t=$(date +%s)
-    rm -f "$OUT/$name.tar"
-    "${BUILDAH[@]}" push --quiet --disable-compression "$img" "oci-archive:$OUT/.$name.tar.tmp:$img" >/dev/null
-    mv -f "$OUT/.$name.tar.tmp" "$OUT/$name.tar"
-    # "<ref> <manifest digest>" beside the archive: node-up.sh compares it with what the
-    # node's containerd has, without reading the (GB-sized) archive.
-    tar -xOf "$OUT/$name.tar" index.json | python3 -c '
-import json, sys
-m = json.load(sys.stdin)["manifests"][0]
-print(m.get("annotations", {}).get("org.opencontainers.image.ref.name", "?"), m["digest"])' \
-      > "$OUT/$name.ref"
+    rm -f "$OUT/.$name.id"
+    "${BUILDAH[@]}" push --quiet --disable-compression "$img" "oci:$dir:$img" >/dev/null ||
+      die "buildah push $img -> oci:$dir failed"
+    # Keep only this image's blobs (earlier builds' layers would be imported again), and write
+    # "<ref> <manifest digest>" beside the layout: node-up.sh compares it with what the node's
+    # containerd has, without reading GBs.
+    python3 - "$dir" "$img" > "$OUT/$name.ref" <<'PY' || die "pruning $dir failed"
+import json, os, sys
+d, ref = sys.argv[1], sys.argv[2]
+blobs = lambda digest: os.path.join(d, "blobs", *digest.split(":", 1))
+index = json.load(open(os.path.join(d, "index.json")))
+mine = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref]
+assert mine, f"{ref} is not in {d}/index.json"
+index["manifests"] = mine[-1:]
+keep = {mine[-1]["digest"]}
+manifest = json.load(open(blobs(mine[-1]["digest"])))
+keep |= {manifest["config"]["digest"]} | {layer["digest"] for layer in manifest["layers"]}
+with open(os.path.join(d, "index.json.tmp"), "w") as f:
+    json.dump(index, f)
+os.replace(os.path.join(d, "index.json.tmp"), os.path.join(d, "index.json"))
+for algo in os.listdir(os.path.join(d, "blobs")):
+    for h in os.listdir(os.path.join(d, "blobs", algo)):
+        if f"{algo}:{h}" not in keep:
+            os.remove(os.path.join(d, "blobs", algo, h))
+print(ref, mine[-1]["digest"])
+PY
     echo "$id" > "$OUT/.$name.id"
-    log "$name: archived in $(( $(date +%s) - t ))s"
+    log "$name: pushed to the layout in $(( $(date +%s) - t ))s"
   fi
-  log "$name: $img $(du -m "$OUT/$name.tar" | cut -f1) MB"
-  echo "$OUT/$name.tar"
+  log "$name: $img $(du -sm "$dir" | cut -f1) MB"
+  echo "$dir"
 }
 
 # ------------------------------------------------------------------------------ pause
@@ -84,7 +108,7 @@ if wants pause; then
     "${BUILDAH[@]}" commit --quiet --rm "$c" statmux.local/pause:1 >/dev/null
     log "pause: built"
   fi
-  archive statmux.local/pause:1 pause
+  export_image statmux.local/pause:1 pause
 fi
 
 wants operator || wants runtime || exit 0
@@ -143,19 +167,11 @@ for target in operator runtime; do
   img="docker.io/statmux/$target:0.1.0"
   t=$(date +%s)
   log "$target: buildah bud --target $target ..."
-  bud() {
-    "${BUILDAH[@]}" bud --isolation chroot --pull-never --quiet "$@" \
-      --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "STATMUX_SOURCE_ID=$SOURCE_ID" \
-      -v "$WH:/wheelhouse:ro" -v "$BSTORE/pip.conf:/etc/pip.conf:ro" \
-      --target "$target" -t "$img" -f "$REPO/Dockerfile" "$REPO" > "$BSTORE/bud-$target.log" 2>&1
-  }
-  # buildah 1.28 with --layers: a RUN --mount=from=builder that must run again while the builder
-  # stage is fully cached sees an empty mount (seen when the final stages' Dockerfile lines
-  # change). Then build once more without the cache.
-  if ! bud --layers; then
-    log "$target: cached build failed ($(grep -m1 -i error "$BSTORE/bud-$target.log")); again with --no-cache"
-    bud --layers --no-cache || die "buildah bud --target $target failed: $(tail -5 "$BSTORE/bud-$target.log")"
-  fi
+  "${BUILDAH[@]}" bud --isolation chroot --pull-never --quiet --layers \
+    --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "STATMUX_SOURCE_ID=$SOURCE_ID" \
+    -v "$WH:/wheelhouse:ro" -v "$BSTORE/pip.conf:/etc/pip.conf:ro" \
+    --target "$target" -t "$img" -f "$REPO/Dockerfile" "$REPO" > "$BSTORE/bud-$target.log" 2>&1 ||
+    die "buildah bud --target $target failed: $(tail -5 "$BSTORE/bud-$target.log")"
   log "$target: built in $(( $(date +%s) - t ))s"
-  archive "$img" "$target"
+  export_image "$img" "$target"
 done

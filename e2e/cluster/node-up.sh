@@ -23,7 +23,7 @@
 #
 # Env: STATMUX_CLUSTER_DIR (the cluster; must be up), STATMUX_NODE_NAME (statmux-node),
 #      STATMUX_NODE_GPUS (8), STATMUX_NODE_CGROUP (statmux-node), STATMUX_SKIP_BUILD=1,
-#      STATMUX_NODE_IMAGES (OCI archives to import; default: every *.tar in
+#      STATMUX_NODE_IMAGES (OCI layouts to import; default: every *.oci in
 #      $STATMUX_CACHE/images, see images.sh).
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -99,23 +99,26 @@ wait_for() { # wait_for <what> <timeout s> <component|""> <command...>
 SOCK="$ND/containerd/containerd.sock"
 ctr_() { in_node /usr/bin/ctr --address "$SOCK" -n k8s.io "$@"; }
 
-# import_images: every OCI archive (images.sh) whose manifest the node's containerd does not
-# have yet under that name. The containerd root is kept in the cache between node runs, so a
-# warm start imports only what changed.
+# import_images: every OCI layout (images.sh) whose manifest the node's containerd does not
+# have yet under that name, streamed as a tar into `ctr images import -` (no archive file is
+# written). The containerd root is kept in the cache between node runs and containerd skips
+# blobs and unpacked layers it has, so a warm start imports only what changed.
 import_images() {
   "$CLUSTER_HERE/images.sh" pause >/dev/null || fail "building the pause image failed"
   local a t name digest have
-  mapfile -t archives < <(if [[ -n "${STATMUX_NODE_IMAGES:-}" ]]; then tr ' ' '\n' <<<"$STATMUX_NODE_IMAGES";
-                          else ls "$STATMUX_CACHE/images"/*.tar 2>/dev/null; fi)
+  mapfile -t layouts < <(if [[ -n "${STATMUX_NODE_IMAGES:-}" ]]; then tr ' ' '\n' <<<"$STATMUX_NODE_IMAGES";
+                         else ls -d "$STATMUX_CACHE/images"/*.oci 2>/dev/null; fi)
   have="$(ctr_ images ls 2>/dev/null | awk 'NR > 1 {print $1, $3}')"
-  for a in "${archives[@]}"; do
+  for a in "${layouts[@]}"; do
     [[ -n "$a" ]] || continue
-    read -r name digest < "${a%.tar}.ref" 2>/dev/null || name="?" digest="?"
+    [[ -f "$a/index.json" ]] || fail "$a is not an OCI layout (run e2e/cluster/images.sh)"
+    read -r name digest < "${a%.oci}.ref" 2>/dev/null || name="?" digest="?"
     if grep -qxF "$name $digest" <<<"$have"; then
       log "image $name: already in the node ($(basename "$a"))"; continue
     fi
     t=$(date +%s)
-    ctr_ images import "$a" >&2 || fail "ctr images import $a failed"
+    tar -C "$a" -cf - oci-layout index.json blobs | ctr_ images import - >&2 ||
+      fail "ctr images import of $a failed"
     log "imported $(basename "$a") ($name) in $(( $(date +%s) - t ))s"
   done
 }
