@@ -11,6 +11,8 @@ import fnmatch
 import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,3 +277,23 @@ def test_copied_package_sources_are_not_ignored():
         for p in sources:
             rel = p.relative_to(ROOT).as_posix()
             assert not ignored(rel, patterns), f"{rel} is excluded by .dockerignore"
+
+
+def test_deps_script_lists_the_base_and_one_extra() -> None:
+    # docker/deps.py feeds the images' dependency layers: what pyproject.toml asks for, no more.
+    script = ROOT / "docker" / "deps.py"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra in ("operator", "runtime"):
+        out = subprocess.run(
+            [sys.executable, str(script), str(ROOT / "pyproject.toml"), extra],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert out == project["dependencies"] + project["optional-dependencies"][extra]
+    bad = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "pyproject.toml"), "gpu"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "optional-dependencies.gpu" in bad.stderr
