@@ -227,14 +227,14 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._count_head(len(url))
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # inlined size check: this runs for every header of every request
         self.headers[name.lower()] = value
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, n: int) -> None:
-        self.head_bytes += n
+        self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge()
 

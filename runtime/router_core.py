@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -251,25 +251,26 @@ class Router:
         model: str,
         path: str,
         body: bytes,
-        headers: Mapping[str, str],
+        headers: bytes,
         rows: int,
         arrival: float,
     ) -> Reply:
         """Send one inference request to the best group; the group's reply, or a
-        ServingError the router decided on (404, 429, 503, 504)."""
+        ServingError the router decided on (404, 429, 503, 504). `headers`: the header lines
+        to pass on, encoded (b"Name: value\r\n" each)."""
         hosts = self._hosts(model)
         mm = self._model_metrics[model]
-        mm.requests.inc()
+        mm.requests += 1
         mm.arrivals.add()
         try:
             return await self._dispatch(model, hosts, mm, path, body, headers, rows, arrival)
         except asyncio.CancelledError:  # the client went away
-            mm.failed["cancelled"].inc()
+            mm.failed["cancelled"] += 1
             raise
         except ServingError:
             raise  # counted where it was decided
         except Exception:
-            mm.failed["internal"].inc()
+            mm.failed["internal"] += 1
             raise
 
     async def _dispatch(
@@ -279,7 +280,7 @@ class Router:
         mm: ModelMetrics,
         path: str,
         body: bytes,
-        headers: Mapping[str, str],
+        headers: bytes,
         rows: int,
         arrival: float,
     ) -> Reply:
@@ -288,20 +289,20 @@ class Router:
         tried: list[GroupState] = []
         while True:
             if self.closing is not None:
-                mm.rejected["unavailable"].inc()
+                mm.rejected["unavailable"] += 1
                 raise Draining(self.closing)  # 503, and REST closes the connection
             pairs = [(s.candidates[model], s) for s in hosts if s.up and s not in tried]
             if not pairs:
                 pairs = [(s.candidates[model], s) for s in self._fallback(model) if s not in tried]
             if not pairs:
-                mm.rejected["unavailable"].inc()
+                mm.rejected["unavailable"] += 1
                 raise Unavailable(
                     self._why_unavailable(model, hosts, [s.group.name for s in tried])
                 )
             now = self.clock()
             choice = choose((c for c, _ in pairs), rows, now)
             if not admit(choice, deadline):
-                mm.rejected["slo"].inc()
+                mm.rejected["slo"] += 1
                 best = choice.completion - arrival
                 raise Rejected(
                     f"model '{model}': rejected by the router's SLO admission: the soonest a "
@@ -312,7 +313,7 @@ class Router:
             assert cand is not None
             st = next(s for c, s in pairs if c is cand)
             if tried:
-                mm.retries.inc()
+                mm.retries += 1
             ticket = st.backlog.commit(now, cand.model.served_stage_latency(rows))
             try:
                 reply = await self.upstreams.request("POST", st.group.url + path, body, headers)
@@ -322,7 +323,7 @@ class Router:
                 continue
             except HopTimeout as e:
                 self.metrics.hop_timeouts.labels(st.group.name).inc()
-                mm.failed["timeout"].inc()
+                mm.failed["timeout"] += 1
                 raise GatewayTimeout(f"group {st.group.name} ({st.group.url}): {e}") from None
             finally:
                 st.backlog.release(ticket, self.clock())
@@ -337,24 +338,24 @@ class Router:
     def _record(self, mm: ModelMetrics, status: int, arrival: float, slo: float) -> None:
         if status == 200:
             latency = self.clock() - arrival
-            mm.success.inc()
-            mm.duration.observe(latency)
+            mm.success += 1
+            mm.observe(latency)
             if latency <= slo:
-                mm.within_slo.inc()
+                mm.within_slo += 1
         elif status == 429:
-            mm.rejected["group"].inc()
+            mm.rejected["group"] += 1
         elif status < 500:
-            mm.failed["invalid"].inc()
+            mm.failed["invalid"] += 1
         else:
-            mm.failed["group"].inc()
+            mm.failed["group"] += 1
 
     def record_invalid(self, model: str) -> None:
         """A request the router itself refused as malformed (counted like a group's 4xx)."""
         mm = self._model_metrics.get(model)
         if mm is not None:
-            mm.requests.inc()
+            mm.requests += 1
             mm.arrivals.add()
-            mm.failed["invalid"].inc()
+            mm.failed["invalid"] += 1
 
     @staticmethod
     def _backlogs(pairs: list[tuple[Candidate, GroupState]]) -> str:

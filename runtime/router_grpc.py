@@ -31,7 +31,8 @@ from statmux.runtime.serving_errors import (
     Unavailable,
 )
 
-_BINARY = "application/octet-stream"
+_BINARY_B = b"application/octet-stream"
+_HL = HEADER_LENGTH.encode()
 _BY_STATUS: dict[int, type[ServingError]] = {
     400: InvalidRequest,
     404: ModelNotFound,
@@ -134,7 +135,7 @@ class RouterGrpc(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise
             version = request.model_version
             path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-            headers = {HEADER_LENGTH: str(header_length), "Content-Type": _BINARY}
+            headers = b"%s: %d\r\nContent-Type: %s\r\n" % (_HL, header_length, _BINARY_B)
             reply = await router.infer(model, path, body, headers, rows, arrival)
             if reply.status != 200:
                 raise reply_error(reply)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _SHAPE = re.compile(rb'"shape"\s*:\s*\[\s*(\d+)')
 _ROWS_SCAN = 4096
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
+_FORWARD_HEADER_LENGTH = HEADER_LENGTH.encode() + b": "
 # Leave room for the JSON header around a maximum-size tensor (as the group front end does).
 BODY_SLACK = 65536
 
@@ -157,11 +158,13 @@ class RouterRest:
         get = request.headers.get
         header_length = get(_HEADER_LENGTH)
         content_type = get(b"content-type")
-        headers: dict[str, str] = {}
+        # the two headers a group reads, passed on as the client sent them (httptools
+        # accepted them, so they hold no line breaks)
+        headers = b""
         if header_length is not None:
-            headers[HEADER_LENGTH] = header_length.decode("latin-1")
+            headers = _FORWARD_HEADER_LENGTH + header_length + b"\r\n"
         if content_type is not None:
-            headers["Content-Type"] = content_type.decode("latin-1")
+            headers += b"Content-Type: " + content_type + b"\r\n"
         cut = _header_cut(header_length)
         header = body if cut is None or not 0 <= cut <= len(body) else body[:cut]
         reply = await self.router.infer(

@@ -21,19 +21,31 @@ Per group (label `group`):
   statmux_router_hop_timeouts_total             requests or health checks that timed out
 Plan:
   statmux_router_plan_reloads_total{result}     ok | error (a bad Plan keeps the last good one)
+
+The per-model series are plain numbers on the event loop, exposed by a collector when
+/metrics is read: a prometheus_client Counter child costs about 1 µs per update (a lock and
+checks, for threads the router does not have), and a request makes six updates (the router's
+overhead budget is 300 µs; docs/router.md, "Overhead").
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 ARRIVAL_WINDOW_S = 10.0
 LATENCY_BUCKETS = (
@@ -82,18 +94,24 @@ class ArrivalRate:
         return sum(c for _, c in self._buckets) / self.window_s
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelMetrics:
-    """The children of every per-model series, resolved once (no label lookups per request)."""
+    """One model's counts (the router adds to them; the collector reads them)."""
 
-    requests: Counter
-    success: Counter
-    within_slo: Counter
-    retries: Counter
-    duration: Histogram
-    rejected: dict[str, Counter]
-    failed: dict[str, Counter]
+    requests: int = 0
+    success: int = 0
+    within_slo: int = 0
+    retries: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAIL_REASONS, 0))
+    # latency histogram of successful requests: counts per bucket (not cumulative) and sum
+    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
     arrivals: ArrivalRate = field(default_factory=ArrivalRate)
+
+    def observe(self, latency: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
 
 
 @dataclass
@@ -102,6 +120,63 @@ class GroupGauges:
     outstanding: Callable[[], dict[str, int]]
     slo: Callable[[], dict[str, float]]
     rates: Callable[[], dict[str, float]]
+
+
+class _ModelSeries(Collector):
+    """Every model's counts as Prometheus counters and a histogram."""
+
+    def __init__(self, models: dict[str, ModelMetrics]) -> None:
+        self.models = models
+
+    def collect(self) -> Iterator[Metric]:
+        def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=labels)
+
+        requests = counter("statmux_router_requests", "inference requests received", ["model"])
+        success = counter("statmux_router_success", "requests answered successfully", ["model"])
+        within = counter(
+            "statmux_router_within_slo",
+            "requests answered successfully within the model's SLO",
+            ["model"],
+        )
+        rejected = counter(
+            "statmux_router_rejected",
+            "requests refused: slo (no group can meet the deadline), unavailable (no live "
+            "group hosts the model), group (a group's admission refused it)",
+            ["model", "reason"],
+        )
+        failed = counter(
+            "statmux_router_failed",
+            "requests that failed: invalid (bad request), timeout (a hop timed out), group "
+            "(the group failed it), cancelled (the client went away), internal",
+            ["model", "reason"],
+        )
+        retries = counter(
+            "statmux_router_retries",
+            "requests re-sent to another replica after a group failed",
+            ["model"],
+        )
+        duration = HistogramMetricFamily(
+            "statmux_router_request_duration_seconds",
+            "latency of successful requests at the router (arrival to response)",
+            labels=["model"],
+        )
+        for name, m in self.models.items():
+            requests.add_metric([name], m.requests)
+            success.add_metric([name], m.success)
+            within.add_metric([name], m.within_slo)
+            retries.add_metric([name], m.retries)
+            for reason, n in m.rejected.items():
+                rejected.add_metric([name, reason], n)
+            for reason, n in m.failed.items():
+                failed.add_metric([name, reason], n)
+            cumulative = 0
+            buckets = []
+            for bound, n in zip(LATENCY_BUCKETS, m.buckets, strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            duration.add_metric([name], buckets, m.latency_sum)
+        yield from (requests, success, within, rejected, failed, retries, duration)
 
 
 class _Gauges(Collector):
@@ -138,45 +213,8 @@ class RouterMetrics:
     def __init__(self, gauges: GroupGauges) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self._requests = Counter(
-            "statmux_router_requests", "inference requests received", ["model"], registry=r
-        )
-        self._success = Counter(
-            "statmux_router_success", "requests answered successfully", ["model"], registry=r
-        )
-        self._within = Counter(
-            "statmux_router_within_slo",
-            "requests answered successfully within the model's SLO",
-            ["model"],
-            registry=r,
-        )
-        self._rejected = Counter(
-            "statmux_router_rejected",
-            "requests refused: slo (no group can meet the deadline), unavailable (no live "
-            "group hosts the model), group (a group's admission refused it)",
-            ["model", "reason"],
-            registry=r,
-        )
-        self._failed = Counter(
-            "statmux_router_failed",
-            "requests that failed: invalid (bad request), timeout (a hop timed out), group "
-            "(the group failed it), cancelled (the client went away), internal",
-            ["model", "reason"],
-            registry=r,
-        )
-        self._retries = Counter(
-            "statmux_router_retries",
-            "requests re-sent to another replica after a group failed",
-            ["model"],
-            registry=r,
-        )
-        self._duration = Histogram(
-            "statmux_router_request_duration_seconds",
-            "latency of successful requests at the router (arrival to response)",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.models: dict[str, ModelMetrics] = {}
+        r.register(_ModelSeries(self.models))
         self.hop_timeouts = Counter(
             "statmux_router_hop_timeouts",
             "requests or health checks to a group that timed out",
@@ -190,19 +228,10 @@ class RouterMetrics:
             registry=r,
         )
         r.register(_Gauges(gauges))
-        self.models: dict[str, ModelMetrics] = {}
 
     def model(self, name: str) -> ModelMetrics:
+        """`name`'s counts (created at zero: every model of the plan has its series)."""
         m = self.models.get(name)
         if m is None:
-            m = ModelMetrics(
-                requests=self._requests.labels(name),
-                success=self._success.labels(name),
-                within_slo=self._within.labels(name),
-                retries=self._retries.labels(name),
-                duration=self._duration.labels(name),
-                rejected={r: self._rejected.labels(name, r) for r in REJECT_REASONS},
-                failed={r: self._failed.labels(name, r) for r in FAIL_REASONS},
-            )
-            self.models[name] = m
+            m = self.models[name] = ModelMetrics()
         return m

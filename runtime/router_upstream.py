@@ -3,11 +3,13 @@
 The router talks REST to every group (the group Services expose REST; gRPC requests are
 re-framed as the binary tensor extension, see router_grpc). Bodies pass through as bytes:
 nothing is decoded here. The groups are statmux's own aiohttp servers, so the client is a
-small asyncio.Protocol (one write per request, the answer parsed in the transport's callback
-and handed over through one future; Content-Length, chunked or until-close answers): a
-general-purpose client (aiohttp's ClientSession) costs more per request than the whole
-router's budget, and asyncio streams cost several wake-ups per answer (docs/router.md,
-"Overhead").
+small asyncio.Protocol: one write per request, the answer parsed in the transport's callback
+and handed over through one future. A general-purpose client (aiohttp's ClientSession) costs
+more per request than the whole router's budget, and asyncio streams cost several wake-ups
+per answer (docs/router.md, "Overhead"). For the same reason the hot path does no URL
+parsing (a request line and Host header are built once per group and path), reads only the
+answer headers it forwards (found with bytes.find, not parsed line by line), and bounds a
+hop with one timer handle rather than an asyncio.timeout context.
 
 Failures are classified for the router's retry rule:
 - NotAccepted: the group never got the request (connection refused, DNS, connect timeout).
@@ -29,6 +31,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 IDLE_S = 30.0  # idle connections older than this are not reused (servers close at 75 s)
 MAX_IDLE = 64  # idle connections kept per group
 HEAD_LIMIT = 64 * 1024  # a response head larger than this is a broken group
+MAX_TARGETS = 4096  # request lines kept ready (one per group and path; queries vary)
 
 
 class UpstreamError(Exception):
@@ -47,7 +50,7 @@ class HopTimeout(UpstreamError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
     status: int
     body: bytes
@@ -55,48 +58,159 @@ class Reply:
     header_length: str | None  # Inference-Header-Content-Length, when binary
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a (method, url) goes, and the start of its request head, encoded once."""
+
+    addr: tuple[str, int]
+    prefix: bytes  # request line and Host header
+
+
+@dataclass(slots=True)
+class _Head:
+    """What the router needs from an answer's head."""
+
+    status: int
+    content_type: str | None
+    header_length: str | None
+    close: bool
+    length: int | None  # Content-Length; None: chunked or until the connection closes
+    chunked: bool
+    start: int  # where the body starts in the buffer
+
+
+def _header(head: bytes, lower: bytes, name: bytes) -> bytes | None:
+    """The value of header `name` (lower-case, with its CRLF and colon: b"\\r\\nx:") in a
+    response head; `lower` is the head lower-cased. The last one wins, as in a dict."""
+    i = lower.rfind(name)
+    if i < 0:
+        return None
+    i += len(name)
+    j = head.find(b"\r\n", i)
+    return head[i : j if j >= 0 else len(head)].strip()
+
+
+_CONTENT_TYPE = b"\r\ncontent-type:"
+_HEADER_LENGTH = b"\r\n" + HEADER_LENGTH.lower().encode() + b":"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_CONNECTION = b"\r\nconnection:"
+
+
+def parse_head(head: bytes) -> _Head:
+    """An answer's status line and the headers the router uses. ValueError: not HTTP."""
+    if not head.startswith(b"HTTP/"):
+        raise ValueError(f"not an HTTP answer: {head[:80]!r}")
+    line_end = head.find(b"\r\n")
+    status_line = head if line_end < 0 else head[:line_end]
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
+    lower = head.lower()
+    ctype = _header(head, lower, _CONTENT_TYPE)
+    hlen = _header(head, lower, _HEADER_LENGTH)
+    length = _header(head, lower, _CONTENT_LENGTH)
+    encoding = _header(head, lower, _TRANSFER_ENCODING)
+    connection = _header(lower, lower, _CONNECTION)
+    return _Head(
+        status=int(parts[1]),
+        content_type=None if ctype is None else ctype.decode("latin-1"),
+        header_length=None if hlen is None else hlen.decode("latin-1"),
+        close=connection == b"close",
+        length=None if length is None else int(length),
+        chunked=encoding is not None and encoding.lower() == b"chunked",
+        start=len(head) + 4,
+    )
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection to a group. Answers are parsed as they arrive, in the
-    transport's callback, and handed over through one future per exchange (a stream reader
-    costs several wake-ups and copies per answer)."""
+    transport's callback, and handed over through one future per exchange."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.head: _Head | None = None
+        self.waiter: asyncio.Future[tuple[Reply, bool]] | None = None
         self.used = time.monotonic()
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
+    def start(self, waiter: asyncio.Future[tuple[Reply, bool]]) -> None:
+        self.chunks = []
+        self.size = 0
+        self.head = None
+        self.waiter = waiter
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        try:  # an answer without a length ends with the connection
-            answer = _parse_answer(self.buf, eof=True)
-        except ValueError:
-            answer = None
-        if answer is None:
-            waiter.set_exception(_Closed(bool(self.buf)))
-        else:
-            answer[1]["connection"] = "close"
-            waiter.set_result(answer)
+        head = self.head
+        if head is not None and head.length is None and not head.chunked:
+            # an answer without a length ends with the connection
+            body = b"".join(self.chunks)[head.start :]
+            waiter.set_result((_reply(head, body), False))
+            return
+        waiter.set_exception(_Closed(self.size > 0))
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
         waiter = self.waiter
         if waiter is None or waiter.done():
+            self.lost = True  # unasked-for bytes (or an answer after a timeout): never reuse
+            if self.transport is not None:
+                self.transport.close()
             return
+        self.chunks.append(data)
+        self.size += len(data)
         try:
-            answer = _parse_answer(self.buf)
+            done = self._answer()
         except ValueError as e:
             waiter.set_exception(e)
             return
-        if answer is not None:
-            waiter.set_result(answer)
+        if done is not None:
+            waiter.set_result(done)
+
+    def _answer(self) -> tuple[Reply, bool] | None:
+        """The whole answer and whether the connection may be kept, once it is in."""
+        head = self.head
+        if head is None:
+            buf = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            self.chunks = [buf]
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > HEAD_LIMIT:
+                    raise ValueError("the group's answer head is too large")
+                return None
+            head = self.head = parse_head(buf[:end])
+        if head.length is not None:
+            stop = head.start + head.length
+            if self.size < stop:
+                return None
+            if self.size > stop:
+                raise ValueError("the group sent more than one answer")
+            buf = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            return _reply(head, buf[head.start :]), not head.close
+        if head.chunked:
+            buf = b"".join(self.chunks)
+            self.chunks = [buf]
+            body = _dechunk(buf, head.start)
+            return None if body is None else (_reply(head, body), not head.close)
+        return None  # until the connection closes
+
+    def timed_out(self) -> None:
+        """The hop's timer: fail the exchange; the connection is not reused (its answer may
+        still come)."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(_TimedOut())
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
 
     def usable(self, now: float) -> bool:
         t = self.transport
@@ -105,6 +219,10 @@ class _Conn(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def _reply(head: _Head, body: bytes) -> Reply:
+    return Reply(head.status, body, head.content_type, head.header_length)
 
 
 class _Closed(Exception):
@@ -119,6 +237,10 @@ class _Stale(Exception):
     """A reused keep-alive connection the server had already closed."""
 
 
+class _TimedOut(Exception):
+    pass
+
+
 class Upstreams:
     """Keep-alive connections to every group, and the per-hop timeouts."""
 
@@ -126,54 +248,75 @@ class Upstreams:
         self.connect_timeout_s = connect_timeout_s
         self.hop_timeout_s = hop_timeout_s
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
-        self._addresses: dict[str, tuple[str, int]] = {}
+        self._targets: dict[tuple[str, str], _Target] = {}
 
-    def _address(self, url: str) -> tuple[str, int]:
-        addr = self._addresses.get(url)
-        if addr is None:
+    def _target(self, method: str, url: str) -> _Target:
+        key = (method, url)
+        target = self._targets.get(key)
+        if target is None:
             parts = urlsplit(url)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             addr = (parts.hostname or "127.0.0.1", parts.port or 80)
-            self._addresses[url] = addr
-        return addr
+            prefix = f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode("latin-1")
+            target = _Target(addr, prefix)
+            if len(self._targets) >= MAX_TARGETS:  # e.g. many distinct query strings
+                self._targets.clear()
+            self._targets[key] = target
+        return target
 
     async def request(
         self,
         method: str,
         url: str,
         body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | bytes | None = None,
         timeout_s: float | None = None,
     ) -> Reply:
-        """`url` is the group's base (http://host:port) followed by the path."""
+        """`url` is the group's base (http://host:port) followed by the path; `headers` a
+        mapping or header lines already encoded (b"Name: value\\r\\n" each)."""
         limit = self.hop_timeout_s if timeout_s is None else timeout_s
-        parts = urlsplit(url)
-        base = f"{parts.scheme}://{parts.netloc}"
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        addr = self._address(base)
-        head = [f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"]
-        for k, v in (headers or {}).items():
-            head.append(f"{k}: {v}\r\n")
+        target = self._target(method, url)
+        if headers is None:
+            extra = b""
+        elif isinstance(headers, bytes):
+            extra = headers
+        else:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         data = body or b""
-        head.append(f"Content-Length: {len(data)}\r\n\r\n")
-        message = "".join(head).encode("latin-1") + data
+        message = b"%s%sContent-Length: %d\r\n\r\n%s" % (target.prefix, extra, len(data), data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        addr = target.addr
+        conn = self._reuse(addr)
+        if conn is not None:
+            try:
+                return await self._exchange(addr, conn, message, deadline, limit, reused=True)
+            except _Stale:
+                pass  # the server closed it while idle: a fresh connection
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise HopTimeout(f"no answer within {limit:g} s")
         try:
-            async with asyncio.timeout(limit):
-                conn = self._reuse(addr)
-                if conn is not None:
-                    try:
-                        return await self._exchange(addr, conn, message, reused=True)
-                    except _Stale:
-                        pass  # the server closed it while idle: a fresh connection
-                conn = await self._connect(addr, min(self.connect_timeout_s, limit))
-                try:
-                    return await self._exchange(addr, conn, message, reused=False)
-                except _Stale as e:
-                    raise Broken("the group closed the connection without answering") from e
-        except TimeoutError as e:
-            raise HopTimeout(f"no answer within {limit:g} s") from e
+            async with asyncio.timeout(min(self.connect_timeout_s, remaining)):
+                transport, conn = await loop.create_connection(_Conn, *addr)
+        except TimeoutError:
+            if remaining <= self.connect_timeout_s:
+                raise HopTimeout(f"no answer within {limit:g} s") from None
+            raise NotAccepted(f"connect timed out after {self.connect_timeout_s:g} s") from None
+        except OSError as e:
+            raise NotAccepted(f"cannot connect: {e}") from None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            return await self._exchange(addr, conn, message, deadline, limit, reused=False)
+        except _Stale as e:
+            raise Broken("the group closed the connection without answering") from e
 
     def _reuse(self, addr: tuple[str, int]) -> _Conn | None:
         pool = self._idle.get(addr)
+        if not pool:
+            return None
         now = time.monotonic()
         while pool:
             conn = pool.pop()
@@ -182,48 +325,40 @@ class Upstreams:
             conn.close()
         return None
 
-    async def _connect(self, addr: tuple[str, int], timeout_s: float) -> _Conn:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout_s):
-                transport, conn = await loop.create_connection(_Conn, *addr)
-        except TimeoutError:
-            raise NotAccepted(f"connect timed out after {timeout_s:g} s") from None
-        except OSError as e:
-            raise NotAccepted(f"cannot connect: {e}") from None
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
     async def _exchange(
-        self, addr: tuple[str, int], conn: _Conn, message: bytes, reused: bool
+        self,
+        addr: tuple[str, int],
+        conn: _Conn,
+        message: bytes,
+        deadline: float,
+        limit: float,
+        reused: bool,
     ) -> Reply:
         keep = False
+        transport = conn.transport
+        if conn.lost or transport is None:
+            if reused:
+                raise _Stale()
+            raise Broken("the connection closed before the answer")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[Reply, bool]] = loop.create_future()
+        conn.start(waiter)
+        timer = loop.call_at(deadline, conn.timed_out)
         try:
-            if conn.lost or conn.transport is None:
-                raise _Closed(False)
-            conn.buf.clear()
-            waiter = conn.waiter = asyncio.get_running_loop().create_future()
-            conn.transport.write(message)
-            try:
-                status, headers, payload = await waiter
-            except _Closed as e:
-                if reused and not e.partial:
-                    raise _Stale() from None
-                raise Broken("the connection closed before the answer") from None
-            finally:
-                conn.waiter = None
-            keep = headers.get("connection", "").lower() != "close"
-            return Reply(
-                status,
-                payload,
-                headers.get("content-type"),
-                headers.get(HEADER_LENGTH.lower()),
-            )
+            transport.write(message)
+            reply, keep = await waiter
+            return reply
+        except _Closed as e:
+            if reused and not e.partial:
+                raise _Stale() from None
+            raise Broken("the connection closed before the answer") from None
+        except _TimedOut:
+            raise HopTimeout(f"no answer within {limit:g} s") from None
         except (ConnectionError, OSError, ValueError) as e:
             raise Broken(f"connection broke: {e or type(e).__name__}") from None
         finally:
+            timer.cancel()
+            conn.waiter = None
             if keep:
                 conn.used = time.monotonic()
                 pool = self._idle.setdefault(addr, [])
@@ -241,39 +376,7 @@ class Upstreams:
         self._idle.clear()
 
 
-def _parse_answer(buf: bytearray, eof: bool = False) -> tuple[int, dict[str, str], bytes] | None:
-    """(status, headers, body) once `buf` holds a whole answer; None while it does not.
-    Headers are lower-cased. `eof`: the connection closed, so an answer with neither a
-    Content-Length nor chunked encoding is complete. ValueError: not HTTP."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > HEAD_LIMIT:
-            raise ValueError("the group's answer head is too large")
-        return None
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    start = end + 4
-    length = headers.get("content-length")
-    if length is not None:
-        stop = start + int(length)
-        if len(buf) < stop:
-            return None
-        if len(buf) > stop:
-            raise ValueError("the group sent more than one answer")
-        return int(parts[1]), headers, bytes(buf[start:stop])
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(buf, start)
-        return None if body is None else (int(parts[1]), headers, body)
-    return (int(parts[1]), headers, bytes(buf[start:])) if eof else None
-
-
-def _dechunk(buf: bytearray, pos: int) -> bytes | None:
+def _dechunk(buf: bytes, pos: int) -> bytes | None:
     """A chunked body starting at `pos`, or None while incomplete (no trailers: our groups
     send none)."""
     chunks: list[bytes] = []
@@ -281,12 +384,12 @@ def _dechunk(buf: bytearray, pos: int) -> bytes | None:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
             return None
-        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+        size = int(buf[pos:eol].split(b";")[0], 16)
         if size == 0:
             return b"".join(chunks) if len(buf) >= eol + 4 else None
         if len(buf) < eol + 2 + size + 2:
             return None
-        chunks.append(bytes(buf[eol + 2 : eol + 2 + size]))
+        chunks.append(buf[eol + 2 : eol + 2 + size])
         pos = eol + 2 + size + 2
 
 
