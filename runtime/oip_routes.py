@@ -104,6 +104,9 @@ class RouteNotFound(Exception):
         self.status = status
 
 
+MATCH_CACHE = 1024  # matched (method, path) pairs kept
+
+
 class RouteTable:
     """ROUTES compiled for servers that do their own dispatch (the lean one)."""
 
@@ -117,9 +120,22 @@ class RouteTable:
             )
             for method, path, name in ROUTES
         ]
+        self._matched: dict[tuple[str, str], tuple[str, dict[str, str]]] = {}
 
     def match(self, method: str, path: str) -> tuple[str, dict[str, str]]:
-        """(handler name, path parameters) for a request path without its query."""
+        """(handler name, path parameters) for a request path without its query. The
+        parameters are shared between calls: read them, never change them."""
+        key = (method, path)
+        hit = self._matched.get(key)
+        if hit is not None:  # a served model's paths repeat: no regex per request
+            return hit
+        found = self._match(method, path)
+        if len(self._matched) >= MATCH_CACHE:  # arbitrary paths must not grow it forever
+            self._matched.clear()
+        self._matched[key] = found
+        return found
+
+    def _match(self, method: str, path: str) -> tuple[str, dict[str, str]]:
         want_method = "GET" if method == "HEAD" else method
         allowed = False
         for want, pattern, static, name in self._routes:

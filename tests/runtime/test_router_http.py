@@ -24,7 +24,7 @@ import tritonclient.http.aio as tha
 from statmux.runtime.frontend import FrontEnd
 from statmux.runtime.lean_http import LeanServer
 from statmux.runtime.local_engine import LocalEngine, tiny_mlp
-from statmux.runtime.oip_routes import RouteTable
+from statmux.runtime.oip_routes import MATCH_CACHE, RouteNotFound, RouteTable
 from statmux.runtime.router_config import build_config
 from statmux.runtime.router_core import Router
 from statmux.runtime.router_http import start_router_http
@@ -479,6 +479,21 @@ def test_route_table_matches_like_aiohttp() -> None:
     assert t.match("GET", "/v2/models/stats") == ("stats", {})
     assert t.match("HEAD", "/v2/models/bert/stats") == ("stats", {"model": "bert"})
     assert t.match("POST", "/v2/models/stats/infer") == ("infer", {"model": "stats"})
+
+
+def test_route_table_remembers_matches_within_a_bound() -> None:
+    t = RouteTable()
+    for _ in range(2):  # the second round is answered from what the first matched
+        assert t.match("POST", "/v2/models/bert/infer") == ("infer", {"model": "bert"})
+        with pytest.raises(RouteNotFound) as wrong_method:  # misses are never remembered
+            t.match("GET", "/v2/models/bert/infer")
+        assert wrong_method.value.status == 405
+        with pytest.raises(RouteNotFound) as unknown:
+            t.match("GET", "/v2/nothing")
+        assert unknown.value.status == 404
+    for i in range(3 * MATCH_CACHE):  # many distinct paths (e.g. hostile) do not grow it
+        assert t.match("POST", f"/v2/models/m{i}/infer") == ("infer", {"model": f"m{i}"})
+    assert len(t._matched) <= MATCH_CACHE
 
 
 # --------------------------------------------------------------------------- drain
