@@ -101,8 +101,9 @@ ctr_() { in_node /usr/bin/ctr --address "$SOCK" -n k8s.io "$@"; }
 
 # import_images: every OCI layout (images.sh) whose manifest the node's containerd does not
 # have yet under that name, streamed as a tar into `ctr images import -` (no archive file is
-# written). The containerd root is kept in the cache between node runs and containerd skips
-# blobs and unpacked layers it has, so a warm start imports only what changed.
+# written). The containerd root is kept in the cache between node runs: the tar carries only
+# the blobs containerd lacks (after a source edit: the wheel's layers, not the 3 GB of torch;
+# import then finds the others in its content store), and unpacking skips the layers it has.
 import_images() {
   "$CLUSTER_HERE/images.sh" pause >/dev/null || fail "building the pause image failed"
   local a t name digest have
@@ -117,9 +118,14 @@ import_images() {
       log "image $name: already in the node ($(basename "$a"))"; continue
     fi
     t=$(date +%s)
-    tar -C "$a" -cf - oci-layout index.json blobs | ctr_ images import - >&2 ||
+    local blobs=() b have_blobs
+    have_blobs="$(ctr_ content ls -q 2>/dev/null || true)"
+    for b in "$a"/blobs/sha256/*; do
+      grep -qxF "sha256:${b##*/}" <<<"$have_blobs" || blobs+=("blobs/sha256/${b##*/}")
+    done
+    tar -C "$a" -cf - oci-layout index.json ${blobs[@]+"${blobs[@]}"} | ctr_ images import - >&2 ||
       fail "ctr images import of $a failed"
-    log "imported $(basename "$a") ($name) in $(( $(date +%s) - t ))s"
+    log "imported $(basename "$a") ($name, ${#blobs[@]} new blobs) in $(( $(date +%s) - t ))s"
   done
 }
 
