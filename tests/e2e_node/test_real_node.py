@@ -334,23 +334,61 @@ def test_4_an_added_model_rolls_out_and_answers(node_kubectl: Kubectl, node_pid:
     )
 
 
-def test_5_deleting_the_modelset_removes_everything(node_kubectl: Kubectl) -> None:
-    node_kubectl("delete", "modelset", NAME, "-n", NS, "--wait=true", "--timeout=300s", timeout=320)
+def delete_and_check_gone(kubectl: Kubectl, name: str) -> None:
+    kubectl("delete", "modelset", name, "-n", NS, "--wait=true", "--timeout=300s", timeout=320)
 
     def gone() -> bool:
-        left = node_kubectl(
+        left = kubectl(
             "get",
             "statefulsets,deployments,services,configmaps,pods",
             "-n",
             NS,
             "-l",
-            f"statmux.io/modelset={NAME}",
+            f"statmux.io/modelset={name}",
             "-o",
             "name",
             check=False,
         ).stdout.strip()
         return not left
 
-    wait_until(gone, 300, f"every object of ModelSet {NAME} to be deleted", interval=1)
+    wait_until(gone, 300, f"every object of ModelSet {name} to be deleted", interval=1)
+
+
+def test_5_deleting_the_modelset_removes_everything(node_kubectl: Kubectl) -> None:
+    delete_and_check_gone(node_kubectl, NAME)
     if "figures" in STATE:
         print(f"\nreal-node figures: {STATE['figures']}")
+
+
+def test_6_a_crash_looping_group_makes_the_modelset_degraded(node_kubectl: Kubectl) -> None:
+    """A user's mistake the operator cannot see: the checkpoint directory is not in the image.
+    The runtime container exits non-zero on the real node, again and again; the ModelSet says
+    which group fails and the container's reason."""
+    name = "broken"
+    obj = modelset()
+    spec = obj["spec"]
+    obj["metadata"]["name"] = name
+    missing = {"source": "huggingface", "architecture": "bert", "path": "/models/not-in-image"}
+    spec["models"] = [{**model("bert-a"), "weights": {**missing, "dtype": "float32"}}]
+    spec["workload"]["perModel"] = [{"model": "bert-a", "rate": 1, "cv": 1}]
+    spec["cluster"]["gpus"] = 1
+    spec["placement"]["groups"] = [{"pipelineStages": 1, "tensorParallel": 1, "models": ["bert-a"]}]
+    node_kubectl.apply(obj)
+
+    def degraded() -> str | None:
+        c = condition(node_kubectl.get("modelset", name, NS) or {}, "Degraded") or {}
+        msg = str(c.get("message", ""))
+        # CrashLoopBackOff (last exit 2: Error), exit 2: Error, or the gang restart's record
+        # of it: each names the group and the runtime's exit code (2: a usage error).
+        ok = c.get("status") == "True" and c.get("reason") == "GroupFailing"
+        return msg if ok and "group g0: " in msg and "exit 2: Error" in msg else None
+
+    t0 = time.monotonic()
+    try:
+        msg = wait_until(degraded, TIMEOUT_S, f"ModelSet {name} Degraded naming g0", interval=1)
+    except AssertionError:
+        print(diagnose(node_kubectl))
+        raise
+    print(f"\nDegraded after {time.monotonic() - t0:.0f}s: {msg}")
+    assert "container runtime" in msg
+    delete_and_check_gone(node_kubectl, name)
