@@ -320,6 +320,10 @@ def pod_template(
             "--worker-health",
         ],
         "env": runtime_env(owner, gw, cfg, kind),
+        # A runtime that exits on a user mistake (weights not found, a bad Plan) prints one
+        # line saying why; with this, that line becomes the termination message and so the
+        # ModelSet's Degraded condition (pod_failures), not just "exit 2: Error".
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         # Ready = the leader's front end is ready: every rank joined and loaded its shards,
         # and it is not draining. Without it a pod counts as ready as soon as it starts, and
         # GroupsReady (StatefulSet readyReplicas) would turn True while weights still load.
@@ -481,6 +485,7 @@ def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
                             "image": cfg.router_image,
                             "imagePullPolicy": cfg.image_pull_policy,
                             "command": router_command(cfg),
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
                             "ports": [
                                 {
                                     "name": "http",

@@ -135,6 +135,20 @@ def test_the_grace_period_covers_the_runtime_drain() -> None:
     assert pod["terminationGracePeriodSeconds"] > drain
 
 
+def test_containers_report_their_last_log_lines_when_they_fail() -> None:
+    # the runtime's one-line reason (e.g. weights not found) must reach the pod's status, which
+    # pod_failures copies into the ModelSet's Degraded condition
+    objs = desired_objects(OWNER, plan([(2, 1, ["a"]), (1, 1, ["b"])]), CFG, "StatefulSet")
+    containers = [
+        c
+        for o in objs
+        if o["kind"] in ("StatefulSet", "Deployment")
+        for c in o["spec"]["template"]["spec"]["containers"]
+    ]
+    assert {c["name"] for c in containers} == {"runtime", "router"}
+    assert all(c["terminationMessagePolicy"] == "FallbackToLogsOnError" for c in containers)
+
+
 def test_group_hash_tracks_group_content_only() -> None:
     a = group_workloads(OWNER, plan([(2, 1, ["a"]), (1, 1, ["b"])]), CFG, "StatefulSet")
     b = group_workloads(OWNER, plan([(2, 1, ["a"]), (1, 2, ["b"])]), CFG, "StatefulSet")
