@@ -391,4 +391,6 @@ def test_6_a_crash_looping_group_makes_the_modelset_degraded(node_kubectl: Kubec
         raise
     print(f"\nDegraded after {time.monotonic() - t0:.0f}s: {msg}")
     assert "container runtime" in msg
+    # the runtime's own one-line reason (terminationMessagePolicy: FallbackToLogsOnError)
+    assert "/models/not-in-image" in msg, msg
     delete_and_check_gone(node_kubectl, name)
