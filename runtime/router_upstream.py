@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -269,21 +268,15 @@ class Upstreams:
         method: str,
         url: str,
         body: bytes | None = None,
-        headers: Mapping[str, str] | bytes | None = None,
+        headers: bytes = b"",
         timeout_s: float | None = None,
     ) -> Reply:
-        """`url` is the group's base (http://host:port) followed by the path; `headers` a
-        mapping or header lines already encoded (b"Name: value\\r\\n" each)."""
+        """`url` is the group's base (http://host:port) followed by the path; `headers` the
+        header lines to add, encoded (b"Name: value\\r\\n" each)."""
         limit = self.hop_timeout_s if timeout_s is None else timeout_s
         target = self._target(method, url)
-        if headers is None:
-            extra = b""
-        elif isinstance(headers, bytes):
-            extra = headers
-        else:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         data = body or b""
-        message = b"%s%sContent-Length: %d\r\n\r\n%s" % (target.prefix, extra, len(data), data)
+        message = b"%s%sContent-Length: %d\r\n\r\n%s" % (target.prefix, headers, len(data), data)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         addr = target.addr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,45 +10,26 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from statmux.placement.plan import Plan
+from statmux.placement.plan import Plan, PlanCluster, PlanOverheads, Predicted
 from statmux.runtime.local_cluster import ClusterOptions, LocalCluster
 
-WEIGHTS = {"architecture": "bert", "preset": "tiny", "dtype": "float32"}
-
-
-def _model(name: str, overheads: dict[str, float] | None) -> dict[str, object]:
-    m: dict[str, object] = {
-        "name": name,
-        "sloSeconds": 5.0,
-        "stageLatencySeconds": {"1": [0.001, 0.001]},
-        "weightBytesPerGpu": 0,
-        "weights": WEIGHTS,
-    }
-    if overheads is not None:
-        m["overheads"] = overheads
-    return m
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from plans import plan_group
 
 
 @pytest.mark.slow
 def test_a_stage_overhead_past_the_slo_is_refused_by_the_group(tmp_path: Path) -> None:
-    """Both models compute in about a millisecond; with a 10 s per-stage overhead in its Plan,
+    """Both models are profiled at 10 ms per stage; with a 10 s per-stage overhead in its Plan,
     one of them can never meet its 5 s SLO, and the group's admission says so at once."""
-    plan = Plan.from_dict(
-        {
-            "apiVersion": "statmux.io/v1alpha1",
-            "kind": "Plan",
-            "modelSet": "overheads",
-            "policy": "manual",
-            "cluster": {"gpus": 2, "gpuMemoryBytes": 2**30, "gpusPerNode": 2},
-            "groups": [
-                {
-                    "name": "g0", "gpus": 2, "pp": 2, "tp": 1, "memoryPerGpuBytes": 0,
-                    "models": [_model("slow", {"stageSeconds": 10.0}), _model("plain", None)],
-                }
-            ],
-            "predicted": {"attainment": 1.0},
-        }
-    )  # fmt: skip
+    group = plan_group("g0", 2, 1, ["slow", "plain"], slo_seconds=5.0)
+    slow = group.models[0].model_copy(update={"overheads": PlanOverheads(stage_seconds=10.0)})
+    plan = Plan(
+        model_set="overheads",
+        policy="manual",
+        cluster=PlanCluster(gpus=2, gpu_memory_bytes=2**30, gpus_per_node=2),
+        groups=[group.model_copy(update={"models": [slow, group.models[1]]})],
+        predicted=Predicted(attainment=1.0),
+    )
     plan_path = tmp_path / "plan.json"
     plan.write(plan_path)
     with LocalCluster(plan, plan_path, tmp_path / "run", ClusterOptions(with_router=False)) as c:
