@@ -34,6 +34,13 @@ class OperatorConfig:
     cluster_domain: str = "cluster.local"
     resync_seconds: float = 10.0  # the status/readiness timer
     rollout_timeout_seconds: float = 300.0  # then old groups retire one by one
+    # Gang restarts of one group: the first is immediate, the n-th in a row waits
+    # base * 2^(n-2) (capped) after the failure; the count resets once the group has stayed
+    # ready this long. Like kubelet's CrashLoopBackOff (10 s doubling to 5 min, reset after
+    # 10 min), which a gang restart defeats by deleting the crashed pod.
+    gang_restart_backoff_seconds: float = 10.0  # 0: every restart immediate
+    gang_restart_backoff_max_seconds: float = 300.0
+    gang_restart_stable_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -63,6 +70,15 @@ class OperatorConfig:
             raise ConfigError(
                 f"STATMUX_WORKLOAD={workload!r}; allowed: {', '.join(_WORKLOAD_MODES)}"
             )
+        backoff = number("STATMUX_GANG_RESTART_BACKOFF_SECONDS", d.gang_restart_backoff_seconds, 0)
+        backoff_max = number(
+            "STATMUX_GANG_RESTART_BACKOFF_MAX_SECONDS", d.gang_restart_backoff_max_seconds, 0
+        )
+        if backoff_max < backoff:
+            raise ConfigError(
+                f"STATMUX_GANG_RESTART_BACKOFF_MAX_SECONDS={backoff_max:g} must be at least "
+                f"STATMUX_GANG_RESTART_BACKOFF_SECONDS={backoff:g}"
+            )
         return cls(
             runtime_image=text("STATMUX_RUNTIME_IMAGE", d.runtime_image),
             router_image=text("STATMUX_ROUTER_IMAGE", d.router_image),
@@ -78,4 +94,17 @@ class OperatorConfig:
             rollout_timeout_seconds=number(
                 "STATMUX_ROLLOUT_TIMEOUT_SECONDS", d.rollout_timeout_seconds, 0
             ),
+            gang_restart_backoff_seconds=backoff,
+            gang_restart_backoff_max_seconds=backoff_max,
+            gang_restart_stable_seconds=number(
+                "STATMUX_GANG_RESTART_STABLE_SECONDS", d.gang_restart_stable_seconds, 0
+            ),
         )
+
+    def gang_restart_delay(self, restarts: int) -> float:
+        """Seconds the next gang restart of a group waits after `restarts` in a row."""
+        if restarts <= 0:
+            return 0.0
+        # the exponent is bounded so that a long streak cannot overflow the float
+        delay = self.gang_restart_backoff_seconds * 2.0 ** min(restarts - 1, 64)
+        return min(delay, self.gang_restart_backoff_max_seconds)

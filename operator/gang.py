@@ -12,14 +12,32 @@ group must start again together. LeaderWorkerSet does this itself
 - events of pods from an older epoch are the restart itself and are ignored, so handling an
   event twice (or after a crash) is safe; `converge` finishes an interrupted restart with
   `delete_stale_gang_pods`.
+
+Back-off: deleting the crashed pod also deletes kubelet's CrashLoopBackOff for it, so a group
+that can never start (a missing checkpoint) would be recreated every few seconds forever.
+The first restart of a group is immediate (a transient fault heals fast); after n restarts
+in a row the next one waits `cfg.gang_restart_delay(n)` from the failure (10 s doubling to
+5 min by default). Meanwhile the failure is recorded as pending on the StatefulSet and the
+failed pod is left alone (kubelet's own back-off applies to it); `resync_gang`, run by the
+resync timer, restarts the group when the time comes even if no further pod event arrives,
+and resets the count once the group has stayed ready for `gang_restart_stable_seconds`.
+All of this state lives in the StatefulSet's annotations (statmux.io/gang-*), so an operator
+restart neither forgets a back-off nor restarts twice, and a repeated event neither restarts
+again nor moves the pending restart's time.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from statmux.contract import (
     ANNOTATION_GANG_EPOCH,
+    ANNOTATION_GANG_FAILED_AT,
+    ANNOTATION_GANG_PENDING,
+    ANNOTATION_GANG_READY_SINCE,
+    ANNOTATION_GANG_RESTARTS,
     ANNOTATION_LAST_FAILURE,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
@@ -27,10 +45,12 @@ from statmux.contract import (
     LABEL_WORKLOAD,
     MANAGER,
 )
+from statmux.operator.config import OperatorConfig
 from statmux.operator.kinds import POD, STATEFULSET
 from statmux.operator.kube import Api
 from statmux.operator.pod_failures import pod_failure
 from statmux.operator.resources import Obj, Owner
+from statmux.operator.status import now_iso, parse_iso
 
 log = logging.getLogger("statmux.operator")
 
@@ -90,13 +110,20 @@ def _owning_statefulset(pod: Obj) -> str | None:
     return None
 
 
-def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
+def handle_pod_event(
+    api: Api,
+    event_type: str,
+    pod: Obj,
+    cfg: OperatorConfig | None = None,
+    now: datetime | None = None,
+) -> list[str]:
     """Gang semantics for StatefulSet groups: one broken member recreates the whole group.
 
     Bumps the StatefulSet's gang epoch (pods are recreated from the template, OnDelete)
-    and deletes every pod of the old epoch. Events of pods from an older epoch are the
-    restart itself and are ignored, which makes this safe to re-run. Returns the deleted
-    pod names.
+    and deletes every pod of the old epoch, unless the group's back-off says to wait: then
+    the failure is recorded as pending (once; `resync_gang` restarts when it is due).
+    Events of pods from an older epoch are the restart itself and are ignored, which makes
+    this safe to re-run. Returns the deleted pod names (none while backing off).
     """
     meta = pod.get("metadata", {})
     labels = meta.get("labels") or {}
@@ -110,37 +137,178 @@ def handle_pod_event(api: Api, event_type: str, pod: Obj) -> list[str]:
     sts = api.get(STATEFULSET, ns, sts_name)
     if not sts or sts["metadata"].get("deletionTimestamp"):
         return []  # the group itself is going away (rollout or ModelSet deletion)
-    epoch = gang_epoch(sts)
-    if gang_epoch(pod) != epoch:
+    if gang_epoch(pod) != gang_epoch(sts):
         return []  # an older epoch's pod: this is the restart itself
-    new_epoch = str(epoch + 1)
+    cfg = cfg or OperatorConfig()
+    now = now or datetime.now(UTC)
+    # The failed pod is deleted by the restart: keep why on the StatefulSet for the status.
+    detail = pod_failure(pod) or f"pod {meta.get('name')}: {reason}"
+    state = gang_state(sts)
+    due = state.due(cfg, now)
+    if now < due:
+        if state.pending is None:  # a repeated event must not move the due time
+            _defer(api, ns, sts_name, state, detail, due, now)
+        return []
     log.info(
-        "gang restart of %s/%s (epoch %s): %s (%s, %s event)",
+        "gang restart of %s/%s: %s (%s, %s event)",
         ns,
         sts_name,
-        new_epoch,
         reason,
         meta.get("name"),
         event_type,
     )
-    # The failed pod is deleted below: keep why on the StatefulSet for the ModelSet's status.
-    detail = pod_failure(pod) or f"pod {meta.get('name')}: {reason}"
+    deleted, _ = _restart(
+        api, ns, sts, labels.get(LABEL_MODELSET, ""), labels.get(LABEL_WORKLOAD, ""), detail
+    )
+    return deleted
+
+
+# --------------------------------------------------------------------------- back-off
+@dataclass(frozen=True)
+class GangState:
+    """A group's restart back-off, as kept on its StatefulSet's annotations."""
+
+    restarts: int = 0  # gang restarts in a row (reset once the group stays ready)
+    pending: str | None = None  # the failure whose restart waits for the back-off
+    failed_at: datetime | None = None  # when that failure was first seen
+    ready_since: datetime | None = None  # ready without a failure since (only with restarts)
+
+    def due(self, cfg: OperatorConfig, now: datetime) -> datetime:
+        """When a restart may happen: the pending failure's, else one for a failure seen now."""
+        if self.pending is not None:
+            if self.failed_at is None:  # an unreadable time: do not wait forever
+                return now
+            seen = self.failed_at
+        else:
+            seen = now
+        return seen + timedelta(seconds=cfg.gang_restart_delay(self.restarts))
+
+
+def gang_state(sts: Obj | None) -> GangState:
+    annotations = ((sts or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        restarts = max(0, int(annotations.get(ANNOTATION_GANG_RESTARTS, 0)))
+    except (TypeError, ValueError):
+        restarts = 0
+    return GangState(
+        restarts=restarts,
+        pending=annotations.get(ANNOTATION_GANG_PENDING),
+        failed_at=parse_iso(annotations.get(ANNOTATION_GANG_FAILED_AT)),
+        ready_since=parse_iso(annotations.get(ANNOTATION_GANG_READY_SINCE)),
+    )
+
+
+def backoff_note(sts: Obj | None, cfg: OperatorConfig, now: datetime) -> str | None:
+    """What the ModelSet's Degraded condition says about a group that is backing off."""
+    state = gang_state(sts)
+    if state.pending is None:
+        return None
+    n = state.restarts
+    return (
+        f"backing off after {n} gang restart{'' if n == 1 else 's'} in a row, "
+        f"next restart at {now_iso(state.due(cfg, now))}"
+    )
+
+
+def _annotate(api: Api, ns: str, name: str, annotations: dict[str, str | None]) -> Obj | None:
+    # merge patch: None removes the key; other annotations (SSA's) are left alone
+    return api.merge_patch(STATEFULSET, ns, name, {"metadata": {"annotations": annotations}})
+
+
+def _defer(
+    api: Api, ns: str, name: str, state: GangState, detail: str, due: datetime, now: datetime
+) -> None:
+    log.info(
+        "gang restart of %s/%s backs off until %s (%d restarts in a row): %s",
+        ns,
+        name,
+        now_iso(due),
+        state.restarts,
+        detail,
+    )
+    _annotate(
+        api,
+        ns,
+        name,
+        {
+            ANNOTATION_GANG_PENDING: detail,
+            ANNOTATION_GANG_FAILED_AT: now_iso(now),
+            ANNOTATION_GANG_READY_SINCE: None,
+        },
+    )
+
+
+def _restart(
+    api: Api, ns: str, sts: Obj, modelset: str, workload: str, detail: str
+) -> tuple[list[str], Obj]:
+    """Bump the epoch and count the restart in one patch, then delete the old epoch's pods.
+    Returns the deleted pods and the patched StatefulSet."""
+    name = sts["metadata"]["name"]
+    new_epoch = str(gang_epoch(sts) + 1)
+    restarts = gang_state(sts).restarts + 1
+    log.info("gang restart of %s/%s: epoch %s, %d in a row", ns, name, new_epoch, restarts)
     note = f"{detail} (restart {new_epoch})"
     patched = api.merge_patch(
         STATEFULSET,
         ns,
-        sts_name,
+        name,
         {
-            "metadata": {"annotations": {ANNOTATION_LAST_FAILURE: note}},
+            "metadata": {
+                "annotations": {
+                    ANNOTATION_LAST_FAILURE: note,
+                    ANNOTATION_GANG_RESTARTS: str(restarts),
+                    ANNOTATION_GANG_PENDING: None,
+                    ANNOTATION_GANG_FAILED_AT: None,
+                    ANNOTATION_GANG_READY_SINCE: None,
+                }
+            },
             "spec": {"template": {"metadata": {"annotations": {ANNOTATION_GANG_EPOCH: new_epoch}}}},
         },
     )
     if patched is None:
-        return []
-    return delete_stale_gang_pods(
-        api,
-        ns,
-        Owner(labels.get(LABEL_MODELSET, ""), ns, ""),
-        labels.get(LABEL_WORKLOAD, ""),
-        patched,
-    )
+        return [], sts
+    return delete_stale_gang_pods(api, ns, Owner(modelset, ns, ""), workload, patched), patched
+
+
+def resync_gang(
+    api: Api,
+    ns: str,
+    owner: Owner,
+    workload: str,
+    sts: Obj | None,
+    ready: bool,
+    cfg: OperatorConfig,
+    now: datetime,
+) -> tuple[list[str], Obj | None]:
+    """The timer's part of the back-off for one StatefulSet group: restart it when its
+    pending restart is due, and reset the count once it has stayed ready long enough.
+
+    Returns the pods a restart deleted and the StatefulSet as it is now. Writes nothing
+    for a group that has not restarted since its count was last reset.
+    """
+    if not sts or sts["metadata"].get("deletionTimestamp"):
+        return [], sts
+    state = gang_state(sts)
+    name = sts["metadata"]["name"]
+    if state.pending is not None:
+        if now < state.due(cfg, now):
+            return [], sts
+        # No pod event may come (kubelet backs off the crashed pod too): restart from here.
+        return _restart(api, ns, sts, owner.name, workload, state.pending)
+    if state.restarts == 0:
+        return [], sts
+    if not ready:
+        if state.ready_since is not None:
+            sts = _annotate(api, ns, name, {ANNOTATION_GANG_READY_SINCE: None}) or sts
+        return [], sts
+    if state.ready_since is None:
+        sts = _annotate(api, ns, name, {ANNOTATION_GANG_READY_SINCE: now_iso(now)}) or sts
+    elif (now - state.ready_since).total_seconds() >= cfg.gang_restart_stable_seconds:
+        log.info("%s/%s stayed ready: its gang restart count starts again", ns, name)
+        sts = (
+            _annotate(
+                api, ns, name, {ANNOTATION_GANG_RESTARTS: None, ANNOTATION_GANG_READY_SINCE: None}
+            )
+            or sts
+        )
+    return [], sts

@@ -97,6 +97,7 @@ def resync_modelset(
     status: kopf.Status,
     patch: kopf.Patch,
     memo: Any,
+    body: kopf.Body,
     **_: Any,
 ) -> None:
     result = rc.resync(
@@ -107,8 +108,16 @@ def resync_modelset(
         _plain(spec),
         _plain(status),
     )
-    if result is not None and _changed(status, result.status):
+    if result is None:
+        return
+    if _changed(status, result.status):
         patch.status.update(result.status)
+    for workload in result.gang_restarts:
+        # a restart the back-off had postponed: no pod event triggered it, this timer did
+        metrics.GANG_RESTARTS.inc()
+        message = f"group {workload} failed again; its restart back-off ended: recreating it"
+        kopf.info(body, reason="GangRestart", message=message)
+        log.info("%s/%s: %s", namespace, name, message)
 
 
 def _changed(old: Any, new: dict[str, Any]) -> bool:
@@ -117,7 +126,9 @@ def _changed(old: Any, new: dict[str, Any]) -> bool:
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "group"})
 def gang_restart(event: kopf.RawEvent, memo: Any, body: kopf.Body, **_: Any) -> None:
-    deleted = gang.handle_pod_event(memo["api"], str(event.get("type")), dict(event["object"]))
+    deleted = gang.handle_pod_event(
+        memo["api"], str(event.get("type")), dict(event["object"]), memo["cfg"]
+    )
     if deleted:
         metrics.GANG_RESTARTS.inc()
         message = f"a member of its group broke; recreating the group: deleted {', '.join(deleted)}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from statmux.contract import (
+    ANNOTATION_GANG_PENDING,
     ANNOTATION_LAST_FAILURE,
     ANNOTATION_SPEC_HASH,
     LABEL_COMPONENT,
@@ -25,7 +26,7 @@ from statmux.contract import (
     PLAN_KEY,
 )
 from statmux.operator.config import OperatorConfig
-from statmux.operator.gang import delete_stale_gang_pods
+from statmux.operator.gang import backoff_note, delete_stale_gang_pods, gang_epoch, resync_gang
 from statmux.operator.kinds import (
     CONFIGMAP,
     DEPLOYMENT,
@@ -54,6 +55,7 @@ from statmux.operator.status import (
     invalid_spec_conditions,
     merge_conditions,
     now_iso,
+    parse_iso,
     plan_status,
     planned_conditions,
     readiness_conditions,
@@ -98,15 +100,6 @@ def deployment_available(obj: Obj | None) -> bool:
     return int(st.get("availableReplicas") or 0) >= 1
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 # --------------------------------------------------------------------------- converge
 @dataclass
 class Outcome:
@@ -114,6 +107,7 @@ class Outcome:
     groups: list[Obj]
     rollout: Obj | None
     deleted: list[str] = field(default_factory=list)
+    gang_restarts: list[str] = field(default_factory=list)  # workloads the back-off restarted
 
 
 def _delete_workload_objects(
@@ -140,17 +134,34 @@ def _workload_gpus(objs: list[Obj]) -> int:
     return 0
 
 
-def group_failure(api: Api, ns: str, owner: Owner, workload: str, obj: Obj | None) -> str | None:
+def group_failure(
+    api: Api,
+    ns: str,
+    owner: Owner,
+    workload: str,
+    obj: Obj | None,
+    cfg: OperatorConfig | None = None,
+    now: datetime | None = None,
+) -> str | None:
     """Why a group that is not ready fails: a pod's container state (CrashLoopBackOff, an
-    exit code), else the reason of its last gang restart, which deleted the failed pod.
-    None while it is merely starting."""
+    exit code), else the failure its pending gang restart waits on, else the reason of its
+    last gang restart, which deleted the failed pod; while the gang restart backs off, when
+    it happens next. None while it is merely starting."""
+    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
+    why = None
     for pod in api.list(POD, ns, {LABEL_MODELSET: owner.name, LABEL_WORKLOAD: workload}):
         why = pod_failure(pod)
         if why:
-            return why
-    annotations = ((obj or {}).get("metadata") or {}).get("annotations") or {}
-    last = annotations.get(ANNOTATION_LAST_FAILURE)
-    return f"restarting after {last}" if last else None
+            break
+    if not why:
+        why = annotations.get(ANNOTATION_GANG_PENDING)
+    if not why:
+        last = annotations.get(ANNOTATION_LAST_FAILURE)
+        why = f"restarting after {last}" if last else None
+    note = backoff_note(obj, cfg or OperatorConfig(), now or datetime.now(UTC))
+    if why and note:
+        why += f"; {note}"
+    return why
 
 
 def converge(
@@ -186,11 +197,20 @@ def converge(
     groups_status: list[Obj] = []
     not_ready: list[str] = []
     failing: list[str] = []
+    gang_restarts: list[str] = []
     for gw in gws:
-        ready, ready_pods = workload_ready(applied.get((kind, gw.name)), gw)
+        workload = applied.get((kind, gw.name))
+        ready, ready_pods = workload_ready(workload, gw)
+        if kind == "StatefulSet":
+            delete_stale_gang_pods(api, ns, owner, gw.name, workload)
+            before = gang_epoch(workload)
+            _, workload = resync_gang(api, ns, owner, gw.name, workload, ready, cfg, now)
+            if gang_epoch(workload) != before:  # its pending restart was due: recreated just now
+                gang_restarts.append(gw.name)
+                ready, ready_pods = False, 0
         if not ready:
             not_ready.append(gw.group)
-            why = group_failure(api, ns, owner, gw.name, applied.get((kind, gw.name)))
+            why = group_failure(api, ns, owner, gw.name, workload, cfg, now)
             if why:
                 failing.append(f"group {gw.group}: {why}")
         groups_status.append(
@@ -206,8 +226,6 @@ def converge(
                 "ready": ready,
             }
         )
-        if kind == "StatefulSet":
-            delete_stale_gang_pods(api, ns, owner, gw.name, applied.get((kind, gw.name)))
     router = applied.get((DEPLOYMENT.kind, f"{owner.name}-router"))
 
     # Everything labelled for this ModelSet that the plan does not name.
@@ -236,7 +254,7 @@ def converge(
             retiring = []
         else:
             same = rollout is not None and rollout.get("planHash") == ph
-            started = (_parse_time(rollout.get("startedAt")) if same and rollout else None) or now
+            started = (parse_iso(rollout.get("startedAt")) if same and rollout else None) or now
             if (now - started).total_seconds() >= cfg.rollout_timeout_seconds:
                 # Stuck (likely no room for old and new): free the largest old group.
                 victim = max(retiring, key=lambda n: (_workload_gpus(by_workload[n]), n))
@@ -255,7 +273,7 @@ def converge(
         retiring=tuple(retiring),
         failing=tuple(failing),
     )
-    return Outcome(readiness, groups_status, new_rollout, deleted)
+    return Outcome(readiness, groups_status, new_rollout, deleted, gang_restarts)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -263,6 +281,7 @@ def converge(
 class Result:
     status: Obj  # the new .status (merge into the object's status)
     error: str | None = None  # a user mistake: report it, do not retry
+    gang_restarts: list[str] = field(default_factory=list)  # groups restarted by the back-off
 
 
 def _owner(name: str, namespace: str, uid: str) -> Owner:
@@ -389,4 +408,4 @@ def _converge_status(
         "rollout": outcome.rollout,
         "conditions": conditions,
     }
-    return Result(new)
+    return Result(new, gang_restarts=outcome.gang_restarts)

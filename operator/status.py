@@ -15,8 +15,21 @@ DEGRADED = "Degraded"
 CONDITION_TYPES = (PLAN_READY, GROUPS_READY, READY, DEGRADED)
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # Kubernetes' metav1.Time (whole seconds, UTC)
+
+
 def now_iso(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or datetime.now(UTC)).strftime(TIME_FORMAT)
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """A time written by `now_iso` (None when absent or not one)."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -65,3 +65,9 @@ ANNOTATION_GANG_EPOCH: Final = "statmux.io/gang-epoch"  # bumped to recreate a w
 ANNOTATION_SPEC_HASH: Final = "statmux.io/spec-hash"  # plan ConfigMap: the spec it answers
 # On a group StatefulSet: why its last gang restart happened (the failed pod is gone after it).
 ANNOTATION_LAST_FAILURE: Final = "statmux.io/last-failure"
+# On a group StatefulSet: the gang restart back-off's state (operator/gang.py), kept on the
+# object so that an operator restart neither forgets a back-off nor restarts twice.
+ANNOTATION_GANG_RESTARTS: Final = "statmux.io/gang-restarts"  # gang restarts in a row
+ANNOTATION_GANG_PENDING: Final = "statmux.io/gang-pending"  # why a restart waits
+ANNOTATION_GANG_FAILED_AT: Final = "statmux.io/gang-failed-at"  # when that failure was seen
+ANNOTATION_GANG_READY_SINCE: Final = "statmux.io/gang-ready-since"  # ready after a restart

@@ -21,10 +21,11 @@ from plans import make_test_plan  # noqa: E402  (tests/helpers, put on the path 
 
 
 def _merge(old: Any, new: Any) -> Any:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = dict(old)
+    if isinstance(new, dict):
+        # RFC 7386: a null removes the key, also under a key the target does not have yet
+        out = dict(old) if isinstance(old, dict) else {}
         for k, v in new.items():
-            out[k] = _merge(old.get(k), v) if v is not None else None
+            out[k] = _merge(out.get(k), v) if v is not None else None
         return {k: v for k, v in out.items() if v is not None}
     return copy.deepcopy(new)
 

@@ -23,10 +23,18 @@ def _exercise(api: Any, cfg: OperatorConfig, helpers: Any) -> None:
     st = rc.resync(api, cfg, owner, 2, spec2, st, now=T0 + timedelta(hours=1)).status
     api.mark_ready("StatefulSet")
     api.mark_ready("LeaderWorkerSet")
-    rc.resync(api, cfg, owner, 2, spec2, st, now=T0 + timedelta(hours=2))
+    st = rc.resync(api, cfg, owner, 2, spec2, st, now=T0 + timedelta(hours=2)).status
+    later = T0 + timedelta(hours=3)
     for sts in api.by_kind("StatefulSet"):
         pods = api.add_pods(sts)
-        gang.handle_pod_event(api, "DELETED", pods[0])
+        gang.handle_pod_event(api, "DELETED", pods[0], cfg, later)  # at once
+        pods = api.add_pods(sts)
+        gang.handle_pod_event(api, "DELETED", pods[0], cfg, later)  # backs off
+    # the timer restarts the groups that back off, later resets their counts
+    st = rc.resync(api, cfg, owner, 2, spec2, st, now=later + timedelta(minutes=1)).status
+    api.mark_ready("StatefulSet")
+    for minutes in (2, 30):
+        rc.resync(api, cfg, owner, 2, spec2, st, now=later + timedelta(minutes=minutes))
 
 
 def test_every_call_is_allowed(helpers: Any) -> None:
