@@ -190,6 +190,19 @@ def test_default_render_is_a_hardened_cluster_wide_operator():
     assert env["STATMUX_RUNTIME_IMAGE"] == "statmux/runtime:0.1.0"
     assert env["STATMUX_ROUTER_IMAGE"] == "statmux/runtime:0.1.0"
     assert env["STATMUX_WATCH_NAMESPACES"] == ""
+    # the chart's default settings parse, and are the operator's own defaults
+    from statmux.operator.config import OperatorConfig
+
+    cfg, default = OperatorConfig.from_env(env), OperatorConfig()
+    for field in (
+        "resync_seconds",
+        "rollout_timeout_seconds",
+        "gang_restart_backoff_seconds",
+        "gang_restart_backoff_max_seconds",
+        "gang_restart_stable_seconds",
+    ):
+        assert getattr(cfg, field) == getattr(default, field), field
+    assert "STATMUX_GANG_RESTART_BACKOFF_SECONDS" in env
     assert c["image"] == "statmux/operator:0.1.0"
     (sa,) = by_kind(docs, "ServiceAccount")
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
