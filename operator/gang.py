@@ -219,7 +219,7 @@ def _defer(
     api: Api, ns: str, name: str, state: GangState, detail: str, due: datetime, now: datetime
 ) -> None:
     log.info(
-        "gang restart of %s/%s backs off until %s (%d restarts in a row): %s",
+        "gang restart of %s/%s backs off until %s (restarts in a row: %d): %s",
         ns,
         name,
         now_iso(due),

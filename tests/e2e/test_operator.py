@@ -529,6 +529,86 @@ def test_deleting_a_group_pod_recreates_the_whole_group(
     assert_exactly_the_plan(kubectl, namespace, wait_ready(kubectl, namespace, name, operator))
 
 
+def test_a_second_gang_restart_backs_off_and_the_timer_carries_it_out(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+):
+    """The first gang restart is immediate; the next one in a row waits the back-off (10 s,
+    the operator's default) and then happens with no pod event to trigger it: the pod the
+    StatefulSet controller puts back is healthy (kwok), so only the resync timer can."""
+    from statmux.contract import (
+        ANNOTATION_GANG_FAILED_AT,
+        ANNOTATION_GANG_PENDING,
+        ANNOTATION_GANG_RESTARTS,
+    )
+    from statmux.operator.gang import gang_epoch
+    from statmux.operator.status import parse_iso
+
+    name = "backoff"
+    kubectl.apply(manual_modelset(name), "-n", namespace)
+    ms = wait_ready(kubectl, namespace, name, operator)
+    (group,) = [g for g in ms["status"]["groups"] if g["pods"] > 1]
+    workload = group["workload"]
+
+    def sts() -> dict[str, Any]:
+        obj = kubectl.get("statefulset", workload, namespace)
+        assert obj is not None
+        return obj
+
+    def annotations() -> dict[str, str]:
+        return sts()["metadata"].get("annotations") or {}
+
+    def delete_a_worker() -> set[str]:
+        pods = group_pods(kubectl, namespace, workload)
+        victim = sorted(p["metadata"]["name"] for p in pods)[-1]
+        kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+        return {p["metadata"]["uid"] for p in pods}
+
+    def recreated(old: set[str], epoch: int) -> bool:
+        now = group_pods(kubectl, namespace, workload)
+        return (
+            len(now) == group["pods"]
+            and not ({p["metadata"]["uid"] for p in now} & old)
+            and all(gang_epoch(p) == epoch for p in now)
+        )
+
+    old = delete_a_worker()
+    wait_until(lambda: recreated(old, 1), CONVERGE_S, "the group recreated at once (epoch 1)")
+    assert annotations().get(ANNOTATION_GANG_RESTARTS) == "1"
+    wait_ready(kubectl, namespace, name, operator)
+
+    old = delete_a_worker()
+
+    # the second failure in a row is recorded and waits: same epoch, a due time
+    def deferred() -> dict[str, Any] | None:
+        obj = sts()  # one snapshot: the pending failure and the epoch it is for
+        notes = obj["metadata"].get("annotations") or {}
+        return obj if ANNOTATION_GANG_PENDING in notes else None
+
+    pending = wait_until(deferred, CONVERGE_S, "the second restart to be deferred", interval=0.2)
+    assert gang_epoch(pending) == 1
+    notes = pending["metadata"]["annotations"]
+    assert "a member pod was deleted" in notes[ANNOTATION_GANG_PENDING]
+    failed_at = parse_iso(notes[ANNOTATION_GANG_FAILED_AT])
+    assert failed_at is not None
+    wait_until(lambda: recreated(old, 2), CONVERGE_S, "the group recreated after the back-off")
+    notes = annotations()
+    assert notes.get(ANNOTATION_GANG_RESTARTS) == "2"
+    assert ANNOTATION_GANG_PENDING not in notes and ANNOTATION_GANG_FAILED_AT not in notes
+    # the resync timer did it (its event on the ModelSet), not before the back-off ended
+    events = [
+        e
+        for e in kubectl.items("events", namespace)
+        if e["involvedObject"].get("name") == name and e.get("reason") == "GangRestart"
+    ]
+    assert len(events) == 1, events
+    assert "back-off ended" in events[0]["message"]
+    stamp = events[0].get("lastTimestamp") or events[0].get("eventTime")
+    restarted_at = parse_iso(str(stamp)[:19] + "Z")
+    assert restarted_at is not None
+    assert (restarted_at - failed_at).total_seconds() >= 10
+    assert_exactly_the_plan(kubectl, namespace, wait_ready(kubectl, namespace, name, operator))
+
+
 # --------------------------------------------------------------------------- 7. crashes
 def test_operator_killed_mid_reconcile_leaves_no_duplicates_or_orphans(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
