@@ -22,7 +22,8 @@ closes), streaming bodies (a request is handled once its body is complete).
 
 Per request it costs no task (one per connection), no timer (one sweeper checks every
 connection's deadlines a few times per timeout) and no copy of headers (names are lower-cased
-bytes, values bytes as sent).
+bytes, values bytes as sent). An app may also answer a request from callbacks (App.start),
+without waking the connection's task at all: the router's fast path.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -59,6 +60,8 @@ _SMALL_BODY = 64 * 1024  # answers up to this size go out in one write (head + b
 
 # Where a connection is in parsing its current request (deadlines are per phase).
 _IDLE, _HEAD, _BODY = 0, 1, 2
+
+Cancel = Callable[[], None]
 
 
 @dataclass(slots=True, eq=False)
@@ -93,6 +96,13 @@ class App(Protocol):
 
     def handle(self, request: Request) -> Awaitable[Response]:
         """The answer to a complete request. Must not raise: errors are answers."""
+
+    def start(self, request: Request, finish: Callable[[Response], None]) -> Cancel | None:
+        """The fast path, offered a complete request when nothing is ahead of it on its
+        connection: start answering it without the connection's task and return how to
+        cancel it (the client went away), then call `finish` with the answer later, from the
+        event loop, never before returning. None: not taken (nothing done), `handle` answers
+        it. Must not raise."""
 
     def refuse(self, request: Request | None, error: ServingError) -> Response:
         """The answer when the server refuses a request: malformed (400), too slow (408),
@@ -139,6 +149,10 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.queue: collections.deque[Request] = collections.deque()
+        # the request the app's fast path is answering (App.start); requests behind it wait
+        # in the queue, and the worker is woken when it is answered
+        self.busy: Request | None = None
+        self.cancel_busy: Cancel | None = None
         self.worker: asyncio.Task[None] | None = None
         self.waiter: asyncio.Future[None] | None = None  # set while the worker waits
         self.closing = False  # the next answer is the last; input is ignored
@@ -184,6 +198,9 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         if self.worker is not None:
             self.worker.cancel()  # a request being handled is cancelled: the client is gone
+        cancel, self.cancel_busy, self.busy = self.cancel_busy, None, None
+        if cancel is not None:
+            cancel()
         if self.write_paused is not None and not self.write_paused.done():
             self.write_paused.set_result(None)
 
@@ -266,6 +283,7 @@ class _Connection(asyncio.Protocol):
             request.headers.get(b"expect", b"").lower() == b"100-continue"
             and self.waiter is not None
             and not self.queue
+            and self.busy is None
             and self.transport is not None
         ):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -295,9 +313,24 @@ class _Connection(asyncio.Protocol):
 
     # ----------------------------------------------------------------- answering
     def _enqueue(self, request: Request) -> None:
-        self.queue.append(request)
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
+        if (
+            request.answer is None
+            and self.busy is None
+            and not self.queue
+            and waiter is not None
+            and not waiter.done()  # else the worker is about to run: keep the order
+            and self.write_paused is None
+            and not self.closing
+        ):
+            self.busy = request
+            cancel = self.app.start(request, self._answer_busy)
+            if cancel is not None:
+                self.cancel_busy = cancel
+                return
+            self.busy = None
+        self.queue.append(request)
+        if waiter is not None and not waiter.done() and self.busy is None:
             waiter.set_result(None)
         if len(self.queue) >= MAX_PIPELINED and not self.read_paused and self.transport:
             self.read_paused = True
@@ -356,6 +389,18 @@ class _Connection(asyncio.Protocol):
                 if self.write_paused is not None:
                     await self.write_paused
 
+    def _answer_busy(self, answer: Response) -> None:
+        """The fast path's answer (App.start): write it, then hand over to the worker."""
+        request, self.busy, self.cancel_busy = self.busy, None, None
+        if request is None or self.transport is None:
+            return  # the client went away meanwhile
+        if self._write(request, answer):
+            self._finish()
+            return
+        waiter = self.waiter
+        if (self.queue or self.closing) and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _finish(self) -> None:
         """Close after the last answer, gently: a client still sending (a refused body) must
         read the answer, and the kernel resets a socket closed with unread input. So: send
@@ -413,7 +458,7 @@ class _Connection(asyncio.Protocol):
     # ----------------------------------------------------------------- deadlines
     def idle(self) -> bool:
         """No request waiting for or being answered."""
-        return self.waiter is not None and not self.queue
+        return self.waiter is not None and not self.queue and self.busy is None
 
     def check(self, now: float) -> None:
         """The sweeper's visit: enforce this connection's deadlines."""

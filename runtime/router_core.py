@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -101,6 +101,7 @@ class Router:
         self.by_model: dict[str, list[GroupState]] = {}
         self._model_metrics: dict[str, ModelMetrics] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.fast_requests = 0  # sent on the fast path (router_fast); for tests and debugging
         self.config = config
         self.apply(config)
 
@@ -283,10 +284,12 @@ class Router:
         headers: bytes,
         rows: int,
         arrival: float,
+        tried: list[GroupState] | None = None,
     ) -> Reply:
+        """`tried`: groups that failed this request already (the fast path's retry state)."""
         slo = self.config.slo_seconds[model]
         deadline = arrival + slo
-        tried: list[GroupState] = []
+        tried = [] if tried is None else tried
         while True:
             if self.closing is not None:
                 mm.rejected["unavailable"] += 1
@@ -324,16 +327,44 @@ class Router:
             except HopTimeout as e:
                 self.metrics.hop_timeouts.labels(st.group.name).inc()
                 mm.failed["timeout"] += 1
-                raise GatewayTimeout(f"group {st.group.name} ({st.group.url}): {e}") from None
+                raise self.gateway_timeout(st, e) from None
             finally:
                 st.backlog.release(ticket, self.clock())
             if reply.status == 503:  # the group does not accept it (stopping, unhealthy)
-                self.mark_down(st, f"answered 503: {_error_text(reply)}")
+                self.mark_down(st, f"answered 503: {self.error_text(reply)}")
                 tried.append(st)
                 continue
             st.slow_probes = 0
             self._record(mm, reply.status, arrival, slo)
             return reply
+
+    def best_admitted(
+        self, model: str, hosts: list[GroupState], rows: int, arrival: float
+    ) -> tuple[GroupState | None, Sequence[float], float]:
+        """`_dispatch`'s first choice, without side effects: the live group that would finish
+        the request soonest if it meets the SLO there, its stage latencies, and now. (None,
+        (), now) when `_dispatch` would refuse it or fall back to groups leaving the plan."""
+        now = self.clock()
+        pairs = [(s.candidates[model], s) for s in hosts if s.up]
+        if not pairs:
+            return None, (), now
+        choice = choose((c for c, _ in pairs), rows, now)
+        cand = choice.candidate
+        if cand is None or not admit(choice, arrival + self.config.slo_seconds[model]):
+            return None, (), now
+        st = next(s for c, s in pairs if c is cand)
+        return st, cand.model.served_stage_latency(rows), now
+
+    def model_metrics(self, model: str) -> ModelMetrics:
+        return self._model_metrics[model]
+
+    @staticmethod
+    def gateway_timeout(st: GroupState, e: HopTimeout) -> GatewayTimeout:
+        return GatewayTimeout(f"group {st.group.name} ({st.group.url}): {e}")
+
+    @staticmethod
+    def error_text(reply: Reply) -> str:
+        return _error_text(reply)
 
     def _record(self, mm: ModelMetrics, status: int, arrival: float, slo: float) -> None:
         if status == 200:

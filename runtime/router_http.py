@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from statmux.runtime.frontend import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from statmux.runtime.lean_http import LeanServer, Request, Response
+from statmux.runtime.lean_http import Cancel, LeanServer, Request, Response
 from statmux.runtime.oip_routes import (
     HANDLER_NAMES,
     JSON,
@@ -32,6 +32,7 @@ from statmux.runtime.oip_routes import (
     serving_error_answer,
 )
 from statmux.runtime.router_core import Router
+from statmux.runtime.router_fast import Result, start_fast
 from statmux.runtime.router_upstream import HEADER_LENGTH, Reply
 from statmux.runtime.server_limits import ServerLimits
 from statmux.runtime.serving_errors import InvalidRequest, PayloadTooLarge, ServingError
@@ -67,6 +68,23 @@ def _header_cut(value: bytes | None) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def _forwarded(request: Request) -> tuple[bytes, int]:
+    """The header lines a group reads, passed on as the client sent them (httptools accepted
+    them, so they hold no line breaks), and the request's rows."""
+    body = request.body
+    get = request.headers.get
+    header_length = get(_HEADER_LENGTH)
+    content_type = get(b"content-type")
+    headers = b""
+    if header_length is not None:
+        headers = _FORWARD_HEADER_LENGTH + header_length + b"\r\n"
+    if content_type is not None:
+        headers += b"Content-Type: " + content_type + b"\r\n"
+    cut = _header_cut(header_length)
+    header = body if cut is None or not 0 <= cut <= len(body) else body[:cut]
+    return headers, request_rows(header)
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -151,24 +169,39 @@ class RouterRest:
             self.router.record_invalid(request.state[1]["model"])  # too slow, too large
         return _error(error)
 
+    def start(self, request: Request, finish: Callable[[Response], None]) -> Cancel | None:
+        """Inference requests that can go straight to a group's idle connection are answered
+        from callbacks (router_fast); everything else through `handle`."""
+        state = request.state
+        if state is None or state[0] != "infer":
+            return None
+        headers, rows = _forwarded(request)
+
+        def done(result: Result) -> None:
+            if isinstance(result, Reply):
+                finish(_reply(result))
+            elif isinstance(result, ServingError):
+                finish(_error(result))
+            else:
+                finish(_error_500())
+
+        fast = start_fast(
+            self.router,
+            state[1]["model"],
+            request.target,
+            request.body,
+            headers,
+            rows,
+            state[2],
+            done,
+        )
+        return None if fast is None else fast.cancel
+
     # ----------------------------------------------------------------- inference
     async def infer(self, request: Request, params: Params) -> Response:
-        arrival = request.state[2]
-        body = request.body
-        get = request.headers.get
-        header_length = get(_HEADER_LENGTH)
-        content_type = get(b"content-type")
-        # the two headers a group reads, passed on as the client sent them (httptools
-        # accepted them, so they hold no line breaks)
-        headers = b""
-        if header_length is not None:
-            headers = _FORWARD_HEADER_LENGTH + header_length + b"\r\n"
-        if content_type is not None:
-            headers += b"Content-Type: " + content_type + b"\r\n"
-        cut = _header_cut(header_length)
-        header = body if cut is None or not 0 <= cut <= len(body) else body[:cut]
+        headers, rows = _forwarded(request)
         reply = await self.router.infer(
-            params["model"], request.target, body, headers, request_rows(header), arrival
+            params["model"], request.target, request.body, headers, rows, request.state[2]
         )
         return _reply(reply)
 

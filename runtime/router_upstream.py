@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -131,35 +132,59 @@ class _Conn(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.size = 0
         self.head: _Head | None = None
+        # whoever waits for the current answer: a future (Upstreams.request) or a callback
+        # (Upstreams.start, the router's fast path); exactly one is set during an exchange
         self.waiter: asyncio.Future[tuple[Reply, bool]] | None = None
+        self.callback: Callable[[tuple[Reply, bool] | BaseException], None] | None = None
         self.used = time.monotonic()
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def start(self, waiter: asyncio.Future[tuple[Reply, bool]]) -> None:
+    def start(
+        self,
+        waiter: asyncio.Future[tuple[Reply, bool]] | None = None,
+        callback: Callable[[tuple[Reply, bool] | BaseException], None] | None = None,
+    ) -> None:
         self.chunks = []
         self.size = 0
         self.head = None
         self.waiter = waiter
+        self.callback = callback
+
+    def _waiting(self) -> bool:
+        waiter = self.waiter
+        return self.callback is not None or (waiter is not None and not waiter.done())
+
+    def _settle(self, outcome: tuple[Reply, bool] | BaseException) -> None:
+        """Hand the exchange's outcome to whoever waits for it, once."""
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(outcome)
+            return
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._waiting():
             return
         head = self.head
         if head is not None and head.length is None and not head.chunked:
             # an answer without a length ends with the connection
             body = b"".join(self.chunks)[head.start :]
-            waiter.set_result((_reply(head, body), False))
+            self._settle((_reply(head, body), False))
             return
-        waiter.set_exception(_Closed(self.size > 0))
+        self._settle(_Closed(self.size > 0))
 
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._waiting():
             self.lost = True  # unasked-for bytes (or an answer after a timeout): never reuse
             if self.transport is not None:
                 self.transport.close()
@@ -169,10 +194,10 @@ class _Conn(asyncio.Protocol):
         try:
             done = self._answer()
         except ValueError as e:
-            waiter.set_exception(e)
+            self._settle(e)
             return
         if done is not None:
-            waiter.set_result(done)
+            self._settle(done)
 
     def _answer(self) -> tuple[Reply, bool] | None:
         """The whole answer and whether the connection may be kept, once it is in."""
@@ -204,9 +229,16 @@ class _Conn(asyncio.Protocol):
     def timed_out(self) -> None:
         """The hop's timer: fail the exchange; the connection is not reused (its answer may
         still come)."""
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(_TimedOut())
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+        self._settle(_TimedOut())
+
+    def abandon(self) -> None:
+        """The exchange's requester is gone: drop the connection (its answer may still come)
+        without telling anyone."""
+        self.callback = None
+        self.waiter = None
         self.lost = True
         if self.transport is not None:
             self.transport.close()
@@ -232,12 +264,72 @@ class _Closed(Exception):
         self.partial = partial
 
 
-class _Stale(Exception):
-    """A reused keep-alive connection the server had already closed."""
+class Stale(UpstreamError):
+    """A reused keep-alive connection the group had already closed: it never read the
+    request, so it is safe to send again, and the group is not suspect."""
 
 
 class _TimedOut(Exception):
     pass
+
+
+def _classify(error: BaseException, limit: float, reused: bool) -> UpstreamError:
+    """What an exchange's failure means for the router's retry rule."""
+    if isinstance(error, _Closed):
+        if reused and not error.partial:
+            return Stale("the group closed an idle connection")
+        return Broken("the connection closed before the answer")
+    if isinstance(error, _TimedOut):
+        return HopTimeout(f"no answer within {limit:g} s")
+    if isinstance(error, ConnectionError | OSError | ValueError):
+        return Broken(f"connection broke: {error or type(error).__name__}")
+    raise error
+
+
+Outcome = Reply | UpstreamError
+
+
+class Exchange:
+    """One request in flight on a reused connection (`Upstreams.start`): its outcome goes to
+    `done` from the connection's callback, with no task or future in between."""
+
+    __slots__ = ("_addr", "_conn", "_done", "_limit", "_timer", "_upstreams")
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        addr: tuple[str, int],
+        conn: _Conn,
+        limit: float,
+        done: Callable[[Outcome], None],
+    ) -> None:
+        self._upstreams = upstreams
+        self._addr = addr
+        self._conn = conn
+        self._limit = limit
+        self._done = done
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _on_outcome(self, outcome: tuple[Reply, bool] | BaseException) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        conn = self._conn
+        if isinstance(outcome, BaseException):
+            conn.close()
+            self._done(_classify(outcome, self._limit, reused=True))
+            return
+        reply, keep = outcome
+        if keep:
+            self._upstreams._keep(self._addr, conn)
+        else:
+            conn.close()
+        self._done(reply)
+
+    def cancel(self) -> None:
+        """The requester is gone: no outcome will be delivered; the connection is dropped."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._conn.abandon()
 
 
 class Upstreams:
@@ -263,6 +355,35 @@ class Upstreams:
             self._targets[key] = target
         return target
 
+    def start(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: bytes,
+        done: Callable[[Outcome], None],
+    ) -> Exchange | None:
+        """Send on an idle keep-alive connection to `url`'s group, if there is one, and return
+        at once: the Reply or the UpstreamError (Stale, Broken, HopTimeout) goes to `done`
+        later, from the event loop, never before this returns. None when no idle connection
+        is ready (nothing was sent: use `request`)."""
+        target = self._target(method, url)
+        addr = target.addr
+        conn = self._reuse(addr)
+        if conn is None:
+            return None
+        transport = conn.transport
+        assert transport is not None  # _reuse returns usable connections only
+        loop = asyncio.get_running_loop()
+        limit = self.hop_timeout_s
+        exchange = Exchange(self, addr, conn, limit, done)
+        conn.start(callback=exchange._on_outcome)
+        exchange._timer = loop.call_at(loop.time() + limit, conn.timed_out)
+        transport.write(
+            b"%s%sContent-Length: %d\r\n\r\n%s" % (target.prefix, headers, len(body), body)
+        )
+        return exchange
+
     async def request(
         self,
         method: str,
@@ -284,7 +405,7 @@ class Upstreams:
         if conn is not None:
             try:
                 return await self._exchange(addr, conn, message, deadline, limit, reused=True)
-            except _Stale:
+            except Stale:
                 pass  # the server closed it while idle: a fresh connection
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -301,10 +422,7 @@ class Upstreams:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            return await self._exchange(addr, conn, message, deadline, limit, reused=False)
-        except _Stale as e:
-            raise Broken("the group closed the connection without answering") from e
+        return await self._exchange(addr, conn, message, deadline, limit, reused=False)
 
     def _reuse(self, addr: tuple[str, int]) -> _Conn | None:
         pool = self._idle.get(addr)
@@ -317,6 +435,15 @@ class Upstreams:
                 return conn
             conn.close()
         return None
+
+    def _keep(self, addr: tuple[str, int], conn: _Conn) -> None:
+        """Back to the pool after a complete answer on a keep-alive connection."""
+        conn.used = time.monotonic()
+        pool = self._idle.setdefault(addr, [])
+        if len(pool) < MAX_IDLE:
+            pool.append(conn)
+        else:
+            conn.close()
 
     async def _exchange(
         self,
@@ -331,7 +458,7 @@ class Upstreams:
         transport = conn.transport
         if conn.lost or transport is None:
             if reused:
-                raise _Stale()
+                raise Stale("the group closed an idle connection")
             raise Broken("the connection closed before the answer")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[tuple[Reply, bool]] = loop.create_future()
@@ -341,24 +468,13 @@ class Upstreams:
             transport.write(message)
             reply, keep = await waiter
             return reply
-        except _Closed as e:
-            if reused and not e.partial:
-                raise _Stale() from None
-            raise Broken("the connection closed before the answer") from None
-        except _TimedOut:
-            raise HopTimeout(f"no answer within {limit:g} s") from None
-        except (ConnectionError, OSError, ValueError) as e:
-            raise Broken(f"connection broke: {e or type(e).__name__}") from None
+        except (_Closed, _TimedOut, ConnectionError, OSError, ValueError) as e:
+            raise _classify(e, limit, reused) from None
         finally:
             timer.cancel()
             conn.waiter = None
             if keep:
-                conn.used = time.monotonic()
-                pool = self._idle.setdefault(addr, [])
-                if len(pool) < MAX_IDLE:
-                    pool.append(conn)
-                else:
-                    conn.close()
+                self._keep(addr, conn)
             else:
                 conn.close()
 
