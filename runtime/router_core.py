@@ -317,7 +317,7 @@ class Router:
             st = next(s for c, s in pairs if c is cand)
             if tried:
                 mm.retries += 1
-            ticket = st.backlog.commit(now, cand.model.served_stage_latency(rows))
+            ticket = st.backlog.commit(now, cand.served(rows))
             try:
                 reply = await self.upstreams.request("POST", st.group.url + path, body, headers)
             except (NotAccepted, Broken) as e:
@@ -345,15 +345,17 @@ class Router:
         the request soonest if it meets the SLO there, its stage latencies, and now. (None,
         (), now) when `_dispatch` would refuse it or fall back to groups leaving the plan."""
         now = self.clock()
-        pairs = [(s.candidates[model], s) for s in hosts if s.up]
-        if not pairs:
+        live = [s for s in hosts if s.up]
+        if not live:
             return None, (), now
-        choice = choose((c for c, _ in pairs), rows, now)
+        choice = choose([s.candidates[model] for s in live], rows, now)
         cand = choice.candidate
         if cand is None or not admit(choice, arrival + self.config.slo_seconds[model]):
             return None, (), now
-        st = next(s for c, s in pairs if c is cand)
-        return st, cand.model.served_stage_latency(rows), now
+        for s in live:
+            if s.candidates[model] is cand:
+                return s, cand.served(rows), now
+        raise AssertionError("the chosen candidate is a live host's")
 
     def model_metrics(self, model: str) -> ModelMetrics:
         return self._model_metrics[model]

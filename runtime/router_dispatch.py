@@ -29,6 +29,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from statmux.placement.plan import PlanModel
 
@@ -114,10 +115,23 @@ class Candidate:
     name: str
     model: PlanModel
     backlog: Backlog
+    overhead: float = field(init=False)  # the per-request overhead, after the stages
+    _served: dict[int, list[float]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.overhead = self.model.request_overhead_seconds
+        self._served = {}
+
+    def served(self, rows: int) -> list[float]:
+        """The Plan's stage latencies for `rows` with the per-stage overheads (remembered:
+        a Plan is immutable, and a plan change makes new candidates)."""
+        lat = self._served.get(rows)
+        if lat is None:
+            lat = self._served[rows] = self.model.served_stage_latency(rows)
+        return lat
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):  # a tuple: made for every request, and cheaper than a dataclass
     candidate: Candidate | None  # None: no candidate
     completion: float  # predicted completion time (inf without a candidate)
 
@@ -129,8 +143,7 @@ def choose(candidates: Iterable[Candidate], rows: int, now: float) -> Choice:
     best: Candidate | None = None
     best_end = math.inf
     for c in candidates:
-        m = c.model
-        end = c.backlog.finish(now, m.served_stage_latency(rows)) + m.request_overhead_seconds
+        end = pipeline_end(now, c.backlog.free, c.served(rows)) + c.overhead
         if end < best_end:
             best, best_end = c, end
     return Choice(best, best_end)

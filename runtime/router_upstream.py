@@ -32,6 +32,7 @@ IDLE_S = 30.0  # idle connections older than this are not reused (servers close 
 MAX_IDLE = 64  # idle connections kept per group
 HEAD_LIMIT = 64 * 1024  # a response head larger than this is a broken group
 MAX_TARGETS = 4096  # request lines kept ready (one per group and path; queries vary)
+_HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 
 
 class UpstreamError(Exception):
@@ -79,46 +80,31 @@ class _Head:
     start: int  # where the body starts in the buffer
 
 
-def _header(head: bytes, lower: bytes, name: bytes) -> bytes | None:
-    """The value of header `name` (lower-case, with its CRLF and colon: b"\\r\\nx:") in a
-    response head; `lower` is the head lower-cased. The last one wins, as in a dict."""
-    i = lower.rfind(name)
-    if i < 0:
-        return None
-    i += len(name)
-    j = head.find(b"\r\n", i)
-    return head[i : j if j >= 0 else len(head)].strip()
-
-
-_CONTENT_TYPE = b"\r\ncontent-type:"
-_HEADER_LENGTH = b"\r\n" + HEADER_LENGTH.lower().encode() + b":"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
-_CONNECTION = b"\r\nconnection:"
-
-
 def parse_head(head: bytes) -> _Head:
-    """An answer's status line and the headers the router uses. ValueError: not HTTP."""
+    """An answer's status line and the headers the router uses (a repeated header keeps its
+    last value). ValueError: not HTTP."""
     if not head.startswith(b"HTTP/"):
         raise ValueError(f"not an HTTP answer: {head[:80]!r}")
-    line_end = head.find(b"\r\n")
-    status_line = head if line_end < 0 else head[:line_end]
-    parts = status_line.split(b" ", 2)
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-    lower = head.lower()
-    ctype = _header(head, lower, _CONTENT_TYPE)
-    hlen = _header(head, lower, _HEADER_LENGTH)
-    length = _header(head, lower, _CONTENT_LENGTH)
-    encoding = _header(head, lower, _TRANSFER_ENCODING)
-    connection = _header(lower, lower, _CONNECTION)
+        raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value
+    ctype = fields.get(b"content-type")
+    hlen = fields.get(_HEADER_LENGTH)
+    length = fields.get(b"content-length")
+    encoding = fields.get(b"transfer-encoding")
+    connection = fields.get(b"connection")
     return _Head(
         status=int(parts[1]),
-        content_type=None if ctype is None else ctype.decode("latin-1"),
-        header_length=None if hlen is None else hlen.decode("latin-1"),
-        close=connection == b"close",
+        content_type=None if ctype is None else ctype.strip().decode("latin-1"),
+        header_length=None if hlen is None else hlen.strip().decode("latin-1"),
+        close=connection is not None and connection.strip().lower() == b"close",
         length=None if length is None else int(length),
-        chunked=encoding is not None and encoding.lower() == b"chunked",
+        chunked=encoding is not None and encoding.strip().lower() == b"chunked",
         start=len(head) + 4,
     )
 
