@@ -23,7 +23,9 @@ resync timer, restarts the group when the time comes even if no further pod even
 and resets the count once the group has stayed ready for `gang_restart_stable_seconds`.
 All of this state lives in the StatefulSet's annotations (statmux.io/gang-*), so an operator
 restart neither forgets a back-off nor restarts twice, and a repeated event neither restarts
-again nor moves the pending restart's time.
+again nor moves the pending restart's time. Each write carries the resourceVersion it was
+decided on (`Conflict` when the StatefulSet changed since), so a decision made on a stale
+read is made again instead of landing on a newer epoch.
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ from statmux.contract import (
 )
 from statmux.operator.config import OperatorConfig
 from statmux.operator.kinds import POD, STATEFULSET
-from statmux.operator.kube import Api
+from statmux.operator.kube import Api, Conflict
 from statmux.operator.pod_failures import pod_failure
 from statmux.operator.resources import Obj, Owner
 from statmux.operator.status import now_iso, parse_iso
 
 log = logging.getLogger("statmux.operator")
+CONFLICT_RETRIES = 5  # reads and decisions again when the StatefulSet changed in between
 
 
 def gang_epoch(obj: Obj | None) -> int:
@@ -134,33 +137,30 @@ def handle_pod_event(
     if sts_name is None or reason is None:
         return []
     ns = meta["namespace"]
-    sts = api.get(STATEFULSET, ns, sts_name)
-    if not sts or sts["metadata"].get("deletionTimestamp"):
-        return []  # the group itself is going away (rollout or ModelSet deletion)
-    if gang_epoch(pod) != gang_epoch(sts):
-        return []  # an older epoch's pod: this is the restart itself
     cfg = cfg or OperatorConfig()
     now = now or datetime.now(UTC)
     # The failed pod is deleted by the restart: keep why on the StatefulSet for the status.
     detail = pod_failure(pod) or f"pod {meta.get('name')}: {reason}"
-    state = gang_state(sts)
-    due = state.due(cfg, now)
-    if now < due:
-        if state.pending is None:  # a repeated event must not move the due time
-            _defer(api, ns, sts_name, state, detail, due, now)
-        return []
-    log.info(
-        "gang restart of %s/%s: %s (%s, %s event)",
-        ns,
-        sts_name,
-        reason,
-        meta.get("name"),
-        event_type,
-    )
-    deleted, _ = _restart(
-        api, ns, sts, labels.get(LABEL_MODELSET, ""), labels.get(LABEL_WORKLOAD, ""), detail
-    )
-    return deleted
+    for _ in range(CONFLICT_RETRIES):
+        sts = api.get(STATEFULSET, ns, sts_name)
+        if not sts or sts["metadata"].get("deletionTimestamp"):
+            return []  # the group itself is going away (rollout or ModelSet deletion)
+        if gang_epoch(pod) != gang_epoch(sts):
+            return []  # an older epoch's pod: this is the restart itself
+        state = gang_state(sts)
+        due = state.due(cfg, now)
+        try:
+            if now < due:
+                if state.pending is None:  # a repeated event must not move the due time
+                    _defer(api, ns, sts, state, detail, due, now)
+                return []
+            log.debug("%s event of %s: %s", event_type, meta.get("name"), reason)
+            modelset, workload = labels.get(LABEL_MODELSET, ""), labels.get(LABEL_WORKLOAD, "")
+            return _restart(api, ns, sts, modelset, workload, detail)[0]
+        except Conflict:
+            continue  # written since we read it (maybe restarted): decide again on the new one
+    log.warning("gang: %s/%s kept changing; leaving %s to the timer", ns, sts_name, detail)
+    return []
 
 
 # --------------------------------------------------------------------------- back-off
@@ -210,32 +210,42 @@ def backoff_note(sts: Obj | None, cfg: OperatorConfig, now: datetime) -> str | N
     )
 
 
-def _annotate(api: Api, ns: str, name: str, annotations: dict[str, str | None]) -> Obj | None:
+def _patch(api: Api, ns: str, sts: Obj, patch: Obj) -> Obj | None:
+    """Merge-patch the StatefulSet only if it is still the one the decision was made on
+    (its resourceVersion; `Conflict` otherwise): a decision from a stale read, such as
+    deferring a restart another handler has just done, must not land on the new epoch."""
+    meta = sts["metadata"]
+    if meta.get("resourceVersion"):
+        patch = {**patch, "metadata": {**patch.get("metadata", {}), **_version(meta)}}
+    return api.merge_patch(STATEFULSET, ns, meta["name"], patch)
+
+
+def _version(meta: Obj) -> dict[str, str]:
+    return {"resourceVersion": str(meta["resourceVersion"])}
+
+
+def _annotate(api: Api, ns: str, sts: Obj, annotations: dict[str, str | None]) -> Obj | None:
     # merge patch: None removes the key; other annotations (SSA's) are left alone
-    return api.merge_patch(STATEFULSET, ns, name, {"metadata": {"annotations": annotations}})
+    return _patch(api, ns, sts, {"metadata": {"annotations": annotations}})
 
 
 def _defer(
-    api: Api, ns: str, name: str, state: GangState, detail: str, due: datetime, now: datetime
+    api: Api, ns: str, sts: Obj, state: GangState, detail: str, due: datetime, now: datetime
 ) -> None:
-    log.info(
-        "gang restart of %s/%s backs off until %s (restarts in a row: %d): %s",
-        ns,
-        name,
-        now_iso(due),
-        state.restarts,
-        detail,
-    )
-    _annotate(
-        api,
-        ns,
-        name,
-        {
-            ANNOTATION_GANG_PENDING: detail,
-            ANNOTATION_GANG_FAILED_AT: now_iso(now),
-            ANNOTATION_GANG_READY_SINCE: None,
-        },
-    )
+    pending: dict[str, str | None] = {
+        ANNOTATION_GANG_PENDING: detail,
+        ANNOTATION_GANG_FAILED_AT: now_iso(now),
+        ANNOTATION_GANG_READY_SINCE: None,
+    }
+    if _annotate(api, ns, sts, pending) is not None:
+        log.info(
+            "gang restart of %s/%s backs off until %s (restarts in a row: %d): %s",
+            ns,
+            sts["metadata"]["name"],
+            now_iso(due),
+            state.restarts,
+            detail,
+        )
 
 
 def _restart(
@@ -246,12 +256,11 @@ def _restart(
     name = sts["metadata"]["name"]
     new_epoch = str(gang_epoch(sts) + 1)
     restarts = gang_state(sts).restarts + 1
-    log.info("gang restart of %s/%s: epoch %s, %d in a row", ns, name, new_epoch, restarts)
     note = f"{detail} (restart {new_epoch})"
-    patched = api.merge_patch(
-        STATEFULSET,
+    patched = _patch(
+        api,
         ns,
-        name,
+        sts,
         {
             "metadata": {
                 "annotations": {
@@ -267,6 +276,9 @@ def _restart(
     )
     if patched is None:
         return [], sts
+    log.info(
+        "gang restart of %s/%s (epoch %s, %d in a row): %s", ns, name, new_epoch, restarts, detail
+    )
     return delete_stale_gang_pods(api, ns, Owner(modelset, ns, ""), workload, patched), patched
 
 
@@ -284,12 +296,28 @@ def resync_gang(
     pending restart is due, and reset the count once it has stayed ready long enough.
 
     Returns the pods a restart deleted and the StatefulSet as it is now. Writes nothing
-    for a group that has not restarted since its count was last reset.
+    for a group that has not restarted since its count was last reset. A concurrent write
+    (a pod event's) makes it do nothing this time: the next tick decides on the new state.
     """
     if not sts or sts["metadata"].get("deletionTimestamp"):
         return [], sts
+    try:
+        return _resync_gang(api, ns, owner, workload, sts, ready, cfg, now)
+    except Conflict:
+        return [], api.get(STATEFULSET, ns, sts["metadata"]["name"])
+
+
+def _resync_gang(
+    api: Api,
+    ns: str,
+    owner: Owner,
+    workload: str,
+    sts: Obj,
+    ready: bool,
+    cfg: OperatorConfig,
+    now: datetime,
+) -> tuple[list[str], Obj | None]:
     state = gang_state(sts)
-    name = sts["metadata"]["name"]
     if state.pending is not None:
         if now < state.due(cfg, now):
             return [], sts
@@ -299,16 +327,15 @@ def resync_gang(
         return [], sts
     if not ready:
         if state.ready_since is not None:
-            sts = _annotate(api, ns, name, {ANNOTATION_GANG_READY_SINCE: None}) or sts
+            sts = _annotate(api, ns, sts, {ANNOTATION_GANG_READY_SINCE: None}) or sts
         return [], sts
     if state.ready_since is None:
-        sts = _annotate(api, ns, name, {ANNOTATION_GANG_READY_SINCE: now_iso(now)}) or sts
+        sts = _annotate(api, ns, sts, {ANNOTATION_GANG_READY_SINCE: now_iso(now)}) or sts
     elif (now - state.ready_since).total_seconds() >= cfg.gang_restart_stable_seconds:
-        log.info("%s/%s stayed ready: its gang restart count starts again", ns, name)
-        sts = (
-            _annotate(
-                api, ns, name, {ANNOTATION_GANG_RESTARTS: None, ANNOTATION_GANG_READY_SINCE: None}
-            )
-            or sts
-        )
+        log.info("%s/%s stayed ready: its gang restart count starts again", ns, workload)
+        reset: dict[str, str | None] = {
+            ANNOTATION_GANG_RESTARTS: None,
+            ANNOTATION_GANG_READY_SINCE: None,
+        }
+        sts = _annotate(api, ns, sts, reset) or sts
     return [], sts

@@ -16,6 +16,11 @@ Obj = dict[str, Any]
 FIELD_MANAGER = "statmux-operator"
 
 
+class Conflict(Exception):
+    """A merge patch carried `metadata.resourceVersion` and the object has changed since:
+    someone else wrote first, so the writer must read again and decide again."""
+
+
 class Api(Protocol):
     def apply(self, obj: Obj, manager: str = FIELD_MANAGER) -> Obj:
         """Server-side apply (create or update to exactly these fields); returns the object."""
@@ -29,7 +34,10 @@ class Api(Protocol):
         """True if something was deleted; a missing object is not an error."""
         ...
 
-    def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Obj) -> Obj | None: ...
+    def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Obj) -> Obj | None:
+        """JSON merge patch; None if the object is gone. A `metadata.resourceVersion` in
+        the patch is a precondition: `Conflict` when the object has moved on."""
+        ...
 
     def served(self, kind: Kind) -> bool:
         """Whether the API server serves this kind (its CRD is installed)."""
@@ -142,13 +150,20 @@ class KubeApi:
         return out is not None
 
     def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Obj) -> Obj | None:
-        return self._call(
-            "PATCH",
-            kind.path(namespace, name),
-            query=[("fieldManager", FIELD_MANAGER + "-gang")],
-            body=patch,
-            content_type="application/merge-patch+json",
-        )
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self._call(
+                "PATCH",
+                kind.path(namespace, name),
+                query=[("fieldManager", FIELD_MANAGER + "-gang")],
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"{kind.kind} {namespace}/{name} changed: {err.reason}") from err
+            raise
 
     def served(self, kind: Kind) -> bool:
         key = (kind.api_version, kind.plural)

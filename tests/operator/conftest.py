@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from statmux.operator.kinds import Kind, kind_of
+from statmux.operator.kube import Conflict
 from statmux.operator.resources import Owner
 from statmux.placement.plan import Plan
 
@@ -32,7 +33,8 @@ def _merge(old: Any, new: Any) -> Any:
 
 class FakeApi:
     """Enough of the API server: apply (merge, generation bump on spec change), get, list
-    by labels, delete, merge-patch, discovery; records every call as (verb, kind)."""
+    by labels, delete, merge-patch (a resourceVersion in it is a precondition), discovery;
+    records every call as (verb, kind)."""
 
     def __init__(self, served: tuple[str, ...] = ()) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -40,11 +42,16 @@ class FakeApi:
         self.served_kinds = set(served)
         self.fail_after: int | None = None  # raise on the n-th write (crash injection)
         self.writes = 0
+        self.version = 0  # resourceVersion of the last write
 
     def _write(self) -> None:
         self.writes += 1
         if self.fail_after is not None and self.writes > self.fail_after:
             raise ConnectionError("injected crash")
+
+    def _stamp(self, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
 
     def apply(self, obj: dict[str, Any], manager: str = "statmux-operator") -> dict[str, Any]:
         kind = kind_of(obj)
@@ -60,6 +67,7 @@ class FakeApi:
             new = _merge(old, obj)
             if new.get("spec") != old.get("spec"):
                 new["metadata"]["generation"] = old["metadata"]["generation"] + 1
+        self._stamp(new)
         self.objects[key] = new
         return copy.deepcopy(new)
 
@@ -94,7 +102,12 @@ class FakeApi:
         key = (kind.kind, namespace, name)
         if key not in self.objects:
             return None
+        want = (patch.get("metadata") or {}).get("resourceVersion")
+        have = self.objects[key]["metadata"].get("resourceVersion")
+        if want is not None and want != have:
+            raise Conflict(f"{kind.kind} {namespace}/{name}: resourceVersion {want} != {have}")
         self.objects[key] = _merge(self.objects[key], patch)
+        self._stamp(self.objects[key])
         return copy.deepcopy(self.objects[key])
 
     def served(self, kind: Kind) -> bool:

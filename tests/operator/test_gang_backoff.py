@@ -340,3 +340,66 @@ def test_degraded_keeps_the_reason_when_the_failed_pod_is_gone(group: Group) -> 
     assert f"group {group.group}: pod {group.name}-0: a member pod was deleted" in message
     assert "after 1 gang restart in a row, next restart at 2026-01-01T00:00:15Z" in message
     assert group.resync(at(15)).gang_restarts == [group.name]
+
+
+# --------------------------------------------------------------------------- concurrency
+def _after_the_next_read(api: Any, action: Any) -> None:
+    """Run `action` (another handler, the timer) right after the next StatefulSet read, as
+    if the reader stalled there: its snapshot is stale when it writes."""
+    get = api.get
+    pending = [action]
+
+    def hooked(kind: Any, namespace: str, name: str) -> Any:
+        obj = get(kind, namespace, name)
+        if kind.kind == "StatefulSet" and pending:
+            pending.pop()()
+        return obj
+
+    api.get = hooked
+
+
+def test_a_deferral_read_before_a_restart_does_not_land_on_the_new_epoch(group: Group) -> None:
+    group.crash(at(0))  # restart 1; the next waits 10 s
+    pod0 = copy.deepcopy(group.api.add_pods(group.name)[0])
+    pod0["status"] = {"phase": "Failed"}
+
+    def meanwhile() -> None:
+        group.crash(at(100))  # the other pod's failure is recorded first ...
+        group.resync(at(110))  # ... and the timer restarts the group: epoch 2
+
+    _after_the_next_read(group.api, meanwhile)
+    # pod 0's handler read epoch 1 with nothing pending, so it would defer its failure
+    assert gang.handle_pod_event(group.api, "MODIFIED", pod0, CFG, at(100)) == []
+    assert group.epoch == 2 and group.restarts == 2
+    assert ANNOTATION_GANG_PENDING not in group.annotations  # epoch 2 owes no restart
+    group.api.add_pods(group.name)
+    assert group.resync(at(1000)).gang_restarts == []
+    assert group.epoch == 2
+
+
+def test_a_restart_decided_on_a_stale_read_is_decided_again(group: Group) -> None:
+    pod = copy.deepcopy(group.api.objects[("Pod", "ns", f"{group.name}-0")])
+    pod["status"] = {"phase": "Failed"}
+    # another write in between (the timer's apply): the handler reads again, restarts once
+    _after_the_next_read(group.api, lambda: group.resync(at(0)))
+    deleted = gang.handle_pod_event(group.api, "MODIFIED", pod, CFG, at(0))
+    assert sorted(deleted) == sorted(p["metadata"]["name"] for p in group.pods)
+    assert group.epoch == 1 and group.restarts == 1
+
+
+def test_the_timer_leaves_a_group_another_writer_just_changed(group: Group) -> None:
+    group.crash(at(0))
+    group.crash(at(100))
+    stale = copy.deepcopy(group.sts)  # the timer's snapshot: epoch 1, restart due at 110
+    group.crash(at(110))  # but the pod event restarts first: epoch 2
+    group.crash(at(120))  # and epoch 2's pods fail too: waits 20 s
+    assert group.epoch == 2 and ANNOTATION_GANG_PENDING in group.annotations
+    deleted, now = gang.resync_gang(
+        group.api, "ns", group.owner, group.name, stale, False, CFG, at(121)
+    )
+    # no restart from the stale view, and epoch 2's pending failure is not lost
+    assert deleted == [] and now is not None and gang.gang_epoch(now) == 2
+    assert group.epoch == 2 and group.restarts == 2
+    assert group.annotations[ANNOTATION_GANG_FAILED_AT] == "2026-01-01T00:02:00Z"
+    assert group.resync(at(140)).gang_restarts == [group.name]
+    assert group.epoch == 3

@@ -43,6 +43,7 @@ def essence(api: Any) -> dict:
         o = copy.deepcopy(obj)
         o["metadata"].pop("uid", None)
         o["metadata"].pop("generation", None)
+        o["metadata"].pop("resourceVersion", None)
         out[key] = o
     return out
 
