@@ -65,7 +65,8 @@ from statmux.placement.spec import ModelSetSpec, SpecError, parse_spec
 
 log = logging.getLogger("statmux.operator")
 
-Planner = Callable[[str, str, ModelSetSpec], Plan]
+# (name, namespace, spec, the plan in use or None) -> the new plan
+Planner = Callable[[str, str, ModelSetSpec, Plan | None], Plan]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -325,7 +326,8 @@ def reconcile(
         digest = spec_hash(spec)
         plan, planned_from = current_plan(api, owner)
         if plan is None or planned_from != digest:
-            plan = planner(owner.name, owner.namespace, parsed)
+            # the plan in use is the incumbent: a re-plan keeps it unless something scores higher
+            plan = planner(owner.name, owner.namespace, parsed, plan)
             if plan.model_set != owner.name:
                 plan = plan.model_copy(update={"model_set": owner.name})
     except SpecError as err:

@@ -100,10 +100,23 @@ def planned_conditions(plan: Plan) -> list[Condition]:
             "Planned",
             f"policy {plan.policy}: {len(plan.groups)} groups on {gpus} GPUs, "
             f"predicted SLO attainment {plan.predicted.attainment:.3f}"
+            + _incumbent_note(plan)
             # what `statmux plan` prints as warnings (e.g. a truncated trace) is not lost here
             + "".join(f"; warning: {w}" for w in plan.warnings),
         )
     ]
+
+
+def _incumbent_note(plan: Plan) -> str:
+    """What a re-plan did with the plan that was in use."""
+    info = plan.search.incumbent
+    if info is None:
+        return ""
+    if info.outcome == "ignored":
+        return f"; the previous plan no longer fits: {info.reason}"
+    if info.outcome == "kept":
+        return "; kept the previous plan (no candidate scores higher)"
+    return f"; replaced the previous plan (it scores {info.attainment or 0.0:.3f})"
 
 
 @dataclass(frozen=True)

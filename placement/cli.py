@@ -21,7 +21,7 @@ from statmux.placement.policy_registry import BASELINES, POLICY_NAMES
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from statmux.placement.plan import Plan
+    from statmux.placement.plan import IncumbentInfo, Plan
     from statmux.placement.simulator import SimResult
     from statmux.placement.spec import ModelSet
 
@@ -87,6 +87,9 @@ def _print_plan(plan: Plan) -> None:
     out.print(t)
     if plan.idle_gpus:
         out.print(f"{plan.idle_gpus} of {plan.cluster.gpus} GPUs idle: no model gains from them")
+    incumbent = plan.search.incumbent
+    if incumbent is not None and incumbent.outcome != "ignored":  # ignored: a warning
+        out.print(_incumbent_line(incumbent, plan.attainment), highlight=False)
     p = plan.predicted
     rows = [(plan.policy + " (chosen)", p.attainment)]
     rows += sorted(p.baselines.items(), key=lambda kv: -kv[1])
@@ -101,6 +104,23 @@ def _print_plan(plan: Plan) -> None:
         f"{1000 * p.latency.p50:.1f} ms p99 {1000 * p.latency.p99:.1f} ms; search "
         f"{plan.search.seconds:.2f} s with {plan.search.simulations} simulations"
     )
+
+
+def _incumbent_line(incumbent: IncumbentInfo, attainment: float) -> str:
+    scored = f"{100 * (incumbent.attainment or 0.0):.2f} %"
+    if incumbent.outcome == "kept":
+        return f"previous plan kept: it scores {scored}, no candidate scores higher"
+    why = f" ({incumbent.reason})" if incumbent.reason else ""
+    return f"previous plan replaced: it scores {scored}, this plan {100 * attainment:.2f} %{why}"
+
+
+def _read_previous(path: str) -> Plan:
+    from statmux.placement.plan import Plan, PlanError
+
+    try:
+        return Plan.read(path)
+    except PlanError as e:
+        raise UsageError(f"--previous: {e}") from None
 
 
 def _print_sim(result: SimResult) -> None:
@@ -137,9 +157,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UsageError(f"--target-attainment must be in (0, 1], got {target:g}")
     if target is not None and policy != "statmux":
         raise UsageError("--target-attainment plans with the statmux policy; drop --policy")
+    if args.previous and target is not None:
+        raise UsageError(
+            "--previous and --target-attainment: give one (a capacity search carries each "
+            "GPU count's plan to the next itself)"
+        )
+    previous = _read_previous(args.previous) if args.previous else None
     with progress_status(not args.quiet) as progress:
         if target is None:
-            plan = plan_modelset(ms, policy, baselines, progress)
+            plan = plan_modelset(ms, policy, baselines, progress, previous)
         else:
             plan = _capacity_plan(ms, target, progress)
             out.print(
@@ -157,6 +183,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _, err = _consoles()
     for warning in plan.warnings:
         err.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
+    if plan.search.incumbent is not None and plan.search.incumbent.outcome == "ignored":
+        reason = plan.search.incumbent.reason
+        err.print(
+            f"[bold yellow]warning:[/bold yellow] --previous ignored: {reason}", highlight=False
+        )
     if plan.unplaced:
         message = (
             f"{len(plan.unplaced)} of {len(ms.spec.models)} models get no replica and fail "
@@ -260,6 +291,13 @@ def register(commands: Commands) -> None:
         metavar="X",
         help="find the fewest GPUs whose plan reaches SLO attainment X (e.g. 0.99) and "
         "print that plan (cluster.gpus is ignored)",
+    )
+    plan.add_argument(
+        "--previous",
+        metavar="PLAN",
+        help="the plan in use (JSON, as -o writes it): kept unless a candidate scores higher, "
+        "so more GPUs, memory or a looser SLO never lower the attainment; ignored (with the "
+        "reason) when it no longer fits",
     )
     plan.add_argument(
         "--strict",

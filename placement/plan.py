@@ -247,10 +247,29 @@ class Predicted(_PlanModel):
     baselines: dict[str, float] = Field(default_factory=dict)
 
 
+class IncumbentInfo(_PlanModel):
+    """What became of the previous plan given to the planner (`statmux plan --previous`, the
+    operator's re-plan of a ModelSet that already has a plan)."""
+
+    outcome: Literal["kept", "replaced", "ignored"] = Field(
+        description="kept: no candidate scored higher (ties keep it); replaced: one did, or "
+        "it leaves a model added since unplaced that the search places (reason); ignored: it "
+        "does not fit this ModelSet or policy (reason)"
+    )
+    attainment: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="its predicted SLO attainment on this workload (none when ignored)",
+    )
+    reason: str = ""
+
+
 class SearchInfo(_PlanModel):
     seconds: float = 0.0
     simulations: int = 0
     placement: str = ""
+    incumbent: IncumbentInfo | None = None
 
 
 def canonical_json(value: Any) -> bytes:

@@ -5,12 +5,15 @@ This is the one entry point the CLI and the operator call.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
+from statmux.placement.incumbent import incumbent_placement, new_models, unfit_reason
 from statmux.placement.local_search import improve
 from statmux.placement.plan import (
     Group,
+    IncumbentInfo,
     LatencyPercentiles,
     Placement,
     Plan,
@@ -36,6 +39,8 @@ from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
 from statmux.placement.workload import workload_from_spec
 
 __all__ = ["BASELINES", "evaluate_plan", "plan_modelset", "run_policy"]
+
+log = logging.getLogger("statmux.placement")
 
 
 @dataclass
@@ -149,21 +154,83 @@ def plan_modelset(
     policy: str | None = None,
     baselines: tuple[str, ...] = (),
     progress: Progress | None = None,
+    previous: Plan | None = None,
 ) -> Plan:
-    """Plan a ModelSet; raises SpecError for user mistakes."""
+    """Plan a ModelSet; raises SpecError for user mistakes.
+
+    `previous`: the plan in use (the incumbent). With the statmux policy it competes with the
+    search and the baselines and is kept unless one scores strictly higher, so a re-plan with
+    more GPUs, memory or a looser SLO never lowers the attainment (placement/incumbent.py).
+    One that does not fit is ignored, with the reason logged and kept in the Plan."""
     spec = ms.spec
     problem = build_problem(spec, progress)
     chosen = run_policy(problem, policy or spec.placement.policy, spec)
     others = [run_policy(problem, b, spec) for b in baselines if b != chosen.policy]
+    info: IncumbentInfo | None = None
     if chosen.policy == "statmux":
-        chosen = never_below(problem, chosen, others)
-    return make_plan(ms, problem, chosen, others)
+        incumbent = None
+        if previous is not None:
+            incumbent, info = score_incumbent(problem, previous, chosen)
+        final = never_below(problem, chosen, others, incumbent)
+        if incumbent is not None and info is not None:
+            kept = final is incumbent
+            info = info.model_copy(update={"outcome": "kept" if kept else "replaced"})
+        chosen = final
+    elif previous is not None:
+        # another policy is asked for its own answer (manual: the spec's groups)
+        info = IncumbentInfo(
+            outcome="ignored", reason=f"policy {chosen.policy}: only statmux keeps a previous plan"
+        )
+    if info is not None and info.outcome == "ignored":
+        log.info("ignoring the previous plan: %s", info.reason)
+    return make_plan(ms, problem, chosen, others, info)
 
 
-def never_below(problem: SearchProblem, chosen: Evaluated, others: list[Evaluated]) -> Evaluated:
-    """The chosen plan is never below a static baseline computed in the same run: when one
-    scores higher (on the whole workload), the local search continues from its placement.
-    (clockwork++ re-places every window, so its placement is not one plan to start from.)"""
+def score_incumbent(
+    problem: SearchProblem, previous: Plan, searched: Evaluated
+) -> tuple[Evaluated | None, IncumbentInfo]:
+    """The previous plan scored on this problem as a candidate (None: it does not fit, or it
+    leaves a model added since unplaced that the search places)."""
+    reason = unfit_reason(problem, previous)
+    if reason is not None:
+        return None, IncumbentInfo(outcome="ignored", reason=reason)
+    start = time.perf_counter()
+    sims = problem.simulations
+    placement = incumbent_placement(problem, previous)
+    sim = problem.evaluator().run(placement)
+    problem.simulations += 1
+    evaluated = Evaluated(
+        searched.policy,
+        PolicyResult(placement),
+        sim,
+        searched.seconds + time.perf_counter() - start,
+        searched.simulations + problem.simulations - sims,
+    )
+    info = IncumbentInfo(outcome="replaced", attainment=evaluated.attainment)
+    searched_places = {m for g in searched.result.placement.groups for m in g.models}
+    placed = {m for g in placement.groups for m in g.models}
+    left = [m for m in new_models(problem, previous) if m not in placed and m in searched_places]
+    if left:
+        reason = (
+            f"it leaves {', '.join(map(repr, left))} (added since) unplaced; the search places it"
+        )
+        return None, info.model_copy(update={"reason": reason})
+    return evaluated, info
+
+
+def never_below(
+    problem: SearchProblem,
+    chosen: Evaluated,
+    others: list[Evaluated],
+    incumbent: Evaluated | None = None,
+) -> Evaluated:
+    """The best of the search (`chosen`), the incumbent and the static baselines computed in
+    the same run, on the whole workload. Ties keep the incumbent (a re-plan does not roll pods
+    for nothing), then the search. When a baseline scores strictly higher than both, the
+    local search continues from its placement. (clockwork++ re-places every window, so its
+    placement is not one plan to start from.)"""
+    if incumbent is not None and incumbent.attainment >= chosen.attainment:
+        chosen = incumbent
     static = [b for b in others if b.result.attainment is None]
     best = max(static, key=lambda b: b.attainment, default=None)
     if best is None or best.attainment <= chosen.attainment:
@@ -185,7 +252,11 @@ def never_below(problem: SearchProblem, chosen: Evaluated, others: list[Evaluate
 
 
 def make_plan(
-    ms: ModelSet, problem: SearchProblem, chosen: Evaluated, baselines: list[Evaluated]
+    ms: ModelSet,
+    problem: SearchProblem,
+    chosen: Evaluated,
+    baselines: list[Evaluated],
+    incumbent: IncumbentInfo | None = None,
 ) -> Plan:
     spec = ms.spec
     by_name = {m.name: m for m in spec.models}
@@ -247,6 +318,7 @@ def make_plan(
             seconds=round(chosen.seconds, 4),
             simulations=chosen.simulations,
             placement=Placement(used).describe(),
+            incumbent=incumbent,
         ),
         unplaced=[m.name for m in spec.models if m.name not in placed],
         idle_gpus=spec.cluster.gpus - sum(g.config.gpus for g in used),

@@ -176,8 +176,9 @@ def manual_spec(groups: list[tuple[int, int, list[str]]], gpus: int = 16, **extr
     return spec
 
 
-def table_planner(name: str, namespace: str, spec: Any) -> Plan:
-    """Stands in for the placement engine: the manual groups as a Plan (pure-logic tests)."""
+def table_planner(name: str, namespace: str, spec: Any, previous: Plan | None = None) -> Plan:
+    """Stands in for the placement engine: the manual groups as a Plan (pure-logic tests);
+    the plan in use (`previous`) plays no part."""
     return make_test_plan(
         [(g.pipeline_stages, g.tensor_parallel, list(g.models)) for g in spec.placement.groups],
         model_set=name,

@@ -43,6 +43,37 @@ def test_reconcile_plans_with_the_placement_engine(api: Any, helpers: Any) -> No
     assert total == st["gpus"]
 
 
+def test_a_replan_with_more_resources_keeps_at_least_the_deployed_attainment(api: Any) -> None:
+    """Raising the ModelSet's GPU budget or memory re-plans with the deployed plan as the
+    incumbent: the predicted attainment never drops, the PlanReady message says what became
+    of the deployed plan, and a kept plan keeps its hash (no pod rolls)."""
+    owner = Owner("grow", "ns", "u")
+    spec = {
+        "models": [{"name": f"m{i}", "profile": {"builtin": "bert-1.3b"}} for i in range(4)],
+        "workload": {"durationSeconds": 60, "total": {"rate": 12, "cv": 6}},
+        "cluster": {"gpus": 2, "gpuMemory": "13Gi"},
+        "placement": {"policy": "statmux"},
+    }
+    status = rc.reconcile(api, OperatorConfig(), owner, 1, spec, None).status
+    outcomes = []
+    for generation, (gpus, memory) in enumerate([(3, "13Gi"), (8, "13Gi"), (8, "20Gi")], 2):
+        before = status["predictedAttainment"]
+        deployed = json.loads(api.objects[("ConfigMap", "ns", "grow-plan")]["data"]["plan.json"])
+        spec["cluster"] = {"gpus": gpus, "gpuMemory": memory}
+        status = rc.reconcile(api, OperatorConfig(), owner, generation, spec, status).status
+        assert status["predictedAttainment"] >= before
+        stored = json.loads(api.objects[("ConfigMap", "ns", "grow-plan")]["data"]["plan.json"])
+        incumbent = stored["search"]["incumbent"]
+        assert incumbent["attainment"] == deployed["predicted"]["attainment"]
+        outcomes.append(incumbent["outcome"])
+        message = next(c["message"] for c in status["conditions"] if c["type"] == "PlanReady")
+        assert f"{incumbent['outcome']} the previous plan" in message
+        if incumbent["outcome"] == "kept":
+            assert stored["planHash"] == deployed["planHash"]
+    # 8 GPUs serve everything (1.0): nothing can score higher with more memory, it stays
+    assert before == 1.0 and outcomes[-1] == "kept"
+
+
 def test_planner_spec_errors_become_conditions(api: Any) -> None:
     owner = Owner("bad", "ns", "u")
     spec = {

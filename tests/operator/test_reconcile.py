@@ -342,3 +342,27 @@ def test_a_stored_plan_that_does_not_parse_is_planned_again(
     assert len(calls) == 2 and again.error is None
     assert again.status["planHash"] == first.status["planHash"]
     assert rc.current_plan(api, owner)[0] is not None  # the repaired plan is stored
+
+
+def test_a_replan_is_given_the_plan_in_use(api: Any, owner: Owner, helpers: Any) -> None:
+    """A spec change re-plans with the stored plan as the incumbent (so more GPUs, memory or
+    a looser SLO never lower the deployed plan's predicted attainment); a first plan and a
+    stored plan that does not parse have none."""
+    given: list[Any] = []
+
+    def recording(name: str, namespace: str, spec: Any, previous: Any = None) -> Any:
+        given.append(previous)
+        return helpers.table_planner(name, namespace, spec, previous)
+
+    spec = helpers.manual_spec([(2, 2, ["a"]), (1, 1, ["b"])])
+    first = rc.reconcile(api, CFG, owner, 1, spec, None, planner=recording, now=T0)
+    deployed, _ = rc.current_plan(api, owner)
+    grown = helpers.manual_spec([(2, 2, ["a"]), (1, 1, ["b"])], gpus=24)
+    second = rc.reconcile(api, CFG, owner, 2, grown, first.status, planner=recording, now=T0)
+    assert second.error is None
+    assert given[0] is None and given[1] == deployed and deployed is not None
+    cm = api.objects[("ConfigMap", owner.namespace, f"{owner.name}-plan")]
+    cm["data"][PLAN_KEY] = "{}"  # unusable: planned again from scratch
+    spec3 = helpers.manual_spec([(2, 2, ["a"]), (1, 1, ["b"])], gpus=32)
+    rc.reconcile(api, CFG, owner, 3, spec3, second.status, planner=recording, now=T0)
+    assert given[2] is None

@@ -253,3 +253,52 @@ def test_the_profiles_overheads_reach_the_plan() -> None:
     assert a.stage_latency(1) == [0.05, 0.06]  # the profile's, as emulation sleeps them
     assert a.served_stage_latency(1) == pytest.approx([0.05 * 1.02, 0.06 * 1.02 + 0.004])
     assert a.request_overhead_seconds == 0.012 and b.request_overhead_seconds == 0.0
+
+
+def test_plan_with_previous_keeps_or_beats_it_and_reports_it(tmp_path: Path) -> None:
+    """`--previous PLAN.json`: the plan for 6 GPUs given to the plan for 8 (and back to 4,
+    where it no longer fits: a warning naming the reason, not an error)."""
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"]["durationSeconds"] = 60
+    doc["spec"]["cluster"]["gpus"] = 6
+    six = tmp_path / "six.yaml"
+    six.write_text(yaml.safe_dump(doc))
+    doc["spec"]["cluster"]["gpus"] = 8
+    eight = tmp_path / "eight.yaml"
+    eight.write_text(yaml.safe_dump(doc))
+    doc["spec"]["cluster"]["gpus"] = 4
+    four = tmp_path / "four.yaml"
+    four.write_text(yaml.safe_dump(doc))
+    first = tmp_path / "six.json"
+    assert statmux("plan", str(six), "-q", "-o", str(first)).returncode == 0
+    previous = Plan.read(first)
+    res = statmux("plan", str(eight), "-q", "--previous", str(first))
+    assert res.returncode == 0, res.stderr
+    assert "previous plan kept" in res.stdout or "previous plan replaced" in res.stdout
+    res = statmux("plan", str(eight), "-q", "--json", "--previous", str(first))
+    plan = Plan.parse_json(res.stdout)
+    assert plan.search.incumbent is not None
+    assert plan.search.incumbent.attainment == previous.attainment
+    assert plan.attainment >= previous.attainment
+    res = statmux("plan", str(four), "-q", "--no-baselines", "--previous", str(first))
+    assert res.returncode == 0, res.stderr
+    used = sum(g.gpus for g in previous.groups)
+    assert f"--previous ignored: it uses {used} GPUs, the cluster has 4" in res.stderr
+
+
+def test_plan_names_the_bad_previous_plan_field(tmp_path: Path) -> None:
+    ms = small_modelset(tmp_path)
+    res = statmux("plan", str(ms), "--json", "--no-baselines", "-q")
+    plan = json.loads(res.stdout)
+    good = tmp_path / "good.json"
+    good.write_text(res.stdout)
+    plan["groups"][0]["tp"] = 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(plan))
+    res = statmux("plan", str(ms), "--previous", str(bad))
+    assert_user_error(res, "--previous: ", "bad.json: groups.0.tp: Input should be greater")
+    assert_user_error(
+        statmux("plan", str(ms), "--previous", str(tmp_path / "nope.json")), "nope.json"
+    )
+    res = statmux("plan", str(ms), "--previous", str(good), "--target-attainment", "0.9")
+    assert_user_error(res, "--previous and --target-attainment")

@@ -1,0 +1,71 @@
+"""A previous plan as a candidate of a re-plan (the incumbent).
+
+Given the plan a ModelSet runs now, the planner scores it on the new problem with the same
+simulator and keeps it unless a candidate scores strictly higher (planner.never_below). With
+the same workload, more GPUs, more memory per GPU or a looser SLO leave the incumbent valid,
+so the re-plan's attainment is at least the incumbent's on the new problem: a chain of
+re-plans is monotone in GPUs and memory by construction (the incumbent's simulation is the
+very same one), whatever the search does. This module decides whether the previous plan
+still fits, and builds the placement that competes.
+"""
+
+from __future__ import annotations
+
+from statmux.placement.greedy import greedy_select
+from statmux.placement.packing import pack
+from statmux.placement.plan import Group, Placement, Plan, group_memory_per_gpu
+from statmux.placement.profile import ParallelConfig
+from statmux.placement.search_space import SearchProblem
+
+
+def unfit_reason(problem: SearchProblem, previous: Plan) -> str | None:
+    """Why the previous plan's groups cannot run on this problem; None when they can."""
+    used = sum(g.gpus for g in previous.groups)
+    if used > problem.num_gpus:
+        return f"it uses {used} GPUs, the cluster has {problem.num_gpus} (cluster.gpus)"
+    gone = [m for m in previous.models if m not in problem.profiles]
+    if gone:
+        return f"it places {', '.join(map(repr, gone))}, no longer a model of the ModelSet"
+    per_node = problem.gpus_per_node
+    budget = problem.budget
+    for g in previous.groups:
+        # the search's rule: a group larger than a node takes whole nodes
+        if g.gpus > per_node and g.gpus % per_node:
+            return (
+                f"group {g.name} spans {g.gpus} GPUs, not whole nodes of {per_node} "
+                "(cluster.gpusPerNode)"
+            )
+        for m in g.models:
+            if problem.profiles[m.name].get(g.pp, g.tp) is None:
+                return f"group {g.name}: model {m.name!r} has no profile for {g.config}"
+        need = group_memory_per_gpu(Group(g.config, [m.name for m in g.models]), problem.profiles)
+        if need > budget:
+            return (
+                f"group {g.name} needs {need / 2**30:.2f} GiB per GPU, over cluster.gpuMemory "
+                f"({budget / 2**30:.2f} GiB)"
+            )
+    return None
+
+
+def new_models(problem: SearchProblem, previous: Plan) -> list[str]:
+    """Models of the ModelSet that the previous plan's ModelSet did not have (neither placed
+    nor listed as unplaced)."""
+    known = {*previous.models, *previous.unplaced}
+    return [m for m in problem.models if m not in known]
+
+
+def incumbent_placement(problem: SearchProblem, previous: Plan) -> Placement:
+    """The previous plan's groups, in its order (so that unchanged groups keep their names
+    and pods). Models added to the ModelSet since are filled in: the simulator-scored greedy
+    adds their replicas while they gain, then every one still without a replica gets one
+    where memory allows (attainment decides against the search, the others' groups
+    unchanged where possible). Idle GPUs host new models as one-GPU groups first (an
+    empty group is the least loaded), so existing groups change only when those are full."""
+    kept = previous.placement()
+    new = new_models(problem, previous)
+    if not new:
+        return kept
+    idle = [Group(ParallelConfig(1, 1)) for _ in range(problem.num_gpus - kept.gpus)]
+    filled = greedy_select(problem, [*kept.groups, *idle], new)
+    filled = pack(problem, filled.groups, new, fill=False)
+    return Placement([g for g in filled.groups if g.models])
