@@ -1,13 +1,18 @@
 """Are independent `statmux plan` runs monotone in resources? Per-step attainment, every drop.
 
     python benchmarks/monotone_sweep.py [--resource gpus|memory|slo] [--only TEXT]
-        [--span K] [--duration S] [--json]
+        [--span K] [--duration S] [--chain] [--json]
 
 For each generated setting of benchmarks/placement_vs_alpaserve.py, the default policy plans
 the same ModelSet independently (a fresh problem per run, nothing carried between runs) at
 its GPU count ± `--span` (`--resource memory`: gpuMemory 6 to 24 GiB; `slo`: sloScale 1.5
 to 8); every step whose attainment is below the previous one's is a drop. Also prints the
 largest statmux CPU seconds of a run (process time).
+
+`--chain`: also the re-plan chain, each step given the previous step's plan as the incumbent
+(`statmux plan --previous`): the same search per step (its answer is the independent run's),
+then the incumbent scored and kept unless the search beats it; prints the chain's
+attainment, its drops, and at how many steps the incumbent was kept.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from placement_vs_alpaserve import REFERENCE, SETTINGS, generated_modelset, reference_modelset
 
 from statmux.placement.capacity import with_gpus
-from statmux.placement.planner import build_problem, run_policy
+from statmux.placement.plan import Plan
+from statmux.placement.planner import best_candidate, build_problem, make_plan, run_policy
 from statmux.placement.scenarios import modelset
 
 MEMORY = ("6Gi", "8Gi", "10Gi", "13Gi", "16Gi", "24Gi")
@@ -47,39 +53,54 @@ def sweep(
     span: int,
     resource: str = "gpus",
     build: Any = generated_modelset,
+    chain: bool = False,
 ) -> list[dict[str, Any]]:
     rows = []
+    previous: Plan | None = None
     for step in steps(setting, resource, span):
         if resource == "slo":
-            spec = build({**setting, "slo_scale": step}, duration).spec
+            ms = build({**setting, "slo_scale": step}, duration)
         else:
-            spec = build(setting, duration).spec
+            ms = build(setting, duration)
         if resource == "memory":
-            spec.cluster.gpu_memory = step
+            ms.spec.cluster.gpu_memory = step
         elif resource == "gpus":
-            spec = with_gpus(spec, step)
-        problem = build_problem(spec)
+            ms = ms.model_copy(update={"spec": with_gpus(ms.spec, step)})
+        problem = build_problem(ms.spec)
         cpu = time.process_time()
         ev = run_policy(problem, "statmux")
-        rows.append(
-            {
-                "step": step,
-                "attainment": ev.attainment,
-                "cpu_seconds": round(time.process_time() - cpu, 3),
-                "simulations": ev.simulations,
-                "placement": ev.result.placement.describe(),
+        row = {
+            "step": step,
+            "attainment": ev.attainment,
+            "cpu_seconds": round(time.process_time() - cpu, 3),
+            "simulations": ev.simulations,
+            "placement": ev.result.placement.describe(),
+        }
+        if chain:
+            # what `statmux plan --no-baselines --previous` does after the same search
+            cpu = time.process_time()
+            final, info = best_candidate(problem, ev, [], previous)
+            previous = make_plan(ms, problem, final, [], info)
+            row |= {
+                "chained": final.attainment,
+                "incumbent": None if info is None else info.outcome,
+                "incumbent_cpu_seconds": round(time.process_time() - cpu, 3),
             }
-        )
+        rows.append(row)
     return rows
 
 
-def drops(rows: list[dict[str, Any]]) -> list[tuple[int, int, float]]:
-    """(from, to, points lost) for every step that lowers the attainment."""
+def drops(rows: list[dict[str, Any]], key: str = "attainment") -> list[tuple[int, int, float]]:
+    """(from, to, points lost) for every step that lowers `key`'s attainment."""
     out = []
     for a, b in itertools.pairwise(rows):
-        if b["attainment"] < a["attainment"]:
-            out.append((a["step"], b["step"], 100 * (a["attainment"] - b["attainment"])))
+        if b[key] < a[key]:
+            out.append((a["step"], b["step"], 100 * (a[key] - b[key])))
     return out
+
+
+def lost(found: list[tuple[int, int, float]]) -> str:
+    return ", ".join(f"{a}→{b} −{d:.2f}" for a, b, d in found) or "none"
 
 
 def main() -> None:
@@ -99,6 +120,11 @@ def main() -> None:
     parser.add_argument(
         "--duration", type=float, help="trace seconds (default: 300; reference: 1200)"
     )
+    parser.add_argument(
+        "--chain",
+        action="store_true",
+        help="also re-plan each step with the previous step's plan as the incumbent",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
@@ -112,18 +138,34 @@ def main() -> None:
     for name, setting in settings.items():
         if args.only and args.only not in name:
             continue
-        rows = sweep(setting, duration, args.span, args.resource, build)
+        rows = sweep(setting, duration, args.span, args.resource, build, args.chain)
         out[name] = {"rows": rows, "drops": drops(rows)}
+        if args.chain:
+            out[name]["chain_drops"] = drops(rows, "chained")
         if not args.json:
             line = " ".join(f"{r['step']}:{100 * r['attainment']:.2f}" for r in rows)
-            lost = ", ".join(f"{a}→{b} −{d:.2f}" for a, b, d in out[name]["drops"]) or "none"
             cpu = max(r["cpu_seconds"] for r in rows)
-            print(f"{name}\n  {line}\n  drops: {lost}; max CPU s per run {cpu:.2f}", flush=True)
+            found = lost(out[name]["drops"])
+            print(f"{name}\n  {line}\n  drops: {found}; max CPU s per run {cpu:.2f}")
+            if args.chain:
+                line = " ".join(f"{r['step']}:{100 * r['chained']:.2f}" for r in rows)
+                kept = sum(r["incumbent"] == "kept" for r in rows)
+                extra = max(r["incumbent_cpu_seconds"] for r in rows)
+                print(
+                    f"  chained: {line}\n  chain drops: {lost(out[name]['chain_drops'])}; "
+                    f"incumbent kept at {kept} of {len(rows) - 1} steps; max CPU s to score it "
+                    f"{extra:.2f}"
+                )
+            sys.stdout.flush()
     if args.json:
         print(json.dumps(out, indent=2))
         return
+    steps_total = sum(len(v["rows"]) - 1 for v in out.values())
     total = sum(len(v["drops"]) for v in out.values())
-    print(f"\n{total} drops in {sum(len(v['rows']) - 1 for v in out.values())} steps")
+    print(f"\n{total} drops in {steps_total} steps (independent runs)")
+    if args.chain:
+        chained = sum(len(v["chain_drops"]) for v in out.values())
+        print(f"{chained} drops in {steps_total} steps (re-plan chain, --previous)")
 
 
 if __name__ == "__main__":

@@ -168,14 +168,7 @@ def plan_modelset(
     others = [run_policy(problem, b, spec) for b in baselines if b != chosen.policy]
     info: IncumbentInfo | None = None
     if chosen.policy == "statmux":
-        incumbent = None
-        if previous is not None:
-            incumbent, info = score_incumbent(problem, previous, chosen)
-        final = never_below(problem, chosen, others, incumbent)
-        if incumbent is not None and info is not None:
-            kept = final is incumbent
-            info = info.model_copy(update={"outcome": "kept" if kept else "replaced"})
-        chosen = final
+        chosen, info = best_candidate(problem, chosen, others, previous)
     elif previous is not None:
         # another policy is asked for its own answer (manual: the spec's groups)
         info = IncumbentInfo(
@@ -184,6 +177,20 @@ def plan_modelset(
     if info is not None and info.outcome == "ignored":
         log.info("ignoring the previous plan: %s", info.reason)
     return make_plan(ms, problem, chosen, others, info)
+
+
+def best_candidate(
+    problem: SearchProblem, searched: Evaluated, others: list[Evaluated], previous: Plan | None
+) -> tuple[Evaluated, IncumbentInfo | None]:
+    """The best of the search, the previous plan and the static baselines (`never_below`),
+    and what became of the previous plan (None: there was none)."""
+    if previous is None:
+        return never_below(problem, searched, others), None
+    incumbent, info = score_incumbent(problem, previous, searched)
+    final = never_below(problem, searched, others, incumbent)
+    if incumbent is not None:
+        info = info.model_copy(update={"outcome": "kept" if final is incumbent else "replaced"})
+    return final, info
 
 
 def score_incumbent(
