@@ -56,6 +56,10 @@ class ModelInfo:
     # The longest sequence (dimension 1 of a [batch, sequence] input) a request may carry:
     # it bounds a request's cost. None: the model has no sequence dimension.
     max_sequence_length: int | None = None
+    # The Plan's per-request overhead (front end, router): time outside the pipeline that
+    # counts against the SLO, so the pipeline must finish by arrival + SLO - this, as in the
+    # simulator and the router's admission.
+    request_overhead_s: float = 0.0
 
 
 Request = Mapping[str, np.ndarray]  # input name -> array whose first dim is this request's rows

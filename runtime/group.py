@@ -144,6 +144,7 @@ def start_group(
             # admission predicts with the Plan's overheads, as the router and the simulator
             entry.served_stage_latency_seconds(),
             max_sequence_length(cfg, entry.weights.max_sequence_length),
+            entry.request_overhead_seconds,
         )
         models.append(HostedModel(i, entry.name, entry.weights.architecture, cfg, info, shard))
     # every rank learns whether all built, and each model's largest shard (the budget unit)

@@ -6,7 +6,9 @@ A batch the engine ran inline (already done when `submit` returns) is finished o
 so its handlers' awaits return without an event-loop iteration.
 
 - One FIFO queue per model; every request of a model has the same SLO, so each queue is
-  also ordered by deadline (deadline = arrival + slo_seconds; no SLO: no deadline).
+  also ordered by deadline (deadline = arrival + slo_seconds - the Plan's per-request
+  overhead, which is spent outside the pipeline, as the simulator has it; no SLO: no
+  deadline).
 - Dispatch: while fewer than `max_in_flight` (the pipeline depth pp) batches are running,
   pick the model whose head request has the earliest deadline (EDF across models) and take
   up to its max_batch_size rows that can all still finish by the tightest deadline among them.
@@ -344,14 +346,18 @@ class Scheduler:
             )
             raise refusal
         slo = info.slo_seconds
-        deadline = math.inf if slo is None else arrival + slo
+        overhead = info.request_overhead_s
+        deadline = math.inf if slo is None else arrival + slo - overhead
         if slo is not None:
             predicted, pushed = self.admission(model, cost, arrival, deadline, now)
             if predicted > deadline or pushed > 0:
                 stats.record_rejection("admission", int((now - arrival) * 1e9))
                 if predicted > deadline:
-                    why = (
-                        f"predicted {(predicted - arrival) * 1000:.1f} ms > SLO {slo * 1000:.1f} ms"
+                    total = (predicted + overhead - arrival) * 1000
+                    why = f"predicted {total:.1f} ms > SLO {slo * 1000:.1f} ms" + (
+                        f" (with a per-request overhead of {overhead * 1000:.1f} ms)"
+                        if overhead
+                        else ""
                     )
                 else:
                     why = "it would make requests admitted earlier miss their SLO"

@@ -7,6 +7,7 @@ predictions deterministic; the real engine is exercised by the server tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from concurrent.futures import Future
 
@@ -208,6 +209,31 @@ def test_admission_rejects_requests_predicted_to_miss_their_slo() -> None:
         assert len(no_slo) == 50
         for f in (running, queued, *no_slo):
             f.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_admission_leaves_the_per_request_overhead_out_of_the_pipelines_budget() -> None:
+    """As in the simulator: a request's fixed overhead (front end, router) is spent outside
+    the pipeline, so the pipeline must finish it by arrival + SLO - overhead."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        plain = info("a", 0.25, latency=0.1, max_batch=1)
+        with_overhead = dataclasses.replace(plain, request_overhead_s=0.06)
+        for model_info, admitted in ((plain, 2), (with_overhead, 1)):
+            sched = Scheduler(ScriptedEngine([model_info]), max_in_flight=1, clock=clock)
+            futures = [sched.submit("a", req(1), 1)]  # the pipeline finishes it at 0.1
+            try:
+                # the second finishes at 0.2: within 0.25, but not within 0.25 - 0.06
+                futures.append(sched.submit("a", req(2), 1))
+            except Rejected as e:
+                assert "predicted 260.0 ms > SLO 250.0 ms" in str(e)
+                assert "per-request overhead of 60.0 ms" in str(e)
+            assert len(futures) == admitted
+            assert sched.stats["a"].rejected == ({"admission": 1} if admitted == 1 else {})
+            for f in futures:
+                f.cancel()
 
     asyncio.run(scenario())
 
