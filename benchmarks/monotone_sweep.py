@@ -1,7 +1,7 @@
 """Are independent `statmux plan` runs monotone in resources? Per-step attainment, every drop.
 
     python benchmarks/monotone_sweep.py [--resource gpus|memory|slo] [--only TEXT]
-        [--span K] [--duration S] [--chain] [--json]
+        [--span K] [--steps A,B,...] [--duration S] [--chain] [--json]
 
 For each generated setting of benchmarks/placement_vs_alpaserve.py, the default policy plans
 the same ModelSet independently (a fresh problem per run, nothing carried between runs) at
@@ -38,7 +38,11 @@ MEMORY = ("6Gi", "8Gi", "10Gi", "13Gi", "16Gi", "24Gi")
 SLO_SCALES = (1.5, 2.0, 3.0, 5.0, 8.0)
 
 
-def steps(setting: dict[str, Any], resource: str, span: int) -> list[Any]:
+def steps(
+    setting: dict[str, Any], resource: str, span: int, given: list[Any] | None = None
+) -> list[Any]:
+    if given:
+        return given
     if resource == "memory":
         return list(MEMORY)
     if resource == "slo":
@@ -54,10 +58,11 @@ def sweep(
     resource: str = "gpus",
     build: Any = generated_modelset,
     chain: bool = False,
+    given: list[Any] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     previous: Plan | None = None
-    for step in steps(setting, resource, span):
+    for step in steps(setting, resource, span, given):
         if resource == "slo":
             ms = build({**setting, "slo_scale": step}, duration)
         else:
@@ -84,6 +89,8 @@ def sweep(
             row |= {
                 "chained": final.attainment,
                 "incumbent": None if info is None else info.outcome,
+                # below the previous step's score: only a looser SLO can do that
+                "incumbent_attainment": None if info is None else info.attainment,
                 "incumbent_cpu_seconds": round(time.process_time() - cpu, 3),
             }
         rows.append(row)
@@ -121,6 +128,11 @@ def main() -> None:
         "--duration", type=float, help="trace seconds (default: 300; reference: 1200)"
     )
     parser.add_argument(
+        "--steps",
+        help="comma-separated steps instead of the defaults (GPU counts, gpuMemory "
+        "quantities, or sloScale values), e.g. 5Gi,6Gi,7Gi",
+    )
+    parser.add_argument(
         "--chain",
         action="store_true",
         help="also re-plan each step with the previous step's plan as the incumbent",
@@ -130,6 +142,8 @@ def main() -> None:
     warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
     run_policy(warm, "statmux")  # the simulator's JIT compile, outside the timings
     out: dict[str, Any] = {}
+    parse = {"gpus": int, "slo": float, "memory": str}[args.resource]
+    given = [parse(x) for x in args.steps.split(",")] if args.steps else None
     reference = args.which == "reference"
     settings, build = (
         (REFERENCE, reference_modelset) if reference else (SETTINGS, generated_modelset)
@@ -138,7 +152,7 @@ def main() -> None:
     for name, setting in settings.items():
         if args.only and args.only not in name:
             continue
-        rows = sweep(setting, duration, args.span, args.resource, build, args.chain)
+        rows = sweep(setting, duration, args.span, args.resource, build, args.chain, given)
         out[name] = {"rows": rows, "drops": drops(rows)}
         if args.chain:
             out[name]["chain_drops"] = drops(rows, "chained")
@@ -151,10 +165,15 @@ def main() -> None:
                 line = " ".join(f"{r['step']}:{100 * r['chained']:.2f}" for r in rows)
                 kept = sum(r["incumbent"] == "kept" for r in rows)
                 extra = max(r["incumbent_cpu_seconds"] for r in rows)
+                below = sum(
+                    b["incumbent_attainment"] is not None
+                    and b["incumbent_attainment"] < a["chained"]
+                    for a, b in itertools.pairwise(rows)
+                )
                 print(
                     f"  chained: {line}\n  chain drops: {lost(out[name]['chain_drops'])}; "
-                    f"incumbent kept at {kept} of {len(rows) - 1} steps; max CPU s to score it "
-                    f"{extra:.2f}"
+                    f"incumbent kept at {kept} of {len(rows) - 1} steps, scored below its "
+                    f"previous score at {below}; max CPU s to score it {extra:.2f}"
                 )
             sys.stdout.flush()
     if args.json:

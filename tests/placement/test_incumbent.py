@@ -1,10 +1,10 @@
 """Re-plans with the plan in use (the incumbent) are monotone in resources by construction.
 
 A chain of plans, each step given the previous step's plan (`statmux plan --previous`, the
-operator's re-plan), never lowers the attainment when GPUs or memory grow, and is never
-below the independent run of the same step. The settings are ones where independent runs do
-drop (the search is only nearly monotone). An incumbent that no longer fits is ignored with
-its reason, never an error."""
+operator's re-plan), never lowers the attainment when GPUs or memory grow (a looser SLO: as
+measured, see the last test), and is never below the independent run of the same step. The
+settings are ones where independent runs do drop (the search is only nearly monotone). An
+incumbent that no longer fits is ignored with its reason, never an error."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from statmux.placement.incumbent import incumbent_placement
-from statmux.placement.plan import Plan
+from statmux.placement.plan import Group, Placement, Plan
 from statmux.placement.planner import build_problem, plan_modelset
+from statmux.placement.profile import ConfigProfile, ModelProfile, ParallelConfig
 from statmux.placement.scenarios import BERT_MIX, mixed, modelset
+from statmux.placement.simulator import Simulator
 from statmux.placement.spec import ModelSet, load_modelset
+from statmux.placement.workload import Workload
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -241,3 +245,30 @@ def test_the_baseline_guard_and_the_incumbent_share_one_max() -> None:
             info = plan.search.incumbent
             assert info is not None and info.attainment == previous.attainment
         previous = plan
+
+
+def test_a_looser_slo_can_lower_a_fixed_plans_attainment() -> None:
+    """Why SLO chains are monotone as measured, not by construction: with SLO-aware
+    admission, a looser SLO admits a long request that the tighter one rejected, and it
+    pushes two short ones past their deadlines (one group, models of 3 s and 1 s)."""
+    one = ParallelConfig(1, 1)
+
+    def profile(name: str, seconds: float) -> ModelProfile:
+        return ModelProfile(name, 1e9, {one: ConfigProfile(one, (1,), np.array([[seconds]]), 1e9)})
+
+    profiles = {"long": profile("long", 3.0), "short": profile("short", 1.0)}
+    # short at 0 (busy until 1), long at 0.5, short at 1, 2 and 3
+    workload = Workload(
+        ["long", "short"],
+        np.array([0.0, 0.5, 1.0, 2.0, 3.0]),
+        np.array([1, 0, 1, 1, 1], dtype=np.int32),
+        4.0,
+    )
+    plan = Placement([Group(one, ["long", "short"])])
+    scores = [
+        Simulator(profiles, workload, {"long": 3.0 * s, "short": 1.0 * s}, 1).run(plan).attainment
+        for s in (1.0, 2.0)
+    ]
+    # SLO 1x: the long request is rejected, every short one served (4 of 5); 2x: the long
+    # one is admitted and served, the shorts at 1 and 2 miss (3 of 5)
+    assert scores == [0.8, 0.6]
