@@ -114,9 +114,10 @@ def _incumbent_note(plan: Plan) -> str:
         return ""
     if info.outcome == "ignored":
         return f"; the previous plan no longer fits: {info.reason}"
+    why = f", {info.reason}" if info.reason else ""
     if info.outcome == "kept":
-        return "; kept the previous plan (no candidate scores higher)"
-    return f"; replaced the previous plan (it scores {info.attainment or 0.0:.3f})"
+        return f"; kept the previous plan (no candidate scores higher{why})"
+    return f"; replaced the previous plan (it scores {info.attainment or 0.0:.3f}{why})"
 
 
 @dataclass(frozen=True)

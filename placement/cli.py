@@ -108,9 +108,9 @@ def _print_plan(plan: Plan) -> None:
 
 def _incumbent_line(incumbent: IncumbentInfo, attainment: float) -> str:
     scored = f"{100 * (incumbent.attainment or 0.0):.2f} %"
-    if incumbent.outcome == "kept":
-        return f"previous plan kept: it scores {scored}, no candidate scores higher"
     why = f" ({incumbent.reason})" if incumbent.reason else ""
+    if incumbent.outcome == "kept":
+        return f"previous plan kept{why}: it scores {scored}, no candidate scores higher"
     return f"previous plan replaced: it scores {scored}, this plan {100 * attainment:.2f} %{why}"
 
 

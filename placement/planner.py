@@ -213,16 +213,24 @@ def score_incumbent(
         searched.seconds + time.perf_counter() - start,
         searched.simulations + problem.simulations - sims,
     )
-    info = IncumbentInfo(outcome="replaced", attainment=evaluated.attainment)
     searched_places = {m for g in searched.result.placement.groups for m in g.models}
     placed = {m for g in placement.groups for m in g.models}
-    left = [m for m in new_models(problem, previous) if m not in placed and m in searched_places]
+    new = new_models(problem, previous)
+    left = [m for m in new if m not in placed and m in searched_places]
     if left:
         reason = (
             f"it leaves {', '.join(map(repr, left))} (added since) unplaced; the search places it"
         )
-        return None, info.model_copy(update={"reason": reason})
-    return evaluated, info
+        return None, IncumbentInfo(
+            outcome="replaced", attainment=evaluated.attainment, reason=reason
+        )
+    added = [m for m in new if m in placed]
+    reason = (
+        f"with the models added since filled in: {', '.join(map(repr, added))}" if added else ""
+    )
+    return evaluated, IncumbentInfo(
+        outcome="replaced", attainment=evaluated.attainment, reason=reason
+    )
 
 
 def never_below(

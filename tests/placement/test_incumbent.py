@@ -192,20 +192,35 @@ def test_an_incumbent_the_search_beats_is_replaced() -> None:
     assert info.attainment is not None and plan.attainment > info.attainment
 
 
-def test_models_added_since_are_filled_into_the_incumbent() -> None:
-    """The previous plan served 5 of the 6 models: the incumbent competes with the new one
-    filled in (never left unplaced while the search places it)."""
-    ms = small()
+def five_of_six() -> tuple[Plan, str]:
+    """The plan of `small()` without its last model (4 GPUs, all used), and that model."""
     fewer = small()
     fewer.spec.models.pop()
-    previous = plan_modelset(fewer, "statmux")
-    new = ms.spec.models[-1].name
-    assert new not in previous.models
-    plan = replan(ms, previous)
+    return plan_modelset(fewer, "statmux"), small().spec.models[-1].name
+
+
+def test_a_model_added_since_is_filled_into_the_incumbent() -> None:
+    """The previous plan served 5 of the 6 models; the cluster grew by a GPU: the incumbent
+    competes with the new model filled in, and the Plan says so."""
+    previous, new = five_of_six()
+    plan = replan(with_gpus(small(), 5), previous)
     assert new in plan.models and not plan.unplaced
     info = plan.search.incumbent
     assert info is not None and info.outcome in ("kept", "replaced")
+    assert info.reason == f"with the models added since filled in: {new!r}"
     assert info.attainment is not None and plan.attainment >= info.attainment
+
+
+def test_an_incumbent_without_room_for_a_new_model_does_not_compete() -> None:
+    """No GPU and no memory left for the new model: the incumbent would leave it unplaced
+    while the search places it, so it does not compete whatever it scores."""
+    previous, new = five_of_six()
+    plan = replan(small(), previous)
+    assert new in plan.models and not plan.unplaced
+    info = plan.search.incumbent
+    assert info is not None and info.outcome == "replaced"
+    assert info.reason == f"it leaves {new!r} (added since) unplaced; the search places it"
+    assert plan.groups == plan_modelset(small(), "statmux").groups
 
 
 def test_a_model_added_since_goes_to_an_idle_gpu_first() -> None:
