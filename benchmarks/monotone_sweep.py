@@ -11,8 +11,11 @@ largest statmux CPU seconds of a run (process time).
 
 `--chain`: also the re-plan chain, each step given the previous step's plan as the incumbent
 (`statmux plan --previous`): the same search per step (its answer is the independent run's),
-then the incumbent scored and kept unless the search beats it; prints the chain's
-attainment, its drops, and at how many steps the incumbent was kept.
+then the incumbent scored (and, when the cluster grew, improved by a bounded local search
+that may use the new GPUs or memory) and kept unless the search beats it; prints the
+chain's attainment, its drops, at how many steps the incumbent was kept or improved, the
+points the improvement gained over the better of the search and the incumbent, and the CPU
+seconds of the incumbent's part against the search's.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def sweep(
                 # below the previous step's score: only a looser SLO can do that
                 "incumbent_attainment": None if info is None else info.attainment,
                 "incumbent_cpu_seconds": round(time.process_time() - cpu, 3),
+                "gpus_used": sum(g.gpus for g in previous.groups),
             }
         rows.append(row)
     return rows
@@ -164,16 +168,33 @@ def main() -> None:
             if args.chain:
                 line = " ".join(f"{r['step']}:{100 * r['chained']:.2f}" for r in rows)
                 kept = sum(r["incumbent"] == "kept" for r in rows)
+                improved = [r for r in rows if r["incumbent"] == "improved"]
+                gains = [
+                    100 * (r["chained"] - max(r["attainment"], r["incumbent_attainment"]))
+                    for r in improved
+                ]
                 extra = max(r["incumbent_cpu_seconds"] for r in rows)
+                ratio = max(r["incumbent_cpu_seconds"] / max(r["cpu_seconds"], 1e-3) for r in rows)
                 below = sum(
                     b["incumbent_attainment"] is not None
                     and b["incumbent_attainment"] < a["chained"]
                     for a, b in itertools.pairwise(rows)
                 )
+                out[name]["improved_gains"] = gains
+                # improved steps whose plan uses more GPUs than the incumbent (its GPUs grew)
+                wider = sum(
+                    b["incumbent"] == "improved" and b["gpus_used"] > a["gpus_used"]
+                    for a, b in itertools.pairwise(rows)
+                )
+                out[name]["improved_wider"] = wider
                 print(
                     f"  chained: {line}\n  chain drops: {lost(out[name]['chain_drops'])}; "
-                    f"incumbent kept at {kept} of {len(rows) - 1} steps, scored below its "
-                    f"previous score at {below}; max CPU s to score it {extra:.2f}"
+                    f"incumbent kept at {kept} of {len(rows) - 1} steps, improved at "
+                    f"{len(improved)} (+{sum(gains):.2f} points, max +{max(gains, default=0):.2f} "
+                    f"over the better of search and incumbent; {wider} on more GPUs than the "
+                    f"incumbent), scored below its previous "
+                    f"score at {below}; max CPU s to score and improve it {extra:.2f} "
+                    f"({100 * ratio:.1f} % of its step's search at most)"
                 )
             sys.stdout.flush()
     if args.json:
@@ -185,6 +206,13 @@ def main() -> None:
     if args.chain:
         chained = sum(len(v["chain_drops"]) for v in out.values())
         print(f"{chained} drops in {steps_total} steps (re-plan chain, --previous)")
+        gains = [g for v in out.values() for g in v["improved_gains"]]
+        wider = sum(v["improved_wider"] for v in out.values())
+        print(
+            f"incumbent improved at {len(gains)} of {steps_total} steps ({wider} on more GPUs "
+            f"than the incumbent): +{sum(gains):.2f} points in all over the better of search "
+            f"and incumbent, +{max(gains, default=0):.2f} at most"
+        )
 
 
 if __name__ == "__main__":

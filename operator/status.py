@@ -117,6 +117,11 @@ def _incumbent_note(plan: Plan) -> str:
     why = f", {info.reason}" if info.reason else ""
     if info.outcome == "kept":
         return f"; kept the previous plan (no candidate scores higher{why})"
+    if info.outcome == "improved":
+        return (
+            f"; improved the previous plan with the added resources (it scores "
+            f"{info.attainment or 0.0:.3f}{why})"
+        )
     return f"; replaced the previous plan (it scores {info.attainment or 0.0:.3f}{why})"
 
 

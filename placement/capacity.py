@@ -1,10 +1,12 @@
 """Plans over GPU counts: monotone in resources, and the fewest GPUs reaching a target.
 
 With the same workload, more GPUs must never give a worse plan: at worst the previous plan
-still fits (its GPUs plus idle ones). A sweep therefore plans each GPU count with statmux and
-also scores the best plan of the next smaller count, as it was and with the extra GPUs
-packed (one-GPU groups filled by demand); the best of the three is that count's plan. The
-attainment of a sweep never decreases, whatever the search does.
+still fits (its GPUs plus idle ones). A sweep therefore plans each GPU count as a re-plan
+with the plan of the next smaller count as the incumbent (`planner.best_candidate`, what
+`statmux plan --previous` does): the search's answer, the smaller count's plan as it was,
+and that plan improved by a bounded local search that may use the extra GPUs compete, ties
+keeping the carried plan. The attainment of a sweep never decreases, whatever the search
+does, and `--target-attainment` agrees with a plain re-plan.
 
 `fewest_gpus` answers the capacity question (`statmux plan --target-attainment 0.99`):
 GPU counts 1, 2, 4, ... up to the first that reaches the target, then a bisection between
@@ -14,16 +16,18 @@ the largest smaller count already planned.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from statmux.placement.packing import pack
-from statmux.placement.plan import Group, Placement
-from statmux.placement.planner import Evaluated, build_problem, run_policy
-from statmux.placement.policies import PolicyResult
-from statmux.placement.profile import ParallelConfig
+from statmux.placement.plan import Plan
+from statmux.placement.planner import (
+    Evaluated,
+    best_candidate,
+    build_problem,
+    make_plan,
+    run_policy,
+)
 from statmux.placement.search_space import Progress, SearchProblem
-from statmux.placement.spec import ModelSetSpec, SpecError
+from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
 
 MAX_GPUS = 4096
 
@@ -33,6 +37,7 @@ class Planned:
     gpus: int
     problem: SearchProblem
     evaluated: Evaluated
+    plan: Plan  # the incumbent of the next larger count
 
     @property
     def attainment(self) -> float:
@@ -46,26 +51,16 @@ def with_gpus(spec: ModelSetSpec, gpus: int) -> ModelSetSpec:
 
 
 def plan_gpus(spec: ModelSetSpec, gpus: int, previous: Planned | None = None) -> Planned:
-    """statmux's plan on `gpus` GPUs, never worse than `previous` (fewer GPUs) carried over."""
-    problem = build_problem(with_gpus(spec, gpus))
-    best = run_policy(problem, "statmux")
-    if previous is not None and previous.gpus <= gpus:
-        start = time.perf_counter()
-        kept = previous.evaluated.result.placement
-        extra = [Group(ParallelConfig(1, 1)) for _ in range(gpus - kept.gpus)]
-        for carried in (kept, pack(problem, [*(g.copy() for g in kept.groups), *extra])):
-            sim = problem.evaluator().run(carried)
-            problem.simulations += 1
-            if sim.attainment > best.attainment:
-                notes: dict[str, object] = {"carriedFrom": previous.gpus}
-                best = Evaluated(
-                    "statmux",
-                    PolicyResult(Placement([g.copy() for g in carried.groups]), notes=notes),
-                    sim,
-                    best.seconds + time.perf_counter() - start,
-                    best.simulations + 1,
-                )
-    return Planned(gpus, problem, best)
+    """statmux's plan on `gpus` GPUs re-planned with `previous` (fewer GPUs) as the
+    incumbent, through the same `best_candidate` as `statmux plan --previous`: never worse
+    than `previous`."""
+    sized = with_gpus(spec, gpus)
+    problem = build_problem(sized)
+    searched = run_policy(problem, "statmux")
+    incumbent = previous.plan if previous is not None and previous.gpus <= gpus else None
+    best, _ = best_candidate(problem, searched, [], incumbent)
+    ms = ModelSet(apiVersion="statmux.io/v1alpha1", kind="ModelSet", spec=sized)
+    return Planned(gpus, problem, best, make_plan(ms, problem, best, []))
 
 
 def sweep(spec: ModelSetSpec, counts: list[int]) -> list[Planned]:

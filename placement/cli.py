@@ -111,6 +111,11 @@ def _incumbent_line(incumbent: IncumbentInfo, attainment: float) -> str:
     why = f" ({incumbent.reason})" if incumbent.reason else ""
     if incumbent.outcome == "kept":
         return f"previous plan kept{why}: it scores {scored}, no candidate scores higher"
+    if incumbent.outcome == "improved":
+        return (
+            f"previous plan improved with the added resources: it scores {scored}, this plan "
+            f"{100 * attainment:.2f} %{why}"
+        )
     return f"previous plan replaced: it scores {scored}, this plan {100 * attainment:.2f} %{why}"
 
 

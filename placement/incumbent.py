@@ -6,12 +6,15 @@ the same workload, more GPUs, more memory per GPU or a looser SLO leave the incu
 so the re-plan's attainment is at least the incumbent's on the new problem: a chain of
 re-plans is monotone in GPUs and memory by construction (the incumbent's simulation is the
 very same one), whatever the search does. This module decides whether the previous plan
-still fits, and builds the placement that competes.
+still fits, and builds the placement that competes. When the cluster grew, a bounded local
+search from it (`improved_incumbent`) may use the new GPUs or memory: it starts from the
+incumbent, so it never scores below it.
 """
 
 from __future__ import annotations
 
 from statmux.placement.greedy import greedy_select
+from statmux.placement.local_search import improve
 from statmux.placement.packing import pack
 from statmux.placement.plan import Group, Placement, Plan, group_memory_per_gpu
 from statmux.placement.profile import ParallelConfig
@@ -69,3 +72,38 @@ def incumbent_placement(problem: SearchProblem, previous: Plan) -> Placement:
     filled = greedy_select(problem, [*kept.groups, *idle], new)
     filled = pack(problem, filled.groups, new, fill=False)
     return Placement([g for g in filled.groups if g.models])
+
+
+# The local search's budget from the incumbent, in simulations of the search workload: a
+# tenth of the search's own count, within [8, 40] (about one replica added per two
+# simulations: the add move comes first). Each costs a whole-workload simulation while many
+# of the search's are of a component, so the CPU share is measured (docs/placement.md,
+# "Monotone in resources").
+IMPROVE_SHARE, IMPROVE_MIN, IMPROVE_MAX = 0.1, 8, 40
+
+
+def improve_budget(search_simulations: int) -> int:
+    """Simulations the local search from the incumbent may use, given the search's count."""
+    return min(IMPROVE_MAX, max(IMPROVE_MIN, int(IMPROVE_SHARE * search_simulations)))
+
+
+def grew(problem: SearchProblem, previous: Plan) -> bool:
+    """Whether this problem has more GPUs or more memory per GPU than the previous plan's
+    cluster: only then is there room the incumbent may not use. Unchanged resources never
+    start the local search, so an unchanged re-plan keeps its groups and planHash."""
+    cluster = previous.cluster
+    return problem.num_gpus > cluster.gpus or problem.budget > cluster.gpu_memory_bytes
+
+
+def improved_incumbent(
+    problem: SearchProblem, placement: Placement, max_simulations: int = IMPROVE_MAX
+) -> Placement:
+    """The local search (local_search.improve, the search's own refinement) from the
+    incumbent with the idle GPUs as empty one-GPU groups: its add move gives them replicas
+    first (an empty group is the least loaded), and more memory lets it add replicas to the
+    incumbent's groups. The incumbent's groups come first and in order, so the groups the
+    search leaves alone keep their names. Empty groups are dropped."""
+    idle = [Group(ParallelConfig(1, 1)) for _ in range(problem.num_gpus - placement.gpus)]
+    start = Placement([*(g.copy() for g in placement.groups), *idle])
+    found, _ = improve(problem, start, max_simulations=max_simulations)
+    return Placement([g for g in found.groups if g.models])

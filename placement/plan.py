@@ -251,10 +251,13 @@ class IncumbentInfo(_PlanModel):
     """What became of the previous plan given to the planner (`statmux plan --previous`, the
     operator's re-plan of a ModelSet that already has a plan)."""
 
-    outcome: Literal["kept", "replaced", "ignored"] = Field(
-        description="kept: no candidate scored higher (ties keep it); replaced: one did, or "
-        "it leaves a model added since unplaced that the search places (reason); ignored: it "
-        "does not fit this ModelSet or policy (reason)"
+    outcome: Literal["kept", "improved", "replaced", "ignored"] = Field(
+        description="kept: no candidate scored higher (ties keep it); improved: the cluster "
+        "grew and a local search from it (which may use the idle GPUs or the extra memory) "
+        "scored higher than it, and no other candidate higher still; replaced: another "
+        "candidate scored higher, "
+        "or it leaves a model added since unplaced that the search places (reason); ignored: "
+        "it does not fit this ModelSet or policy (reason)"
     )
     attainment: float | None = Field(
         default=None,

@@ -9,7 +9,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from statmux.placement.incumbent import incumbent_placement, new_models, unfit_reason
+from statmux.placement.incumbent import (
+    grew,
+    improve_budget,
+    improved_incumbent,
+    incumbent_placement,
+    new_models,
+    unfit_reason,
+)
 from statmux.placement.local_search import improve
 from statmux.placement.plan import (
     Group,
@@ -183,14 +190,44 @@ def best_candidate(
     problem: SearchProblem, searched: Evaluated, others: list[Evaluated], previous: Plan | None
 ) -> tuple[Evaluated, IncumbentInfo | None]:
     """The best of the search, the previous plan and the static baselines (`never_below`),
-    and what became of the previous plan (None: there was none)."""
+    and what became of the previous plan (None: there was none). When the cluster grew, the
+    previous plan competes as improved by a bounded local search from it, should that score
+    strictly higher; else as it was (ties keep its groups, hence its planHash)."""
     if previous is None:
         return never_below(problem, searched, others), None
     incumbent, info = score_incumbent(problem, previous, searched)
-    final = never_below(problem, searched, others, incumbent)
+    improved = None
+    if incumbent is not None and grew(problem, previous):
+        improved = improve_incumbent(problem, incumbent, improve_budget(searched.simulations))
+    final = never_below(problem, searched, others, improved or incumbent)
     if incumbent is not None:
-        info = info.model_copy(update={"outcome": "kept" if final is incumbent else "replaced"})
+        outcome = "kept" if final is incumbent else "improved" if final is improved else "replaced"
+        info = info.model_copy(update={"outcome": outcome})
     return final, info
+
+
+def improve_incumbent(
+    problem: SearchProblem, incumbent: Evaluated, max_simulations: int
+) -> Evaluated | None:
+    """The incumbent improved by a bounded local search that may use the idle GPUs and the
+    memory it does not use (incumbent.improved_incumbent); None unless it scores strictly
+    higher on the whole workload (the search may run on a sample)."""
+    start = time.perf_counter()
+    sims = problem.simulations
+    placement = improved_incumbent(problem, incumbent.result.placement, max_simulations)
+    if placement == incumbent.result.placement:
+        return None
+    sim = problem.evaluator().run(placement)
+    problem.simulations += 1
+    if sim.attainment <= incumbent.attainment:
+        return None
+    return Evaluated(
+        incumbent.policy,
+        PolicyResult(placement, notes={"improvedFrom": "incumbent"}),
+        sim,
+        incumbent.seconds + time.perf_counter() - start,
+        incumbent.simulations + problem.simulations - sims,
+    )
 
 
 def score_incumbent(

@@ -95,3 +95,25 @@ def test_demo_sweep_is_monotone() -> None:
     spec.workload.duration_seconds = 60
     scores = [p.attainment for p in sweep(spec, [4, 5, 6, 7, 8])]
     assert scores == sorted(scores), scores
+
+
+def test_capacity_agrees_with_a_replan() -> None:
+    """`--target-attainment` plans each GPU count through planner.best_candidate, as
+    `statmux plan --previous` does: on the bundled demo (60 s), the count's plan given the
+    smaller count's plan is exactly the re-plan's, and never below it."""
+    from statmux.placement.capacity import plan_gpus, with_gpus
+    from statmux.placement.planner import plan_modelset
+    from statmux.placement.spec import load_modelset
+
+    ms = load_modelset(ROOT / "examples" / "demo.yaml")
+    ms.spec.workload.duration_seconds = 60
+    smaller = plan_gpus(ms.spec, 4)
+    for gpus in (5, 6):
+        planned = plan_gpus(ms.spec, gpus, smaller)
+        sized = ms.model_copy(update={"spec": with_gpus(ms.spec, gpus)})
+        replan = plan_modelset(sized, "statmux", previous=smaller.plan)
+        assert planned.attainment == replan.attainment >= smaller.attainment
+        assert planned.plan.groups == replan.groups
+        assert replan.search.incumbent is not None
+        assert replan.search.incumbent.attainment == smaller.attainment
+        smaller = planned

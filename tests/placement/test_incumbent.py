@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from statmux.placement.incumbent import incumbent_placement
+from statmux.placement.incumbent import grew, improved_incumbent, incumbent_placement
 from statmux.placement.plan import Group, Placement, Plan
 from statmux.placement.planner import build_problem, plan_modelset
 from statmux.placement.profile import ConfigProfile, ModelProfile, ParallelConfig
@@ -77,7 +77,7 @@ def assert_monotone(
         assert replanned.attainment >= before[0].attainment, step  # exactly, same simulator
         assert replanned.attainment >= independent.attainment, step
         info = replanned.search.incumbent
-        assert info is not None and info.outcome in ("kept", "replaced"), step
+        assert info is not None and info.outcome in ("kept", "improved", "replaced"), step
         assert info.attainment is not None
         if same_workload:
             assert info.attainment == before[0].attainment, step
@@ -104,10 +104,67 @@ def test_more_gpus_never_lower_a_replan_where_independent_runs_drop() -> None:
     plans = chain(lambda g: with_gpus(high_cv(), g), steps)
     assert plans[1][1].attainment < plans[0][1].attainment  # the independent run drops here
     assert_monotone(plans, steps)
-    kept = plans[1][0]
-    assert kept.search.incumbent is not None and kept.search.incumbent.outcome == "kept"
-    assert kept.idle_gpus >= 1  # the extra GPU shows as idle, as in any plan
-    assert kept.idle_gpus == 27 - sum(g.gpus for g in kept.groups)
+
+
+def test_the_extra_gpus_go_to_the_incumbent_when_the_search_scores_below_it() -> None:
+    """CV 8 (30 BERT), 26 → 27 GPUs: the fresh search on 27 scores below the 26-GPU plan,
+    which leaves 1 GPU idle. Kept as it was, the 2 idle GPUs would stay idle; the local search
+    from it gives them replicas and scores higher. Its groups stay first and unchanged (their
+    pods do not roll); the new groups use the idle GPUs."""
+    (previous, _), (plan, independent) = chain(lambda g: with_gpus(high_cv(), g), [26, 27])
+    info = plan.search.incumbent
+    assert info is not None and info.outcome == "improved"
+    assert info.attainment == previous.attainment
+    assert independent.attainment < previous.attainment  # the search alone: below
+    assert plan.attainment > previous.attainment  # the improvement: above
+    used = sum(g.gpus for g in plan.groups)
+    assert used > sum(g.gpus for g in previous.groups) and plan.idle_gpus == 27 - used
+    assert plan.groups[: len(previous.groups)] == previous.groups
+    # re-planned again with nothing changed: no growth, no local search, the same plan
+    again = replan(with_gpus(high_cv(), 27), plan)
+    assert again.search.incumbent is not None and again.search.incumbent.outcome == "kept"
+    assert again.plan_hash == plan.plan_hash and again.groups == plan.groups
+
+
+def test_an_unchanged_cluster_keeps_an_incumbent_with_idle_gpus() -> None:
+    """The 26-GPU plan leaves a GPU idle; re-planned on the same cluster, the local search
+    does not run (the cluster did not grow), so the plan and its hash stay."""
+    previous = plan_modelset(with_gpus(high_cv(), 26), "statmux")
+    assert previous.idle_gpus >= 1
+    again = replan(with_gpus(high_cv(), 26), previous)
+    assert again.search.incumbent is not None and again.search.incumbent.outcome == "kept"
+    assert again.plan_hash == previous.plan_hash
+
+
+@pytest.mark.parametrize(
+    ("change", "grown"),
+    [
+        (lambda ms: ms, False),
+        (lambda ms: with_gpus(ms, 5), True),
+        (lambda ms: with_gpus(ms, 8), True),
+        (lambda ms: with_memory(ms, "20Gi"), True),
+        (lambda ms: with_memory(with_gpus(ms, 6), "16Gi"), True),
+    ],
+    ids=["same", "5 GPUs", "8 GPUs", "more memory", "both"],
+)
+def test_the_improvement_never_scores_below_the_incumbent(change: Callable, grown: bool) -> None:
+    """The local search starts from the incumbent, so on the whole workload its answer
+    scores at least the incumbent's; the planner only takes it when strictly higher."""
+    previous = plan_modelset(small(), "statmux")
+    problem = build_problem(change(small()).spec)
+    assert grew(problem, previous) is grown
+    kept = incumbent_placement(problem, previous)
+    improved = improved_incumbent(problem, kept)
+    score = problem.evaluator().attainment
+    assert score(improved) >= score(kept)
+    assert improved.gpus <= problem.num_gpus
+    assert all(g.models for g in improved.groups)
+    plan = replan(change(small()), previous)
+    info = plan.search.incumbent
+    assert info is not None and info.attainment == score(kept)
+    assert plan.attainment >= score(kept)
+    if info.outcome == "improved":
+        assert grown and plan.attainment == score(improved) > score(kept)
 
 
 def test_more_memory_never_lowers_a_replan_where_independent_runs_drop() -> None:
