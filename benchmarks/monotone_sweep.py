@@ -160,6 +160,7 @@ def main() -> None:
         out[name] = {"rows": rows, "drops": drops(rows)}
         if args.chain:
             out[name]["chain_drops"] = drops(rows, "chained")
+            out[name]["chain"] = chain_summary(rows)
         if not args.json:
             line = " ".join(f"{r['step']}:{100 * r['attainment']:.2f}" for r in rows)
             cpu = max(r["cpu_seconds"] for r in rows)
@@ -167,34 +168,16 @@ def main() -> None:
             print(f"{name}\n  {line}\n  drops: {found}; max CPU s per run {cpu:.2f}")
             if args.chain:
                 line = " ".join(f"{r['step']}:{100 * r['chained']:.2f}" for r in rows)
-                kept = sum(r["incumbent"] == "kept" for r in rows)
-                improved = [r for r in rows if r["incumbent"] == "improved"]
-                gains = [
-                    100 * (r["chained"] - max(r["attainment"], r["incumbent_attainment"]))
-                    for r in improved
-                ]
-                extra = max(r["incumbent_cpu_seconds"] for r in rows)
-                ratio = max(r["incumbent_cpu_seconds"] / max(r["cpu_seconds"], 1e-3) for r in rows)
-                below = sum(
-                    b["incumbent_attainment"] is not None
-                    and b["incumbent_attainment"] < a["chained"]
-                    for a, b in itertools.pairwise(rows)
-                )
-                out[name]["improved_gains"] = gains
-                # improved steps whose plan uses more GPUs than the incumbent (its GPUs grew)
-                wider = sum(
-                    b["incumbent"] == "improved" and b["gpus_used"] > a["gpus_used"]
-                    for a, b in itertools.pairwise(rows)
-                )
-                out[name]["improved_wider"] = wider
+                c = out[name]["chain"]
+                gains = c["improved_gains"]
                 print(
                     f"  chained: {line}\n  chain drops: {lost(out[name]['chain_drops'])}; "
-                    f"incumbent kept at {kept} of {len(rows) - 1} steps, improved at "
-                    f"{len(improved)} (+{sum(gains):.2f} points, max +{max(gains, default=0):.2f} "
-                    f"over the better of search and incumbent; {wider} on more GPUs than the "
-                    f"incumbent), scored below its previous "
-                    f"score at {below}; max CPU s to score and improve it {extra:.2f} "
-                    f"({100 * ratio:.1f} % of its step's search at most)"
+                    f"incumbent kept at {c['kept']} of {len(rows) - 1} steps, improved at "
+                    f"{len(gains)} (+{sum(gains):.2f} points, max +{max(gains, default=0):.2f} "
+                    f"over the better of search and incumbent; {c['wider']} on more GPUs than "
+                    f"the incumbent), scored below its previous score at {c['below']}; CPU s "
+                    f"to score and improve it: max {c['max_cpu']:.3f}, {100 * c['share']:.1f} % "
+                    f"of the searches' ({100 * c['max_share']:.1f} % of a step's at most)"
                 )
             sys.stdout.flush()
     if args.json:
@@ -206,13 +189,44 @@ def main() -> None:
     if args.chain:
         chained = sum(len(v["chain_drops"]) for v in out.values())
         print(f"{chained} drops in {steps_total} steps (re-plan chain, --previous)")
-        gains = [g for v in out.values() for g in v["improved_gains"]]
-        wider = sum(v["improved_wider"] for v in out.values())
+        gains = [g for v in out.values() for g in v["chain"]["improved_gains"]]
+        wider = sum(v["chain"]["wider"] for v in out.values())
+        rows = [r for v in out.values() for r in v["rows"]]
+        share = sum(r["incumbent_cpu_seconds"] for r in rows) / sum(r["cpu_seconds"] for r in rows)
         print(
             f"incumbent improved at {len(gains)} of {steps_total} steps ({wider} on more GPUs "
             f"than the incumbent): +{sum(gains):.2f} points in all over the better of search "
-            f"and incumbent, +{max(gains, default=0):.2f} at most"
+            f"and incumbent, +{max(gains, default=0):.2f} at most; scoring and improving it "
+            f"cost {100 * share:.1f} % of the searches' CPU"
         )
+
+
+def chain_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the incumbent did along a chain: kept / improved steps, the points an improvement
+    gained over the better of the search and the incumbent at its step, improved steps on
+    more GPUs than the incumbent, steps where it scored below its previous score (only a
+    looser SLO can), and its CPU seconds against the search's."""
+    gains = [
+        100 * (r["chained"] - max(r["attainment"], r["incumbent_attainment"]))
+        for r in rows
+        if r["incumbent"] == "improved"
+    ]
+    pairs = list(itertools.pairwise(rows))
+    return {
+        "kept": sum(r["incumbent"] == "kept" for r in rows),
+        "improved_gains": gains,
+        "wider": sum(
+            b["incumbent"] == "improved" and b["gpus_used"] > a["gpus_used"] for a, b in pairs
+        ),
+        "below": sum(
+            b["incumbent_attainment"] is not None and b["incumbent_attainment"] < a["chained"]
+            for a, b in pairs
+        ),
+        "max_cpu": max(r["incumbent_cpu_seconds"] for r in rows),
+        "share": sum(r["incumbent_cpu_seconds"] for r in rows)
+        / max(sum(r["cpu_seconds"] for r in rows), 1e-3),
+        "max_share": max(r["incumbent_cpu_seconds"] / max(r["cpu_seconds"], 1e-3) for r in rows),
+    }
 
 
 if __name__ == "__main__":
