@@ -103,7 +103,9 @@ def improved_incumbent(
     first (an empty group is the least loaded), and more memory lets it add replicas to the
     incumbent's groups. The incumbent's groups come first and in order, so the groups the
     search leaves alone keep their names. Empty groups are dropped."""
-    idle = [Group(ParallelConfig(1, 1)) for _ in range(problem.num_gpus - placement.gpus)]
+    # each replica added costs a simulation: more empty groups than the budget stay empty
+    free = min(problem.num_gpus - placement.gpus, max_simulations)
+    idle = [Group(ParallelConfig(1, 1)) for _ in range(free)]
     start = Placement([*(g.copy() for g in placement.groups), *idle])
     found, _ = improve(problem, start, max_simulations=max_simulations)
     return Placement([g for g in found.groups if g.models])
