@@ -591,9 +591,17 @@ def test_a_second_gang_restart_backs_off_and_the_timer_carries_it_out(
     failed_at = parse_iso(notes[ANNOTATION_GANG_FAILED_AT])
     assert failed_at is not None
     wait_until(lambda: recreated(old, 2), CONVERGE_S, "the group recreated after the back-off")
-    notes = annotations()
-    assert notes.get(ANNOTATION_GANG_RESTARTS) == "2"
-    assert ANNOTATION_GANG_PENDING not in notes and ANNOTATION_GANG_FAILED_AT not in notes
+    after = annotations()
+    assert after.get(ANNOTATION_GANG_RESTARTS) == "2"
+    # The restart consumed the deferred failure (one patch clears it with the epoch bump).
+    # A failure of the new epoch seen after it would be recorded afresh, for its own restart:
+    # once, on a CI machine, one was (pod -0); the operator's log then says which event.
+    later = after.get(ANNOTATION_GANG_PENDING)
+    assert (
+        later is None or after.get(ANNOTATION_GANG_FAILED_AT) != notes[ANNOTATION_GANG_FAILED_AT]
+    ), f"the deferred failure is still pending after the restart:\n{operator.tail(80)}"
+    if later is not None:
+        print(f"a failure after the restart: {later}\n{operator.tail(80)}")
     # the resync timer did it (its event on the ModelSet), not before the back-off ended
     events = [
         e
