@@ -42,9 +42,10 @@ e2e: install
 	./e2e/cluster/up.sh > /dev/null
 	$(PY) -m pytest -m e2e -q; rc=$$?; ./e2e/cluster/down.sh; exit $$rc
 
-# The real-node lane, not part of `make test`: its own control plane (kwok nodes tainted), the
-# operator and runtime images built with buildah, and a real node (kubelet, containerd, runc,
-# kube-proxy, CoreDNS, GPU stand-in). Everything is stopped again whatever the result.
+# The real-node lane (the last step of `make test`): its own control plane (kwok nodes tainted),
+# the operator and runtime images built with buildah, and a real node (kubelet, containerd, runc,
+# kube-proxy, CoreDNS, GPU stand-in). Its builds and images are cached in $STATMUX_CACHE like the
+# control plane's. Everything is stopped again whatever the result.
 NODE_CLUSTER_DIR ?= /tmp/statmux-node-cluster
 NODE_ENV := STATMUX_CLUSTER_DIR=$(NODE_CLUSTER_DIR) STATMUX_KWOK_TAINT=1 STATMUX_REAL_NODE=1
 e2e-node: install
@@ -64,7 +65,7 @@ cluster-up:
 cluster-down:
 	./e2e/cluster/down.sh
 
-test: lint typecheck unit e2e
+test: lint typecheck unit e2e e2e-node
 
 bench: install
 	$(PY) -m statmux bench simulator
