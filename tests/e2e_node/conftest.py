@@ -66,3 +66,9 @@ def node_kubectl(node_kubeconfig: Path) -> Kubectl:
 def node_pid(node_kubeconfig: Path) -> int:
     """The pid holding the node's network namespace (nsenter -t PID --net)."""
     return int((node_cluster_dir() / "node" / "pids" / "holder.pid").read_text())
+
+
+@pytest.fixture(scope="session")
+def node_script_env() -> dict[str, str]:
+    """The environment for running this lane's e2e/cluster scripts from a test."""
+    return script_env()

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from e2e_harness import RELEASE_NAMESPACE, Kubectl, helm_install, wait_until
+from k8s_tools import CLUSTER_SCRIPTS
 
 from statmux.placement.spec import WeightSource
 from statmux.runtime.checkpoint import build_full_model
@@ -394,3 +395,61 @@ def test_6_a_crash_looping_group_makes_the_modelset_degraded(node_kubectl: Kubec
     # the runtime's own one-line reason (terminationMessagePolicy: FallbackToLogsOnError)
     assert "/models/not-in-image" in msg, msg
     delete_and_check_gone(node_kubectl, name)
+
+
+def _host_state(cluster_dir: str) -> dict[str, list[str]]:
+    """What a node setup must never leave behind on the host: links, iptables rules, mounts."""
+
+    def out(*cmd: str) -> list[str]:
+        return sorted(
+            subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.splitlines()
+        )
+
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    return {
+        "links": [line.split(":")[1].strip() for line in out("ip", "-o", "link", "show")],
+        "iptables": [r for r in out("iptables-save") if not r.startswith("#")],
+        "node mounts": sorted(m for m in mounts if cluster_dir in m),
+        # mount points node-up.sh creates when missing (the device-plugin socket dir is fixed)
+        "paths": [p for p in ("/var/lib/kubelet", "/var/lib/cni") if Path(p).exists()],
+    }
+
+
+def test_7_a_failed_node_setup_names_its_step_and_leaves_nothing(
+    node_kubectl: Kubectl, node_script_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Last: it stops the lane's node. A setup that fails half way (here: an image that is not
+    an OCI layout, after the namespaces, relay, credentials and containerd were started) names
+    the step and the cause, and stops everything it had started."""
+    cluster_dir = node_script_env["STATMUX_CLUSTER_DIR"]
+    subprocess.run([str(CLUSTER_SCRIPTS / "node-down.sh")], env=node_script_env, check=True)
+    before = _host_state(cluster_dir)
+    not_a_layout = tmp_path / "not-a-layout.oci"
+    not_a_layout.mkdir()
+    proc = subprocess.run(
+        [str(CLUSTER_SCRIPTS / "node-up.sh")],
+        env=node_script_env | {"STATMUX_SKIP_BUILD": "1", "STATMUX_NODE_IMAGES": str(not_a_layout)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "ERROR in step 'images: import into the node's containerd'" in proc.stderr, proc.stderr
+    assert f"{not_a_layout} is not an OCI layout" in proc.stderr
+    assert "== containerd" in proc.stderr  # it did get that far: there was something to stop
+    node_dir = Path(cluster_dir) / "node"
+    assert not node_dir.exists(), sorted(p.name for p in node_dir.iterdir())
+    left = [
+        p.name for p in Path("/proc").iterdir() if p.name.isdigit() and str(node_dir) in _cmdline(p)
+    ]
+    assert left == [], f"processes left running: {left}"
+    assert _host_state(cluster_dir) == before
+    assert node_kubectl.get("node", NODE_NAME) is None
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # the process ended meanwhile
+        return ""
