@@ -31,6 +31,7 @@ read is made again instead of landing on a newer epoch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -119,6 +120,7 @@ def handle_pod_event(
     pod: Obj,
     cfg: OperatorConfig | None = None,
     now: datetime | None = None,
+    on_defer: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Gang semantics for StatefulSet groups: one broken member recreates the whole group.
 
@@ -127,6 +129,8 @@ def handle_pod_event(
     the failure is recorded as pending (once; `resync_gang` restarts when it is due).
     Events of pods from an older epoch are the restart itself and are ignored, which makes
     this safe to re-run. Returns the deleted pod names (none while backing off).
+    `on_defer` gets one message per postponed failure (the handler posts it as an event,
+    so that a restart that waits is visible where the immediate ones are).
     """
     meta = pod.get("metadata", {})
     labels = meta.get("labels") or {}
@@ -152,7 +156,9 @@ def handle_pod_event(
         try:
             if now < due:
                 if state.pending is None:  # a repeated event must not move the due time
-                    _defer(api, ns, sts, state, detail, due, now)
+                    deferred = _defer(api, ns, sts, state, detail, due, now)
+                    if deferred and on_defer is not None:
+                        on_defer(deferred)
                 return []
             log.debug("%s event of %s: %s", event_type, meta.get("name"), reason)
             modelset, workload = labels.get(LABEL_MODELSET, ""), labels.get(LABEL_WORKLOAD, "")
@@ -231,21 +237,22 @@ def _annotate(api: Api, ns: str, sts: Obj, annotations: dict[str, str | None]) -
 
 def _defer(
     api: Api, ns: str, sts: Obj, state: GangState, detail: str, due: datetime, now: datetime
-) -> None:
+) -> str | None:
+    """Record the failure as pending; returns what was postponed (None if not written)."""
     pending: dict[str, str | None] = {
         ANNOTATION_GANG_PENDING: detail,
         ANNOTATION_GANG_FAILED_AT: now_iso(now),
         ANNOTATION_GANG_READY_SINCE: None,
     }
-    if _annotate(api, ns, sts, pending) is not None:
-        log.info(
-            "gang restart of %s/%s backs off until %s (restarts in a row: %d): %s",
-            ns,
-            sts["metadata"]["name"],
-            now_iso(due),
-            state.restarts,
-            detail,
-        )
+    if _annotate(api, ns, sts, pending) is None:
+        return None
+    n = state.restarts
+    message = (
+        f"group {sts['metadata']['name']} broke again after {n} gang restart"
+        f"{'' if n == 1 else 's'} in a row; backing off until {now_iso(due)}: {detail}"
+    )
+    log.info("gang restart in %s: %s", ns, message)
+    return message
 
 
 def _restart(

@@ -126,8 +126,11 @@ def _changed(old: Any, new: dict[str, Any]) -> bool:
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER, LABEL_COMPONENT: "group"})
 def gang_restart(event: kopf.RawEvent, memo: Any, body: kopf.Body, **_: Any) -> None:
+    def deferred(message: str) -> None:
+        kopf.info(body, reason="GangRestartDeferred", message=message)
+
     deleted = gang.handle_pod_event(
-        memo["api"], str(event.get("type")), dict(event["object"]), memo["cfg"]
+        memo["api"], str(event.get("type")), dict(event["object"]), memo["cfg"], on_defer=deferred
     )
     if deleted:
         metrics.GANG_RESTARTS.inc()

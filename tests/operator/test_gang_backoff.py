@@ -283,6 +283,25 @@ def test_repeated_events_restart_once_and_do_not_move_the_due_time(group: Group)
     assert group.epoch == 2 and group.restarts == 2
 
 
+def test_a_postponed_restart_is_reported_once_with_its_time_and_cause(group: Group) -> None:
+    """The handler posts this as a GangRestartDeferred event: one per postponed failure."""
+    messages: list[str] = []
+
+    def crash(t: int) -> list[str]:
+        group.pods = group.api.add_pods(group.name) or group.pods  # the current epoch's pods
+        pod = copy.deepcopy(group.api.objects[("Pod", "ns", f"{group.name}-1")])
+        pod["status"] = {"phase": "Running", "containerStatuses": [dict(CRASHED)]}
+        return gang.handle_pod_event(group.api, "MODIFIED", pod, CFG, at(t), messages.append)
+
+    assert crash(0) != [] and messages == []  # the first restart is immediate: nothing to say
+    for t in (100, 101, 105):  # the new epoch's pod crashes: restart 2 waits 10 s
+        assert crash(t) == []
+    assert len(messages) == 1, messages
+    assert f"group {group.name} broke again after 1 gang restart in a row" in messages[0]
+    assert "backing off until 2026-01-01T00:01:50Z" in messages[0]
+    assert "restarted" in messages[0]  # the cause, as the Degraded condition gives it
+
+
 def test_a_crash_inside_the_delayed_restart_is_finished_without_a_second_one(
     group: Group,
 ) -> None:
