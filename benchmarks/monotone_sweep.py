@@ -1,7 +1,7 @@
 """Are independent `statmux plan` runs monotone in resources? Per-step attainment, every drop.
 
     python benchmarks/monotone_sweep.py [--resource gpus|memory|slo] [--only TEXT]
-        [--span K] [--steps A,B,...] [--duration S] [--chain] [--json]
+        [--span K] [--steps A,B,...] [--duration S] [--chain [--min-gain POINTS]] [--json]
 
 For each generated setting of benchmarks/placement_vs_alpaserve.py, the default policy plans
 the same ModelSet independently (a fresh problem per run, nothing carried between runs) at
@@ -12,7 +12,8 @@ largest statmux CPU seconds of a run (process time).
 `--chain`: also the re-plan chain, each step given the previous step's plan as the incumbent
 (`statmux plan --previous`): the same search per step (its answer is the independent run's),
 then the incumbent scored (and, when the cluster grew, improved by a bounded local search
-that may use the new GPUs or memory) and kept unless the search beats it; prints the
+that may use the new GPUs or memory) and kept unless the search beats it by more than
+`--min-gain` points (the ModelSet's minGainToReplace by default); prints the
 chain's attainment, its drops, at how many steps the incumbent was kept or improved, the
 points the improvement gained over the better of the search and the incumbent, and the CPU
 seconds of the incumbent's part against the search's.
@@ -62,6 +63,7 @@ def sweep(
     build: Any = generated_modelset,
     chain: bool = False,
     given: list[Any] | None = None,
+    min_gain: float | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     previous: Plan | None = None
@@ -87,7 +89,8 @@ def sweep(
         if chain:
             # what `statmux plan --no-baselines --previous` does after the same search
             cpu = time.process_time()
-            final, info = best_candidate(problem, ev, [], previous)
+            points = ms.spec.placement.search.min_gain_to_replace if min_gain is None else min_gain
+            final, info = best_candidate(problem, ev, [], previous, points / 100)
             previous = make_plan(ms, problem, final, [], info)
             row |= {
                 "chained": final.attainment,
@@ -141,6 +144,12 @@ def main() -> None:
         action="store_true",
         help="also re-plan each step with the previous step's plan as the incumbent",
     )
+    parser.add_argument(
+        "--min-gain",
+        type=float,
+        help="the chain's placement.search.minGainToReplace in points (default: the "
+        "ModelSet's, 0.1 unless set; 0: any strictly higher score replaces the incumbent)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
@@ -156,7 +165,9 @@ def main() -> None:
     for name, setting in settings.items():
         if args.only and args.only not in name:
             continue
-        rows = sweep(setting, duration, args.span, args.resource, build, args.chain, given)
+        rows = sweep(
+            setting, duration, args.span, args.resource, build, args.chain, given, args.min_gain
+        )
         out[name] = {"rows": rows, "drops": drops(rows)}
         if args.chain:
             out[name]["chain_drops"] = drops(rows, "chained")

@@ -110,7 +110,10 @@ def _incumbent_line(incumbent: IncumbentInfo, attainment: float) -> str:
     scored = f"{100 * (incumbent.attainment or 0.0):.2f} %"
     why = f" ({incumbent.reason})" if incumbent.reason else ""
     if incumbent.outcome == "kept":
-        return f"previous plan kept{why}: it scores {scored}, no candidate scores higher"
+        return (
+            f"previous plan kept{why}: it scores {scored}, no candidate scores higher by "
+            "more than placement.search.minGainToReplace"
+        )
     if incumbent.outcome == "improved":
         return (
             f"previous plan improved with the added resources: it scores {scored}, this plan "

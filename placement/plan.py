@@ -252,10 +252,11 @@ class IncumbentInfo(_PlanModel):
     operator's re-plan of a ModelSet that already has a plan)."""
 
     outcome: Literal["kept", "improved", "replaced", "ignored"] = Field(
-        description="kept: no candidate scored higher (ties keep it); improved: the cluster "
-        "grew and a local search from it (which may use the idle GPUs or the extra memory) "
-        "scored higher than it, and no other candidate higher still; replaced: another "
-        "candidate scored higher, "
+        description="kept: no candidate scored more than placement.search.minGainToReplace "
+        "above it (ties keep it); improved: the cluster grew and a local search from it (which "
+        "may use the idle GPUs or the extra memory) scored more than that above it, and no "
+        "other candidate higher still; replaced: another candidate scored more than that "
+        "above it, "
         "or it leaves a model added since unplaced that the search places (reason); ignored: "
         "it does not fit this ModelSet or policy (reason)"
     )

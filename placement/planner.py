@@ -175,7 +175,8 @@ def plan_modelset(
     others = [run_policy(problem, b, spec) for b in baselines if b != chosen.policy]
     info: IncumbentInfo | None = None
     if chosen.policy == "statmux":
-        chosen, info = best_candidate(problem, chosen, others, previous)
+        min_gain = spec.placement.search.min_gain_to_replace / 100
+        chosen, info = best_candidate(problem, chosen, others, previous, min_gain)
     elif previous is not None:
         # another policy is asked for its own answer (manual: the spec's groups)
         info = IncumbentInfo(
@@ -187,22 +188,42 @@ def plan_modelset(
 
 
 def best_candidate(
-    problem: SearchProblem, searched: Evaluated, others: list[Evaluated], previous: Plan | None
+    problem: SearchProblem,
+    searched: Evaluated,
+    others: list[Evaluated],
+    previous: Plan | None,
+    min_gain: float = 0.0,
 ) -> tuple[Evaluated, IncumbentInfo | None]:
     """The best of the search, the previous plan and the static baselines (`never_below`),
     and what became of the previous plan (None: there was none). When the cluster grew, the
     previous plan competes as improved by a bounded local search from it, should that score
-    strictly higher; else as it was (ties keep its groups, hence its planHash)."""
+    higher; else as it was (ties keep its groups, hence its planHash). A candidate replaces
+    the previous plan only when it scores more than `min_gain` (attainment, a fraction) above
+    it: a re-plan does not roll pods for a gain smaller than that."""
     if previous is None:
         return never_below(problem, searched, others), None
     incumbent, info = score_incumbent(problem, previous, searched)
     improved = None
     if incumbent is not None and grew(problem, previous):
         improved = improve_incumbent(problem, incumbent, improve_budget(searched.simulations))
-    final = never_below(problem, searched, others, improved or incumbent)
+        if improved is not None and improved.attainment <= incumbent.attainment + min_gain:
+            improved = None
+    kept = improved or incumbent
+    margin = min_gain if improved is None else 0.0  # improved already cleared the margin
+    final = never_below(problem, searched, others, kept, margin)
     if incumbent is not None:
         outcome = "kept" if final is incumbent else "improved" if final is improved else "replaced"
-        info = info.model_copy(update={"outcome": outcome})
+        update: dict[str, object] = {"outcome": outcome}
+        if final is incumbent and min_gain > 0:
+            near = max([searched, *others], key=lambda e: e.attainment)
+            if near.attainment > incumbent.attainment:
+                gain = 100 * (near.attainment - incumbent.attainment)
+                why = (
+                    f"a new plan scores {gain:.2f} points higher, not more than "
+                    f"placement.search.minGainToReplace ({100 * min_gain:g})"
+                )
+                update["reason"] = f"{info.reason}; {why}" if info.reason else why
+        info = info.model_copy(update=update)
     return final, info
 
 
@@ -275,17 +296,19 @@ def never_below(
     chosen: Evaluated,
     others: list[Evaluated],
     incumbent: Evaluated | None = None,
+    margin: float = 0.0,
 ) -> Evaluated:
     """The best of the search (`chosen`), the incumbent and the static baselines computed in
     the same run, on the whole workload. Ties keep the incumbent (a re-plan does not roll pods
-    for nothing), then the search. When a baseline scores strictly higher than both, the
-    local search continues from its placement. (clockwork++ re-places every window, so its
-    placement is not one plan to start from.)"""
-    if incumbent is not None and incumbent.attainment >= chosen.attainment:
-        chosen = incumbent
+    for nothing), as does any gain of `margin` or less over it; then the search. When a
+    baseline scores strictly higher than both, the local search continues from its placement.
+    (clockwork++ re-places every window, so its placement is not one plan to start from.)"""
+    bar = chosen.attainment
+    if incumbent is not None and incumbent.attainment + margin >= chosen.attainment:
+        chosen, bar = incumbent, incumbent.attainment + margin
     static = [b for b in others if b.result.attainment is None]
     best = max(static, key=lambda b: b.attainment, default=None)
-    if best is None or best.attainment <= chosen.attainment:
+    if best is None or best.attainment <= bar:
         return chosen
     start = time.perf_counter()
     sims = problem.simulations

@@ -322,6 +322,14 @@ class SearchSpec(_Model):
         "the trace) to plan a very long trace faster; the candidates are still compared on "
         "the whole workload. Default: search on the whole workload",
     )
+    min_gain_to_replace: float = Field(
+        default=0.1,
+        ge=0,
+        le=100,
+        description="percentage points of predicted SLO attainment a re-plan must gain over "
+        "the plan in use before it replaces it (and rolls its pods); smaller gains keep the "
+        "plan in use. 0: any strictly higher score replaces it. Does not apply to a first plan",
+    )
 
 
 class PlacementSpec(_Model):

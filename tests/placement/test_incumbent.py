@@ -249,6 +249,54 @@ def test_an_incumbent_the_search_beats_is_replaced() -> None:
     assert info.attainment is not None and plan.attainment > info.attainment
 
 
+def with_min_gain(ms: ModelSet, points: float) -> ModelSet:
+    ms.spec.placement.search.min_gain_to_replace = points
+    return ms
+
+
+def test_a_gain_within_min_gain_to_replace_keeps_the_plan_in_use() -> None:
+    """placement.search.minGainToReplace: a re-plan rolls pods only for more than that many
+    points; a smaller gain keeps the plan in use (same groups and hash) and says why."""
+    poor = plan_modelset(with_gpus(small(), 1), "statmux")
+    replaced = replan(with_min_gain(small(), 0.0), poor)
+    assert replaced.search.incumbent is not None
+    gain = 100 * (replaced.attainment - poor.attainment)
+    assert replaced.search.incumbent.outcome == "replaced" and gain > 0.2
+    kept = replan(with_min_gain(small(), round(gain + 0.1, 1)), poor)
+    info = kept.search.incumbent
+    assert info is not None and info.outcome == "kept", info
+    assert kept.groups == poor.groups and kept.plan_hash == poor.plan_hash
+    assert kept.attainment == poor.attainment
+    assert f"a new plan scores {gain:.2f} points higher" in info.reason
+    assert f"placement.search.minGainToReplace ({round(gain + 0.1, 1):g})" in info.reason
+    just_under = replan(with_min_gain(small(), round(gain - 0.1, 1)), poor)
+    assert just_under.search.incumbent is not None
+    assert just_under.search.incumbent.outcome == "replaced"
+    assert just_under.groups == replaced.groups
+
+
+def test_min_gain_to_replace_also_holds_back_the_improvement() -> None:
+    """The local search from the plan in use on a grown cluster adds pods too: it must clear
+    the same bar (CV 8, 26 -> 27 GPUs improves by a fraction of a point)."""
+    previous = plan_modelset(with_gpus(high_cv(), 26), "statmux")
+    improved = replan(with_gpus(high_cv(), 27), previous)
+    gain = 100 * (improved.attainment - previous.attainment)
+    assert improved.search.incumbent is not None
+    assert improved.search.incumbent.outcome == "improved" and gain > 0
+    held = replan(with_min_gain(with_gpus(high_cv(), 27), gain + 0.5), previous)
+    assert held.search.incumbent is not None and held.search.incumbent.outcome == "kept"
+    assert held.groups == previous.groups and held.attainment == previous.attainment
+
+
+def test_min_gain_to_replace_must_be_points_between_0_and_100() -> None:
+    from statmux.placement.spec import SpecError, parse_modelset
+
+    doc = small().model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["placement"]["search"] = {"minGainToReplace": -1}
+    with pytest.raises(SpecError, match=r"placement\.search\.minGainToReplace"):
+        parse_modelset(doc)
+
+
 def five_of_six() -> tuple[Plan, str]:
     """The plan of `small()` without its last model (4 GPUs, all used), and that model."""
     fewer = small()
