@@ -116,10 +116,7 @@ def _incumbent_note(plan: Plan) -> str:
         return f"; the previous plan no longer fits: {info.reason}"
     why = f", {info.reason}" if info.reason else ""
     if info.outcome == "kept":
-        return (
-            "; kept the previous plan (no candidate scores higher by more than "
-            f"placement.search.minGainToReplace{why})"
-        )
+        return f"; kept the previous plan ({info.reason or 'no candidate scores higher'})"
     if info.outcome == "improved":
         return (
             f"; improved the previous plan with the added resources (it scores "

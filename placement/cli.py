@@ -110,10 +110,8 @@ def _incumbent_line(incumbent: IncumbentInfo, attainment: float) -> str:
     scored = f"{100 * (incumbent.attainment or 0.0):.2f} %"
     why = f" ({incumbent.reason})" if incumbent.reason else ""
     if incumbent.outcome == "kept":
-        return (
-            f"previous plan kept{why}: it scores {scored}, no candidate scores higher by "
-            "more than placement.search.minGainToReplace"
-        )
+        # the reason says by how much a new plan would have gained, when one scored higher
+        return f"previous plan kept: it scores {scored}{why or ', no candidate scores higher'}"
     if incumbent.outcome == "improved":
         return (
             f"previous plan improved with the added resources: it scores {scored}, this plan "

@@ -286,6 +286,29 @@ def test_plan_with_previous_keeps_or_beats_it_and_reports_it(tmp_path: Path) -> 
     assert f"--previous ignored: it uses {used} GPUs, the cluster has 4" in res.stderr
 
 
+def test_plan_with_previous_says_when_a_gain_is_too_small_to_replace_it(tmp_path: Path) -> None:
+    """placement.search.minGainToReplace: the plan for 4 GPUs stays on 8 when nothing can
+    gain 100 points, and `statmux plan` says by how much the new plan scored higher."""
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"]["durationSeconds"] = 60
+    doc["spec"]["cluster"]["gpus"] = 4
+    four = tmp_path / "four.yaml"
+    four.write_text(yaml.safe_dump(doc))
+    doc["spec"]["cluster"]["gpus"] = 8
+    doc["spec"]["placement"]["search"] = {"minGainToReplace": 100}
+    eight = tmp_path / "eight.yaml"
+    eight.write_text(yaml.safe_dump(doc))
+    first = tmp_path / "four.json"
+    assert statmux("plan", str(four), "-q", "-o", str(first)).returncode == 0
+    out = tmp_path / "eight.json"
+    res = statmux("plan", str(eight), "--no-baselines", "--previous", str(first), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())  # rich wraps long lines
+    assert "previous plan kept: it scores" in text, text
+    assert "points higher, not more than placement.search.minGainToReplace (100)" in text
+    assert Plan.read(out).groups == Plan.read(first).groups
+
+
 def test_plan_names_the_bad_previous_plan_field(tmp_path: Path) -> None:
     ms = small_modelset(tmp_path)
     res = statmux("plan", str(ms), "--json", "--no-baselines", "-q")
