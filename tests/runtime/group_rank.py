@@ -128,6 +128,28 @@ def scenario_swap(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, An
     return out
 
 
+def scenario_withdraw(engine: PipelineEngine, group: dict[str, Any]) -> dict[str, Any]:
+    """A job withdrawn (its future cancelled) while it waits behind another is skipped by
+    the dispatcher: it neither runs nor swaps its model in. The stages take their profiled
+    time (emulated), so the first job holds the dispatcher for that long."""
+    first_model, other = (m["name"] for m in group["models"])
+    rng = np.random.default_rng(2)
+    initial = sorted(engine.loaded())
+    first = engine.submit(first_model, [_request("bert", 1, 4, rng)])
+    second = engine.submit(other, [_request("bert", 1, 4, rng)])  # would swap `other` in
+    withdrawn = second.cancel()
+    third = engine.submit(first_model, [_request("bert", 1, 4, rng)])
+    first.result(timeout=60)
+    third.result(timeout=60)
+    return {
+        "initial": initial,
+        "withdrawn": withdrawn,
+        "cancelled": second.cancelled(),
+        "loaded": sorted(engine.loaded()),
+        "swaps": {name: count for name, (count, _) in engine.swap_totals().items()},
+    }
+
+
 def scenario_failure(
     engine: PipelineEngine, group: dict[str, Any], workdir: Path
 ) -> dict[str, Any]:
@@ -194,6 +216,8 @@ def run(argv: list[str]) -> None:
             result = scenario_exact(engine, group)
         elif scenario == "swap":
             result = scenario_swap(engine, group)
+        elif scenario == "withdraw":
+            result = scenario_withdraw(engine, group)
         else:
             result = scenario_failure(engine, group, workdir)
     except BaseException:

@@ -50,11 +50,10 @@ def _launch(
     scenario: str,
     options: dict[str, Any] | None = None,
     idle_seconds: float = 0.0,
+    latency: float = 0.01,
 ) -> list[Proc]:
-    entries = [
-        m | {"stageLatencySeconds": {"1": [0.01] * pp, "4": [0.02] * pp}, "weightBytesPerGpu": 1}
-        for m in models
-    ]
+    stage_latency = {"1": [latency] * pp, "4": [2 * latency] * pp}
+    entries = [m | {"stageLatencySeconds": stage_latency, "weightBytesPerGpu": 1} for m in models]
     group = PlanGroup(
         name="g0", gpus=pp * tp, pp=pp, tp=tp, memory_per_gpu_bytes=0, models=entries
     ).model_dump(mode="json", by_alias=True) | {"idleSeconds": idle_seconds}
@@ -131,6 +130,20 @@ def test_swapping_is_lru_under_a_byte_budget(tmp_path: Path) -> None:
         "bert-c": 1,
     }
     assert all(seconds > 0 for _, seconds in swaps.values())
+
+
+def test_a_withdrawn_job_is_skipped_without_running_or_swapping(tmp_path: Path) -> None:
+    """The scheduler withdraws a batch whose clients all went away by cancelling its engine
+    future (tested with the LocalEngine in test_server_hardening). On a pp2 group the
+    dispatcher skips it: while the first job holds stage 0 for its emulated 1 s, the second
+    (for the model that is not resident) is cancelled, and the third runs without any swap."""
+    models = [_model("bert-a", "bert"), _model("bert-b", "bert")]
+    options = {"budget_models": 1.5, "emulate_device": True}  # one model resident at a time
+    result = _wait(_launch(tmp_path, 2, 1, models, "withdraw", options, latency=1.0), tmp_path)
+    assert result["initial"] == ["bert-a"]
+    assert result["withdrawn"] and result["cancelled"]
+    assert result["loaded"] == ["bert-a"]  # bert-b was never swapped in for it
+    assert result["swaps"] == {}
 
 
 def test_a_dead_rank_fails_futures_and_health(tmp_path: Path) -> None:
