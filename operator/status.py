@@ -119,7 +119,7 @@ def _incumbent_note(plan: Plan) -> str:
         return f"; kept the previous plan ({info.reason or 'no candidate scores higher'})"
     if info.outcome == "improved":
         return (
-            f"; improved the previous plan with the added resources (it scores "
+            f"; improved the previous plan by a local search from it (it scores "
             f"{info.attainment or 0.0:.3f}{why})"
         )
     return f"; replaced the previous plan (it scores {info.attainment or 0.0:.3f}{why})"

@@ -114,7 +114,7 @@ def _incumbent_line(incumbent: IncumbentInfo, attainment: float) -> str:
         return f"previous plan kept: it scores {scored}{why or ', no candidate scores higher'}"
     if incumbent.outcome == "improved":
         return (
-            f"previous plan improved with the added resources: it scores {scored}, this plan "
+            f"previous plan improved by a local search from it: it scores {scored}, this plan "
             f"{100 * attainment:.2f} %{why}"
         )
     return f"previous plan replaced: it scores {scored}, this plan {100 * attainment:.2f} %{why}"

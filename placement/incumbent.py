@@ -6,9 +6,10 @@ the same workload, more GPUs, more memory per GPU or a looser SLO leave the incu
 so the re-plan's attainment is at least the incumbent's on the new problem: a chain of
 re-plans is monotone in GPUs and memory by construction (the incumbent's simulation is the
 very same one), whatever the search does. This module decides whether the previous plan
-still fits, and builds the placement that competes. When the cluster grew, a bounded local
-search from it (`improved_incumbent`) may use the new GPUs or memory: it starts from the
-incumbent, so it never scores below it.
+still fits, and builds the placement that competes. When the cluster grew or the workload
+changed, a bounded local search from it (`improved_incumbent`) may use the new GPUs or memory,
+or move replicas for the new rates and SLOs: it starts from the incumbent, so it never scores
+below it.
 """
 
 from __future__ import annotations
@@ -89,10 +90,18 @@ def improve_budget(search_simulations: int) -> int:
 
 def grew(problem: SearchProblem, previous: Plan) -> bool:
     """Whether this problem has more GPUs or more memory per GPU than the previous plan's
-    cluster: only then is there room the incumbent may not use. Unchanged resources never
-    start the local search, so an unchanged re-plan keeps its groups and planHash."""
+    cluster: room the incumbent may not use."""
     cluster = previous.cluster
     return problem.num_gpus > cluster.gpus or problem.budget > cluster.gpu_memory_bytes
+
+
+def worth_improving(problem: SearchProblem, previous: Plan, score: float) -> bool:
+    """Whether the local search from the incumbent may find something: the cluster grew, or
+    the workload changed (rates, SLOs, models), which shows as the incumbent scoring other
+    than its Plan predicted (`score`: its attainment on this problem; on the same workload
+    the simulation is the very same, to the last bit). An unchanged re-plan never runs it,
+    so it keeps its groups and planHash."""
+    return grew(problem, previous) or score != previous.predicted.attainment
 
 
 def improved_incumbent(

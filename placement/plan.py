@@ -253,10 +253,10 @@ class IncumbentInfo(_PlanModel):
 
     outcome: Literal["kept", "improved", "replaced", "ignored"] = Field(
         description="kept: no candidate scored more than placement.search.minGainToReplace "
-        "above it (ties keep it); improved: the cluster grew and a local search from it (which "
-        "may use the idle GPUs or the extra memory) scored more than that above it, and no "
-        "other candidate higher still; replaced: another candidate scored more than that "
-        "above it, "
+        "above it (ties keep it); improved: the cluster grew or the workload changed, and a "
+        "local search from it (which may use the idle GPUs or the extra memory, or move "
+        "replicas) scored more than that above it, and no other candidate higher still; "
+        "replaced: another candidate scored more than that above it, "
         "or it leaves a model added since unplaced that the search places (reason); ignored: "
         "it does not fit this ModelSet or policy (reason)"
     )

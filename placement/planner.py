@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 
 from statmux.placement.incumbent import (
-    grew,
     improve_budget,
     improved_incumbent,
     incumbent_placement,
     new_models,
     unfit_reason,
+    worth_improving,
 )
 from statmux.placement.local_search import improve
 from statmux.placement.plan import (
@@ -195,16 +195,16 @@ def best_candidate(
     min_gain: float = 0.0,
 ) -> tuple[Evaluated, IncumbentInfo | None]:
     """The best of the search, the previous plan and the static baselines (`never_below`),
-    and what became of the previous plan (None: there was none). When the cluster grew, the
-    previous plan competes as improved by a bounded local search from it, should that score
-    higher; else as it was (ties keep its groups, hence its planHash). A candidate replaces
-    the previous plan only when it scores more than `min_gain` (attainment, a fraction) above
-    it: a re-plan does not roll pods for a gain smaller than that."""
+    and what became of the previous plan (None: there was none). When the cluster grew or the
+    workload changed, the previous plan competes as improved by a bounded local search from
+    it, should that score higher; else as it was (ties keep its groups, hence its planHash).
+    A candidate replaces the previous plan only when it scores more than `min_gain`
+    (attainment, a fraction) above it: a re-plan does not roll pods for a smaller gain."""
     if previous is None:
         return never_below(problem, searched, others), None
     incumbent, info = score_incumbent(problem, previous, searched)
     improved = None
-    if incumbent is not None and grew(problem, previous):
+    if incumbent is not None and worth_improving(problem, previous, incumbent.attainment):
         improved = improve_incumbent(problem, incumbent, improve_budget(searched.simulations))
         if improved is not None and improved.attainment <= incumbent.attainment + min_gain:
             improved = None

@@ -163,7 +163,7 @@ def test_the_improvement_never_scores_below_the_incumbent(change: Callable, grow
     info = plan.search.incumbent
     assert info is not None and info.attainment == score(kept)
     assert plan.attainment >= score(kept)
-    if info.outcome == "improved":
+    if info.outcome == "improved":  # the workload is the same: only growth runs it
         assert grown and plan.attainment == score(improved) > score(kept)
 
 
@@ -194,6 +194,23 @@ def test_a_looser_slo_never_lowers_a_replan_where_independent_runs_drop() -> Non
     plans = chain(lambda s: s3(slo_scale=s), steps)
     assert plans[1][1].attainment < plans[0][1].attainment  # the independent run drops here
     assert_monotone(plans, steps, same_workload=False)
+
+
+def test_a_changed_workload_improves_the_incumbent_on_the_same_cluster() -> None:
+    """S3 (30 BERT), SLO 1.25x -> 1.5x on the same 24 GPUs: the workload changed (the
+    incumbent scores other than its Plan predicted), so the local search from it runs too, and
+    it beats both the incumbent and the fresh search (83.67 vs 83.52 and 83.33 % when
+    measured). Re-planned again unchanged, it is kept with its hash."""
+    previous = plan_modelset(s3(slo_scale=1.25), "statmux")
+    plan = replan(s3(slo_scale=1.5), previous)
+    info = plan.search.incumbent
+    assert info is not None and info.outcome == "improved", info
+    assert info.attainment is not None and plan.attainment > info.attainment + 0.001
+    assert plan.attainment > plan_modelset(s3(slo_scale=1.5), "statmux").attainment
+    assert sum(g.gpus for g in plan.groups) <= 24
+    again = replan(s3(slo_scale=1.5), plan)
+    assert again.search.incumbent is not None and again.search.incumbent.outcome == "kept"
+    assert again.plan_hash == plan.plan_hash
 
 
 def replan(ms: ModelSet, previous: Plan) -> Plan:
