@@ -255,20 +255,21 @@ def test_the_profiles_overheads_reach_the_plan() -> None:
     assert a.request_overhead_seconds == 0.012 and b.request_overhead_seconds == 0.0
 
 
+def demo_on(tmp_path: Path, gpus: int, **search: object) -> Path:
+    """The demo ModelSet (a 60 s workload) on `gpus` GPUs, with placement.search settings."""
+    doc = yaml.safe_load(DEMO.read_text())
+    doc["spec"]["workload"]["durationSeconds"] = 60
+    doc["spec"]["cluster"]["gpus"] = gpus
+    doc["spec"]["placement"].update(search)
+    path = tmp_path / f"demo-{gpus}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def test_plan_with_previous_keeps_or_beats_it_and_reports_it(tmp_path: Path) -> None:
     """`--previous PLAN.json`: the plan for 6 GPUs given to the plan for 8 (and back to 4,
     where it no longer fits: a warning naming the reason, not an error)."""
-    doc = yaml.safe_load(DEMO.read_text())
-    doc["spec"]["workload"]["durationSeconds"] = 60
-    doc["spec"]["cluster"]["gpus"] = 6
-    six = tmp_path / "six.yaml"
-    six.write_text(yaml.safe_dump(doc))
-    doc["spec"]["cluster"]["gpus"] = 8
-    eight = tmp_path / "eight.yaml"
-    eight.write_text(yaml.safe_dump(doc))
-    doc["spec"]["cluster"]["gpus"] = 4
-    four = tmp_path / "four.yaml"
-    four.write_text(yaml.safe_dump(doc))
+    six, eight, four = (demo_on(tmp_path, gpus) for gpus in (6, 8, 4))
     first = tmp_path / "six.json"
     assert statmux("plan", str(six), "-q", "-o", str(first)).returncode == 0
     previous = Plan.read(first)
@@ -289,15 +290,8 @@ def test_plan_with_previous_keeps_or_beats_it_and_reports_it(tmp_path: Path) -> 
 def test_plan_with_previous_says_when_a_gain_is_too_small_to_replace_it(tmp_path: Path) -> None:
     """placement.search.minGainToReplace: the plan for 4 GPUs stays on 8 when nothing can
     gain 100 points, and `statmux plan` says by how much the new plan scored higher."""
-    doc = yaml.safe_load(DEMO.read_text())
-    doc["spec"]["workload"]["durationSeconds"] = 60
-    doc["spec"]["cluster"]["gpus"] = 4
-    four = tmp_path / "four.yaml"
-    four.write_text(yaml.safe_dump(doc))
-    doc["spec"]["cluster"]["gpus"] = 8
-    doc["spec"]["placement"]["search"] = {"minGainToReplace": 100}
-    eight = tmp_path / "eight.yaml"
-    eight.write_text(yaml.safe_dump(doc))
+    four = demo_on(tmp_path, 4)
+    eight = demo_on(tmp_path, 8, search={"minGainToReplace": 100})
     first = tmp_path / "four.json"
     assert statmux("plan", str(four), "-q", "-o", str(first)).returncode == 0
     out = tmp_path / "eight.json"
