@@ -126,6 +126,19 @@ def report(result: LoadResult, predicted: SimResult) -> dict[str, Any]:
     }
 
 
+def _report_cells(name: str, row: dict[str, Any], predicted: float) -> list[str]:
+    """One table row: counts, measured and predicted attainment, goodput, latencies."""
+    latency = row["latency"]
+    return [
+        name,
+        *(str(row[k]) for k in ("sent", "ok", "rejected", "errors")),
+        f"{100 * row['attainment']:.2f} %",
+        f"{100 * predicted:.2f} %",
+        f"{row['goodput']:.2f}",
+        *(_ms(latency[q]) for q in ("p50", "p90", "p99")),
+    ]
+
+
 def _ms(x: float) -> str:
     return "-" if x != x else f"{1000 * x:.1f}"
 
@@ -147,34 +160,9 @@ def print_report(doc: dict[str, Any], console: Console) -> None:
     ):
         t.add_column(col, justify="left" if col == "model" else "right")
     for name, m in doc["perModel"].items():
-        t.add_row(
-            name,
-            str(m["sent"]),
-            str(m["ok"]),
-            str(m["rejected"]),
-            str(m["errors"]),
-            f"{100 * m['attainment']:.2f} %",
-            f"{100 * m['predictedAttainment']:.2f} %",
-            f"{m['goodput']:.2f}",
-            _ms(m["latency"]["p50"]),
-            _ms(m["latency"]["p90"]),
-            _ms(m["latency"]["p99"]),
-        )
+        t.add_row(*_report_cells(name, m, m["predictedAttainment"]))
     o, p = doc["overall"], doc["predicted"]
-    t.add_row(
-        "all",
-        str(o["sent"]),
-        str(o["ok"]),
-        str(o["rejected"]),
-        str(o["errors"]),
-        f"{100 * o['attainment']:.2f} %",
-        f"{100 * p['attainment']:.2f} %",
-        f"{o['goodput']:.2f}",
-        _ms(o["latency"]["p50"]),
-        _ms(o["latency"]["p90"]),
-        _ms(o["latency"]["p99"]),
-        style="bold",
-    )
+    t.add_row(*_report_cells("all", o, p["attainment"]), style="bold")
     console.print(t)
     console.print(
         f"SLO attainment: measured {100 * o['attainment']:.2f} %, predicted "

@@ -3,12 +3,14 @@ is counted once (sent = ok + rejected + errors)."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from tritonclient.utils import InferenceServerException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
@@ -17,7 +19,7 @@ from local_modelset import inline_profile, write_modelset
 from statmux.placement.planner import plan_modelset
 from statmux.placement.spec import load_modelset
 from statmux.placement.workload import workload_from_spec
-from statmux.runtime.load_cli import load_main, prepare
+from statmux.runtime.load_cli import load_main, prepare, print_report
 from statmux.runtime.loadgen import classify
 from statmux.runtime.local_cluster import ClusterOptions, LocalCluster
 
@@ -123,3 +125,15 @@ def test_load_against_a_real_group_counts_every_request(tmp_path, capsys, protoc
     assert b["latency"]["p50"] > 0 and b["withinSlo"] <= b["ok"]
     assert c["rejected"] == c["sent"] > 0 and c["attainment"] == 0.0  # 429 from admission
     assert c["predictedAttainment"] == 0.0
+    # the table `statmux load` (and `statmux up --load`, README's first command) prints
+    out = io.StringIO()
+    print_report(doc, Console(file=out, width=200))
+    lines = [line.split("│") for line in out.getvalue().splitlines() if line.startswith("│")]
+    rows = {cells[1].strip(): cells[2:-1] for cells in lines}
+    assert set(rows) == {"bert-b", "bert-c", "all"}, out.getvalue()
+    cells = [x.strip() for x in rows["all"]]
+    assert cells[:4] == [str(overall[k]) for k in ("sent", "ok", "rejected", "errors")]
+    assert cells[4] == f"{100 * overall['attainment']:.2f} %"
+    assert cells[5] == f"{100 * doc['predicted']['attainment']:.2f} %"
+    assert [x.strip() for x in rows["bert-c"]][3:6] == ["0", "0.00 %", "0.00 %"]
+    assert f"measured {100 * overall['attainment']:.2f} %" in out.getvalue()
