@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from statmux.contract import GRPC_PORT, HTTP_PORT, MASTER_PORT
+from statmux.operator.pod_resources import parse_cpu
+from statmux.placement.spec import parse_quantity
 
 GangMode = Literal["none", "kueue", "volcano"]
 WorkloadMode = Literal["auto", "statefulset", "leaderworkerset"]
@@ -41,6 +43,11 @@ class OperatorConfig:
     gang_restart_backoff_seconds: float = 10.0  # 0: every restart immediate
     gang_restart_backoff_max_seconds: float = 300.0
     gang_restart_stable_seconds: float = 600.0
+    # Group pods' CPU request and memory request (= limit) per GPU, the router's: None = unset
+    group_cpu_per_gpu_millis: int | None = None
+    group_memory_per_gpu_bytes: int | None = None
+    router_cpu_millis: int | None = None
+    router_memory_bytes: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -70,6 +77,19 @@ class OperatorConfig:
             raise ConfigError(
                 f"STATMUX_WORKLOAD={workload!r}; allowed: {', '.join(_WORKLOAD_MODES)}"
             )
+
+        def quantity(name: str, parse: Callable[[str], int]) -> int | None:
+            raw = e.get(name, "").strip()
+            if not raw:
+                return None
+            try:
+                value = parse(raw)
+            except ValueError as err:
+                raise ConfigError(f"{name}: {err}") from None
+            if value <= 0:
+                raise ConfigError(f"{name}={raw!r} must be more than 0")
+            return value
+
         backoff = number("STATMUX_GANG_RESTART_BACKOFF_SECONDS", d.gang_restart_backoff_seconds, 0)
         backoff_max = number(
             "STATMUX_GANG_RESTART_BACKOFF_MAX_SECONDS", d.gang_restart_backoff_max_seconds, 0
@@ -99,6 +119,10 @@ class OperatorConfig:
             gang_restart_stable_seconds=number(
                 "STATMUX_GANG_RESTART_STABLE_SECONDS", d.gang_restart_stable_seconds, 0
             ),
+            group_cpu_per_gpu_millis=quantity("STATMUX_GROUP_CPU_PER_GPU", parse_cpu),
+            group_memory_per_gpu_bytes=quantity("STATMUX_GROUP_MEMORY_PER_GPU", parse_quantity),
+            router_cpu_millis=quantity("STATMUX_ROUTER_CPU", parse_cpu),
+            router_memory_bytes=quantity("STATMUX_ROUTER_MEMORY", parse_quantity),
         )
 
     def gang_restart_delay(self, restarts: int) -> float:

@@ -57,6 +57,7 @@ from statmux.operator.kinds import (
     STATEFULSET,
     VOLCANO_PODGROUP,
 )
+from statmux.operator.pod_resources import scaled_resources
 from statmux.placement.plan import Plan, short_hash
 
 Obj = dict[str, Any]
@@ -336,7 +337,12 @@ def pod_template(
             {"name": "http", "containerPort": cfg.serve_port, "protocol": "TCP"},
             {"name": "dist", "containerPort": cfg.master_port, "protocol": "TCP"},
         ],
-        "resources": {"requests": {GPU: gpus}, "limits": {GPU: gpus}},
+        "resources": scaled_resources(
+            {"requests": {GPU: gpus}, "limits": {GPU: gpus}},
+            cfg.group_cpu_per_gpu_millis,
+            cfg.group_memory_per_gpu_bytes,
+            gw.gpus_per_pod,
+        ),
         "volumeMounts": [{"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False},
     }
@@ -500,6 +506,9 @@ def router_deployment(owner: Owner, plan: Plan, cfg: OperatorConfig) -> Obj:
                                 "periodSeconds": 10,
                                 "failureThreshold": 3,
                             },
+                            "resources": scaled_resources(
+                                {}, cfg.router_cpu_millis, cfg.router_memory_bytes, 1
+                            ),
                             "volumeMounts": [
                                 {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True}
                             ],

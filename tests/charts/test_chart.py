@@ -221,6 +221,32 @@ def test_default_render_is_a_hardened_cluster_wide_operator():
 
 
 @needs_helm
+def test_pod_resource_values_reach_the_operator() -> None:
+    """operator.groupPods / operator.routerPod: unset by default (no env), else env the
+    operator parses into the group pods' and the router's requests."""
+    from statmux.operator.config import OperatorConfig
+
+    def operator_env(*sets: str) -> dict[str, str]:
+        (dep,) = by_kind(helm_template(*sets), "Deployment")
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"]}
+
+    names = {"STATMUX_GROUP_CPU_PER_GPU", "STATMUX_GROUP_MEMORY_PER_GPU"}
+    names |= {"STATMUX_ROUTER_CPU", "STATMUX_ROUTER_MEMORY"}
+    assert not names & set(operator_env())
+    env = operator_env(
+        "operator.groupPods.cpuPerGpu=4",
+        "operator.groupPods.memoryPerGpu=32Gi",
+        "operator.routerPod.cpu=500m",
+        "operator.routerPod.memory=1Gi",
+    )
+    assert names <= set(env)
+    cfg = OperatorConfig.from_env(env)
+    assert (cfg.group_cpu_per_gpu_millis, cfg.group_memory_per_gpu_bytes) == (4000, 32 * 2**30)
+    assert (cfg.router_cpu_millis, cfg.router_memory_bytes) == (500, 2**30)
+
+
+@needs_helm
 def test_watch_namespaces_render_one_role_per_namespace(tmp_path):
     docs = helm_template(
         values={

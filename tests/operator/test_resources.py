@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from plans import make_test_plan  # tests/helpers (on the path via conftest.py)
@@ -18,7 +19,7 @@ from statmux.contract import (
     LABEL_WORKLOAD,
     PLAN_PATH,
 )
-from statmux.operator.config import OperatorConfig
+from statmux.operator.config import ConfigError, OperatorConfig
 from statmux.operator.resources import (
     GPU,
     MAX_WORKLOAD_NAME,
@@ -30,7 +31,8 @@ from statmux.operator.resources import (
 from statmux.placement.plan import Plan
 
 OWNER = Owner(name="a" * 36, namespace="ns", uid="u-1")
-CFG = OperatorConfig(runtime_image="rt:1", router_image="router:1")
+IMAGES = {"runtime_image": "rt:1", "router_image": "router:1"}
+CFG = OperatorConfig(**IMAGES)
 
 
 def plan(groups: list[tuple[int, int, list[str]]], gpus_per_node: int = 8) -> Plan:
@@ -178,6 +180,60 @@ def test_leaderworkerset_path() -> None:
         c = tpl["spec"]["containers"][0]
         assert c["resources"]["limits"][GPU] == "8"
         assert env_of(c)["MASTER_ADDR"] == "$(LWS_LEADER_ADDRESS)"
+
+
+def pod_templates(obj: dict) -> list[dict]:
+    if obj["kind"] == "StatefulSet":
+        return [obj["spec"]["template"]]
+    if obj["kind"] == "LeaderWorkerSet":
+        t = obj["spec"]["leaderWorkerTemplate"]
+        return [t["leaderTemplate"], t["workerTemplate"]]
+    return []
+
+
+def test_pod_cpu_and_memory_scale_with_gpus_and_cpu_is_never_limited() -> None:
+    """STATMUX_GROUP_CPU_PER_GPU / _MEMORY_PER_GPU (chart: operator.groupPods) and the
+    router's: unset by default; when set, a group pod asks for them times its GPUs."""
+    cfg = OperatorConfig.from_env(
+        {
+            "STATMUX_GROUP_CPU_PER_GPU": "1500m",
+            "STATMUX_GROUP_MEMORY_PER_GPU": "16Gi",
+            "STATMUX_ROUTER_CPU": "2",
+            "STATMUX_ROUTER_MEMORY": "1Gi",
+        }
+    )
+    p = plan([(2, 8, ["a"]), (1, 2, ["b"])])  # 2 pods of 8 GPUs; 1 pod of 2
+    for kind in ("StatefulSet", "LeaderWorkerSet"):
+        objs = desired_objects(OWNER, p, replace(CFG, **vars(cfg) | IMAGES), kind)
+        pods = [t["spec"] for o in objs for t in pod_templates(o)]
+        got = sorted(
+            (c["resources"]["requests"][GPU], c["resources"]["requests"]["cpu"],
+             c["resources"]["requests"]["memory"], c["resources"]["limits"]["memory"],
+             "cpu" in c["resources"]["limits"])
+            for pod in pods
+            for c in pod["containers"]
+        )  # fmt: skip
+        assert ("8", "12", "128Gi", "128Gi", False) in got, (kind, got)
+        if kind == "StatefulSet":
+            assert ("2", "3", "32Gi", "32Gi", False) in got, got
+        router = next(o for o in objs if o["kind"] == "Deployment")
+        res = router["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert res == {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    default = desired_objects(OWNER, p, CFG, "StatefulSet")
+    sts = next(o for o in default if o["kind"] == "StatefulSet")
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert set(c["resources"]["requests"]) == set(c["resources"]["limits"]) == {GPU}
+
+
+def test_bad_pod_resource_settings_name_the_variable() -> None:
+    for name, raw, why in [
+        ("STATMUX_GROUP_CPU_PER_GPU", "four", "is not a CPU quantity"),
+        ("STATMUX_GROUP_CPU_PER_GPU", "0.0001", "finer than a millicore"),
+        ("STATMUX_GROUP_MEMORY_PER_GPU", "16GB", "is not a byte quantity"),
+        ("STATMUX_ROUTER_MEMORY", "0", "must be more than 0"),
+    ]:
+        with pytest.raises(ConfigError, match=f"{name}.*{why}"):
+            OperatorConfig.from_env({name: raw})
 
 
 def test_gang_hooks() -> None:
