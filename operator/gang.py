@@ -263,7 +263,7 @@ def _restart(
     name = sts["metadata"]["name"]
     new_epoch = str(gang_epoch(sts) + 1)
     restarts = gang_state(sts).restarts + 1
-    note = f"{detail} (restart {new_epoch})"
+    note = f"{detail} (gang restart {new_epoch}; {restarts} in a row)"
     patched = _patch(
         api,
         ns,

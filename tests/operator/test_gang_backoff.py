@@ -16,6 +16,7 @@ from statmux.contract import (
     ANNOTATION_GANG_PENDING,
     ANNOTATION_GANG_READY_SINCE,
     ANNOTATION_GANG_RESTARTS,
+    ANNOTATION_LAST_FAILURE,
 )
 from statmux.operator import gang
 from statmux.operator import reconcile as rc
@@ -167,7 +168,7 @@ def test_second_restart_waits_the_base_delay_then_the_timer_restarts(group: Grou
     # the restart's reason is kept as before, with the epoch
     assert group.resync(at(111)).status["groups"][0]["ready"] is False
     assert "restarting after pod " in group.degraded()["message"]
-    assert "(restart 2)" in group.degraded()["message"]
+    assert "(gang restart 2; 2 in a row)" in group.degraded()["message"]
 
 
 def test_delays_double_up_to_the_cap(group: Group) -> None:
@@ -215,6 +216,8 @@ def test_the_count_resets_after_the_group_stayed_ready(group: Group) -> None:
     # a transient fault after a long healthy run heals at once again
     assert group.crash(at(2000)) != []
     assert group.restarts == 1
+    # the last failure counts both: all restarts (the epoch) and those in a row (the back-off)
+    assert "(gang restart 3; 1 in a row)" in group.annotations[ANNOTATION_LAST_FAILURE]
 
 
 def test_not_ready_in_between_starts_the_stable_period_again(group: Group) -> None:

@@ -94,7 +94,7 @@ def test_a_crash_looping_group_makes_the_modelset_degraded_naming_it(
     note = api.objects[("StatefulSet", "ns", stss[0])]["metadata"]["annotations"]
     assert (
         "CrashLoopBackOff" in note[ANNOTATION_LAST_FAILURE]
-        and "(restart 1)" in note[ANNOTATION_LAST_FAILURE]
+        and "(gang restart 1; 1 in a row)" in note[ANNOTATION_LAST_FAILURE]
     )
     st = rc.resync(api, CFG, owner, 1, spec, st).status
     degraded = _cond(st, "Degraded")
