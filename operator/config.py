@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from statmux.contract import GRPC_PORT, HTTP_PORT, MASTER_PORT
-from statmux.operator.pod_resources import parse_cpu
-from statmux.placement.spec import parse_quantity
+from statmux.operator.pod_resources import parse_cpu, parse_memory
 
 GangMode = Literal["none", "kueue", "volcano"]
 WorkloadMode = Literal["auto", "statefulset", "leaderworkerset"]
@@ -83,12 +82,9 @@ class OperatorConfig:
             if not raw:
                 return None
             try:
-                value = parse(raw)
+                return parse(raw)
             except ValueError as err:
                 raise ConfigError(f"{name}: {err}") from None
-            if value <= 0:
-                raise ConfigError(f"{name}={raw!r} must be more than 0")
-            return value
 
         backoff = number("STATMUX_GANG_RESTART_BACKOFF_SECONDS", d.gang_restart_backoff_seconds, 0)
         backoff_max = number(
@@ -120,9 +116,9 @@ class OperatorConfig:
                 "STATMUX_GANG_RESTART_STABLE_SECONDS", d.gang_restart_stable_seconds, 0
             ),
             group_cpu_per_gpu_millis=quantity("STATMUX_GROUP_CPU_PER_GPU", parse_cpu),
-            group_memory_per_gpu_bytes=quantity("STATMUX_GROUP_MEMORY_PER_GPU", parse_quantity),
+            group_memory_per_gpu_bytes=quantity("STATMUX_GROUP_MEMORY_PER_GPU", parse_memory),
             router_cpu_millis=quantity("STATMUX_ROUTER_CPU", parse_cpu),
-            router_memory_bytes=quantity("STATMUX_ROUTER_MEMORY", parse_quantity),
+            router_memory_bytes=quantity("STATMUX_ROUTER_MEMORY", parse_memory),
         )
 
     def gang_restart_delay(self, restarts: int) -> float:

@@ -10,22 +10,38 @@ its neighbours and its own OOM names the pod.
 
 from __future__ import annotations
 
-import re
+from decimal import Decimal
 from typing import Any
 
-_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+
+def _quantity(text: str) -> Decimal:
+    # kubernetes' own parser (the client is the operator's dependency; imported here, when a
+    # setting is given, because it takes a quarter of a second)
+    from kubernetes.utils.quantity import parse_quantity
+
+    try:
+        value = Decimal(parse_quantity(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi)") from None
+    if value <= 0:
+        raise ValueError(f"{text!r} must be more than 0")
+    return value
 
 
 def parse_cpu(text: str) -> int:
     """Millicores of a Kubernetes CPU quantity ("500m", "2", "1.5"); ValueError if not one."""
-    m = _CPU.match(text.strip())
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a CPU quantity (e.g. 500m, 2, 1.5)")
-    value = float(m.group(1))
-    millis = value if m.group(2) else value * 1000
-    if millis != int(millis):
+    millis = _quantity(text) * 1000
+    if millis != millis.to_integral_value():
         raise ValueError(f"{text!r} is finer than a millicore")
     return int(millis)
+
+
+def parse_memory(text: str) -> int:
+    """Bytes of a Kubernetes memory quantity ("16Gi", "16G"); ValueError if not one."""
+    nbytes = _quantity(text)
+    if nbytes != nbytes.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number of bytes")
+    return int(nbytes)
 
 
 def cpu_quantity(millis: int) -> str:

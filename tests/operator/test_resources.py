@@ -227,9 +227,9 @@ def test_pod_cpu_and_memory_scale_with_gpus_and_cpu_is_never_limited() -> None:
 
 def test_bad_pod_resource_settings_name_the_variable() -> None:
     for name, raw, why in [
-        ("STATMUX_GROUP_CPU_PER_GPU", "four", "is not a CPU quantity"),
+        ("STATMUX_GROUP_CPU_PER_GPU", "four", "is not a Kubernetes quantity"),
         ("STATMUX_GROUP_CPU_PER_GPU", "0.0001", "finer than a millicore"),
-        ("STATMUX_GROUP_MEMORY_PER_GPU", "16GB", "is not a byte quantity"),
+        ("STATMUX_GROUP_MEMORY_PER_GPU", "16GB", "is not a Kubernetes quantity"),
         ("STATMUX_ROUTER_MEMORY", "0", "must be more than 0"),
     ]:
         with pytest.raises(ConfigError, match=f"{name}.*{why}"):
