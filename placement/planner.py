@@ -206,8 +206,10 @@ def best_candidate(
     improved = None
     if incumbent is not None and worth_improving(problem, previous, incumbent.attainment):
         improved = improve_incumbent(problem, incumbent, improve_budget(searched.simulations))
-        if improved is not None and improved.attainment <= incumbent.attainment + min_gain:
-            improved = None
+    # every candidate that could replace the incumbent, for the reason a small gain gives
+    challengers = [c for c in (improved, searched, *static_baselines(others)) if c is not None]
+    if improved and incumbent and improved.attainment <= incumbent.attainment + min_gain:
+        improved = None
     kept = improved or incumbent
     margin = min_gain if improved is None else 0.0  # improved already cleared the margin
     final = never_below(problem, searched, others, kept, margin)
@@ -215,7 +217,7 @@ def best_candidate(
         outcome = "kept" if final is incumbent else "improved" if final is improved else "replaced"
         update: dict[str, object] = {"outcome": outcome}
         if final is incumbent and min_gain > 0:
-            near = max([searched, *others], key=lambda e: e.attainment)
+            near = max(challengers, key=lambda e: e.attainment)
             if near.attainment > incumbent.attainment:
                 gain = 100 * (near.attainment - incumbent.attainment)
                 why = (
@@ -291,6 +293,12 @@ def score_incumbent(
     )
 
 
+def static_baselines(others: list[Evaluated]) -> list[Evaluated]:
+    """The baselines whose placement is one plan (clockwork++ re-places every window: its
+    attainment is its own, not a placement's)."""
+    return [b for b in others if b.result.attainment is None]
+
+
 def never_below(
     problem: SearchProblem,
     chosen: Evaluated,
@@ -301,13 +309,11 @@ def never_below(
     """The best of the search (`chosen`), the incumbent and the static baselines computed in
     the same run, on the whole workload. Ties keep the incumbent (a re-plan does not roll pods
     for nothing), as does any gain of `margin` or less over it; then the search. When a
-    baseline scores strictly higher than both, the local search continues from its placement.
-    (clockwork++ re-places every window, so its placement is not one plan to start from.)"""
+    baseline scores strictly higher than both, the local search continues from its placement."""
     bar = chosen.attainment
     if incumbent is not None and incumbent.attainment + margin >= chosen.attainment:
         chosen, bar = incumbent, incumbent.attainment + margin
-    static = [b for b in others if b.result.attainment is None]
-    best = max(static, key=lambda b: b.attainment, default=None)
+    best = max(static_baselines(others), key=lambda b: b.attainment, default=None)
     if best is None or best.attainment <= bar:
         return chosen
     start = time.perf_counter()
