@@ -4,8 +4,9 @@ Given the plan a ModelSet runs now, the planner scores it on the new problem wit
 simulator and keeps it unless a candidate scores strictly higher (planner.never_below). With
 the same workload, more GPUs, more memory per GPU or a looser SLO leave the incumbent valid,
 so the re-plan's attainment is at least the incumbent's on the new problem: a chain of
-re-plans is monotone in GPUs and memory by construction (the incumbent's simulation is the
-very same one), whatever the search does. This module decides whether the previous plan
+re-plans is monotone in GPUs, memory and SLO by construction (the incumbent's simulation is
+the very same one; with a looser SLO, when it admits by its previous bound:
+`kept_admission`), whatever the search does. This module decides whether the previous plan
 still fits, and builds the placement that competes. When the cluster grew or the workload
 changed, a bounded local search from it (`improved_incumbent`) may use the new GPUs or memory,
 or move replicas for the new rates and SLOs: it starts from the incumbent, so it never scores
@@ -95,13 +96,38 @@ def grew(problem: SearchProblem, previous: Plan) -> bool:
     return problem.num_gpus > cluster.gpus or problem.budget > cluster.gpu_memory_bytes
 
 
+def kept_admission(problem: SearchProblem, previous: Plan) -> dict[str, float]:
+    """The previous plan's admission bounds (admissionSeconds, else its SLO) that are below
+    this problem's SLO: with them the incumbent serves exactly the requests it served
+    before (same workload), each within the looser SLO."""
+    bounds: dict[str, float] = {}
+    for g in previous.groups:
+        for m in g.models:
+            b = min(bounds.get(m.name, m.admission_deadline_seconds), m.admission_deadline_seconds)
+            bounds[m.name] = b
+    return {m: b for m, b in bounds.items() if m in problem.slo and b < problem.slo[m]}
+
+
+def slo_changed(problem: SearchProblem, previous: Plan) -> bool:
+    """Whether some model placed by the previous plan has another SLO now."""
+    return any(
+        m.name in problem.slo and m.slo_seconds != problem.slo[m.name]
+        for g in previous.groups
+        for m in g.models
+    )
+
+
 def worth_improving(problem: SearchProblem, previous: Plan, score: float) -> bool:
-    """Whether the local search from the incumbent may find something: the cluster grew, or
-    the workload changed (rates, SLOs, models), which shows as the incumbent scoring other
-    than its Plan predicted (`score`: its attainment on this problem; on the same workload
-    the simulation is the very same, to the last bit). An unchanged re-plan never runs it,
-    so it keeps its groups and planHash."""
-    return grew(problem, previous) or score != previous.predicted.attainment
+    """Whether the local search from the incumbent may find something: the cluster grew, an
+    SLO changed, or the rates or models changed, which shows as the incumbent scoring other
+    than its Plan predicted (`score`: its attainment on this problem with its previous
+    admission bounds; on the same workload the simulation is the very same, to the last
+    bit). An unchanged re-plan never runs it, so it keeps its groups and planHash."""
+    return (
+        grew(problem, previous)
+        or slo_changed(problem, previous)
+        or score != previous.predicted.attainment
+    )
 
 
 def improved_incumbent(

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from statmux.placement.profile import ModelProfile, Overheads, ParallelConfig
@@ -121,7 +130,11 @@ class PlanModel(_PlanModel):
     """One model hosted by a group, with everything its ranks need to load and admit it."""
 
     name: str = Field(min_length=1)
-    slo_seconds: float = Field(gt=0, description="absolute latency SLO used for admission")
+    slo_seconds: float = Field(
+        gt=0,
+        description="absolute latency SLO: what counts as within the SLO; admission uses it "
+        "unless admissionSeconds is set",
+    )
     max_batch_size: int = Field(
         default=DEFAULT_MAX_BATCH_SIZE,
         ge=1,
@@ -141,6 +154,38 @@ class PlanModel(_PlanModel):
         "add them to stageLatencySeconds as the simulator does (--emulate-device sleeps "
         "stageLatencySeconds alone: the overheads are the real serving path's)",
     )
+    admission_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="a latency bound below sloSeconds that admission and the queues' "
+        "deadlines use instead (absent: sloSeconds). A re-plan sets it when the SLO was "
+        "loosened and keeping the previous plan's bound scores higher: the plan then serves "
+        "the requests it served before, each within the looser SLO (SLO-aware admission can "
+        "otherwise do worse with a looser SLO)",
+    )
+
+    @model_validator(mode="after")
+    def _admission_below_slo(self) -> PlanModel:
+        if self.admission_seconds is not None and self.admission_seconds >= self.slo_seconds:
+            raise ValueError(
+                f"admissionSeconds ({self.admission_seconds:g}) must be below sloSeconds "
+                f"({self.slo_seconds:g}); leave it out to admit by the SLO"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_admission(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while unset, so Plans written before the field keep their planHash.
+        data: dict[str, Any] = handler(self)
+        for key in ("admissionSeconds", "admission_seconds"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+    @property
+    def admission_deadline_seconds(self) -> float:
+        """The latency bound admission and the queues use: admissionSeconds, else the SLO."""
+        return self.slo_seconds if self.admission_seconds is None else self.admission_seconds
 
     @field_validator("stage_latency_seconds")
     @classmethod
@@ -413,6 +458,15 @@ class Plan(_PlanModel):
 
     def placement(self) -> Placement:
         return Placement([Group(g.config, [m.name for m in g.models]) for g in self.groups])
+
+    def admission_seconds(self) -> dict[str, float]:
+        """The models whose admission uses a bound below their SLO (admissionSeconds)."""
+        return {
+            m.name: m.admission_seconds
+            for g in self.groups
+            for m in g.models
+            if m.admission_seconds is not None
+        }
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

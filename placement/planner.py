@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from statmux.placement.incumbent import (
     improve_budget,
     improved_incumbent,
     incumbent_placement,
+    kept_admission,
     new_models,
     unfit_reason,
     worth_improving,
@@ -57,6 +58,9 @@ class Evaluated:
     sim: SimResult
     seconds: float
     simulations: int
+    # models admitted by a bound below their SLO (the Plan's admissionSeconds): a re-plan
+    # keeps the previous plan's when the SLO was loosened and that scores higher
+    admission: dict[str, float] = field(default_factory=dict)
 
     @property
     def attainment(self) -> float:
@@ -202,9 +206,9 @@ def best_candidate(
     (attainment, a fraction) above it: a re-plan does not roll pods for a smaller gain."""
     if previous is None:
         return never_below(problem, searched, others), None
-    incumbent, info = score_incumbent(problem, previous, searched)
+    incumbent, info, as_before = score_incumbent(problem, previous, searched)
     improved = None
-    if incumbent is not None and worth_improving(problem, previous, incumbent.attainment):
+    if incumbent is not None and worth_improving(problem, previous, as_before):
         improved = improve_incumbent(problem, incumbent, improve_budget(searched.simulations))
     # every candidate that could replace the incumbent, for the reason a small gain gives
     challengers = [c for c in (improved, searched, *static_baselines(others)) if c is not None]
@@ -255,23 +259,41 @@ def improve_incumbent(
 
 def score_incumbent(
     problem: SearchProblem, previous: Plan, searched: Evaluated
-) -> tuple[Evaluated | None, IncumbentInfo]:
+) -> tuple[Evaluated | None, IncumbentInfo, float]:
     """The previous plan scored on this problem as a candidate (None: it does not fit, or it
-    leaves a model added since unplaced that the search places)."""
+    leaves a model added since unplaced that the search places), and its score with the
+    previous plan's admission bounds (on the same workload, its very simulation).
+
+    Where the SLO was loosened, the previous plan competes with whichever admission scores
+    higher: by the new SLO, or by its previous bound (`kept_admission`), which serves exactly
+    the requests it served before, each within the looser SLO: so a looser SLO never
+    lowers a re-plan, although SLO-aware admission can do worse with one."""
     reason = unfit_reason(problem, previous)
     if reason is not None:
-        return None, IncumbentInfo(outcome="ignored", reason=reason)
+        return None, IncumbentInfo(outcome="ignored", reason=reason), 0.0
     start = time.perf_counter()
     sims = problem.simulations
     placement = incumbent_placement(problem, previous)
     sim = problem.evaluator().run(placement)
     problem.simulations += 1
+    bounds = kept_admission(problem, previous)
+    admission: dict[str, float] = {}
+    as_before = sim
+    if bounds:
+        as_before = problem.evaluator_with(bounds).run(placement)
+        problem.simulations += 1
+        # ties keep what the previous plan had (its groups, hence its planHash)
+        if as_before.attainment > sim.attainment or (
+            as_before.attainment == sim.attainment and bounds == previous.admission_seconds()
+        ):
+            sim, admission = as_before, bounds
     evaluated = Evaluated(
         searched.policy,
         PolicyResult(placement),
         sim,
         searched.seconds + time.perf_counter() - start,
         searched.simulations + problem.simulations - sims,
+        admission,
     )
     searched_places = {m for g in searched.result.placement.groups for m in g.models}
     placed = {m for g in placement.groups for m in g.models}
@@ -281,16 +303,21 @@ def score_incumbent(
         reason = (
             f"it leaves {', '.join(map(repr, left))} (added since) unplaced; the search places it"
         )
-        return None, IncumbentInfo(
-            outcome="replaced", attainment=evaluated.attainment, reason=reason
+        return (
+            None,
+            IncumbentInfo(outcome="replaced", attainment=evaluated.attainment, reason=reason),
+            as_before.attainment,
         )
     added = [m for m in new if m in placed]
-    reason = (
-        f"with the models added since filled in: {', '.join(map(repr, added))}" if added else ""
-    )
-    return evaluated, IncumbentInfo(
-        outcome="replaced", attainment=evaluated.attainment, reason=reason
-    )
+    notes = [f"with the models added since filled in: {', '.join(map(repr, added))}"] * bool(added)
+    if admission:
+        notes.append(
+            "admitting by its previous bound, below the new SLO, for "
+            + ", ".join(f"{m!r} ({1000 * b:g} ms)" for m, b in admission.items())
+        )
+    reason = "; ".join(notes)
+    info = IncumbentInfo(outcome="replaced", attainment=evaluated.attainment, reason=reason)
+    return evaluated, info, as_before.attainment
 
 
 def static_baselines(others: list[Evaluated]) -> list[Evaluated]:
@@ -355,6 +382,7 @@ def make_plan(
                 PlanModel(
                     name=name,
                     slo_seconds=problem.slo[name],
+                    admission_seconds=chosen.admission.get(name),
                     max_batch_size=spec.max_batch_size_of(by_name[name]),
                     stage_latency_seconds={
                         int(b): [float(x) for x in cp.stage_latency[r]]
@@ -418,4 +446,4 @@ def evaluate_plan(spec: ModelSetSpec, plan: Plan) -> SimResult:
         for m in g.models:
             if m not in problem.profiles:
                 raise SpecError(f"the plan places model {m!r}, which the ModelSet does not define")
-    return problem.evaluator().run(placement)
+    return problem.evaluator_with(plan.admission_seconds()).run(placement)

@@ -70,6 +70,19 @@ class SearchProblem:
             )
         return self._eval_sim
 
+    def evaluator_with(self, admission_seconds: dict[str, float]) -> Simulator:
+        """The evaluator with admission bounds below some models' SLO (a Plan's
+        admissionSeconds); not cached: a re-plan scores one placement with them."""
+        if not admission_seconds:
+            return self.evaluator()
+        return Simulator(
+            self.profiles,
+            self.eval_workload or self.workload,
+            self.slo,
+            self.max_batch_size,
+            admission_seconds=admission_seconds,
+        )
+
     def attainment(self, placement: Placement, models: Iterable[str] | None = None) -> float:
         self.simulations += 1
         return self.simulator(models).attainment(placement)

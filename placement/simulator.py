@@ -3,7 +3,9 @@
 Semantics (the parts live in separate modules):
 
 - Workload (statmux.placement.workload): requests (arrival time, model) in arrival order;
-  each has a deadline = arrival + the SLO of its model.
+  each has a deadline = arrival + the SLO of its model (or the Plan's tighter admission
+  bound for it, admissionSeconds: scheduling then uses that bound, and a request served by
+  it is within its SLO).
 - Execution model (statmux.placement.sim_exec): a placement is a list of groups, each a
   chain of pp stages with a (pp, tp) config; stage k of group g is free from free[g, k].
   A batch of model m on group g takes the stage latencies profiles[m].get(pp, tp)
@@ -175,11 +177,15 @@ class Simulator:
         slo_seconds: dict[str, float],
         max_batch_size: int | Mapping[str, int] = 1,
         event_driven: bool | None = None,
+        admission_seconds: Mapping[str, float] | None = None,
     ) -> None:
         """max_batch_size: one cap for every model, or a cap per model (the Plan's
         per-model maxBatchSize). event_driven: use the queueing (batching) kernel; default:
         when some cap > 1. With every cap 1 it serves queues earliest-deadline-first instead
-        of in arrival order, which is the same when all models share one SLO."""
+        of in arrival order, which is the same when all models share one SLO.
+        admission_seconds: per model, a latency bound below the SLO that admission and the
+        queues use instead (the Plan's admissionSeconds); every request served meets it,
+        hence its SLO."""
         names = list(workload.model_names)
         if isinstance(max_batch_size, int):
             caps = dict.fromkeys(names, max_batch_size)
@@ -213,6 +219,11 @@ class Simulator:
         budget = self._slo[self._model_ids]
         if workload.slo is not None:  # a trace's per-request SLO column (NaN: the model's)
             budget = np.where(np.isnan(workload.slo), budget, workload.slo)
+        if admission_seconds:
+            if unknown := sorted(set(admission_seconds) - set(names)):
+                raise ValueError(f"admission_seconds names unknown model(s) {', '.join(unknown)}")
+            cap = np.array([admission_seconds.get(m, np.inf) for m in names])
+            budget = np.minimum(budget, cap[self._model_ids])
         self._deadlines = self._arrivals + budget - self._overhead[self._model_ids]
         self._requests = np.bincount(self._model_ids, minlength=len(self.model_names)).astype(
             np.int64

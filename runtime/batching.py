@@ -36,6 +36,7 @@ def model_info(
     stage_latency_s: dict[int, list[float]] | None = None,
     max_sequence: int | None = None,
     request_overhead_s: float = 0.0,
+    admission_seconds: float | None = None,
 ) -> ModelInfo:
     family = family_of(cfg)
     inputs = [TensorSpec("input_ids", "INT64", (-1, -1))] + [
@@ -52,6 +53,7 @@ def model_info(
         stage_latency_s=dict(stage_latency_s or {}),
         max_sequence_length=max_sequence or cfg.max_positions,
         request_overhead_s=request_overhead_s,
+        admission_seconds=admission_seconds,
     )
 
 

@@ -60,6 +60,14 @@ class ModelInfo:
     # counts against the SLO, so the pipeline must finish by arrival + SLO - this, as in the
     # simulator and the router's admission.
     request_overhead_s: float = 0.0
+    # The Plan's admissionSeconds: a bound below the SLO that admission and the queue's
+    # deadlines use instead (a re-plan keeps a previous plan's after the SLO was loosened).
+    admission_seconds: float | None = None
+
+    @property
+    def admission_bound_seconds(self) -> float | None:
+        """The latency admission and the deadlines use: admission_seconds, else the SLO."""
+        return self.slo_seconds if self.admission_seconds is None else self.admission_seconds
 
 
 Request = Mapping[str, np.ndarray]  # input name -> array whose first dim is this request's rows

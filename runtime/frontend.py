@@ -131,6 +131,8 @@ class FrontEnd:
             ]
 
         parameters = {"slo_seconds": {"string_value": str(info.slo_seconds or "")}}
+        if info.admission_seconds is not None:
+            parameters["admission_seconds"] = {"string_value": str(info.admission_seconds)}
         if info.max_sequence_length is not None:
             parameters["max_sequence_length"] = {"string_value": str(info.max_sequence_length)}
         return {

@@ -145,6 +145,7 @@ def start_group(
             entry.served_stage_latency_seconds(),
             max_sequence_length(cfg, entry.weights.max_sequence_length),
             entry.request_overhead_seconds,
+            entry.admission_seconds,
         )
         models.append(HostedModel(i, entry.name, entry.weights.architecture, cfg, info, shard))
     # every rank learns whether all built, and each model's largest shard (the budget unit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from statmux.placement.plan import Plan, PlanError, PlanModel
@@ -42,10 +42,17 @@ class RouterConfig:
     hosts: dict[str, tuple[RoutedGroup, ...]]  # model -> groups hosting it, plan order
     slo_seconds: dict[str, float]  # model -> SLO (the same on every group)
     unrouted: tuple[str, ...] = ()  # plan groups without an endpoint (out of rotation)
+    # model -> the Plan's admissionSeconds, a bound below the SLO that admission uses
+    admission_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
         return sorted(self.hosts)
+
+    def admission_bound(self, model: str) -> float:
+        """The latency a request must be predicted to meet to be admitted: the SLO, unless
+        the Plan admits the model by a tighter bound (admissionSeconds)."""
+        return self.admission_seconds.get(model, self.slo_seconds[model])
 
 
 def normalize_url(text: str, where: str) -> str:
@@ -139,4 +146,5 @@ def build_config(plan: Plan, endpoints: dict[str, str], strict: bool) -> RouterC
         {m: tuple(gs) for m, gs in hosts.items()},
         slo,
         tuple(missing),
+        plan.admission_seconds(),
     )

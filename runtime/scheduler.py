@@ -291,6 +291,11 @@ class Scheduler:
         self.slip = Slip()
         # horizon of each model's margin: its SLO (the longest a request of it waits)
         self._horizon = {n: i.slo_seconds or 0.0 for n, i in self.infos.items()}
+        # how much later than its deadline a request still meets its SLO (admissionSeconds)
+        self._slo_slack = {
+            n: (i.slo_seconds or 0.0) - (i.admission_bound_seconds or 0.0)
+            for n, i in self.infos.items()
+        }
         self._idle = asyncio.Event()
         self.stats = {n: ModelStats(n, i.version) for n, i in self.infos.items()}
         self._queues: dict[str, deque[Pending]] = {n: deque() for n in self.infos}
@@ -345,7 +350,7 @@ class Scheduler:
                 refusal.failure_reason, int((now - arrival) * 1e9), refusal.outcome
             )
             raise refusal
-        slo = info.slo_seconds
+        slo = info.admission_bound_seconds
         overhead = info.request_overhead_s
         deadline = math.inf if slo is None else arrival + slo - overhead
         if slo is not None:
@@ -354,7 +359,7 @@ class Scheduler:
                 stats.record_rejection("admission", int((now - arrival) * 1e9))
                 if predicted > deadline:
                     total = (predicted + overhead - arrival) * 1000
-                    why = f"predicted {total:.1f} ms > SLO {slo * 1000:.1f} ms" + (
+                    why = f"predicted {total:.1f} ms > {_bound_text(info)}" + (
                         f" (with a per-request overhead of {overhead * 1000:.1f} ms)"
                         if overhead
                         else ""
@@ -599,11 +604,11 @@ class Scheduler:
         stats = self.stats[p.model]
         stats.pending -= 1
         stats.record_rejection("deadline", int((now - p.arrival) * 1e9))
-        slo = self.infos[p.model].slo_seconds or 0.0
         p.future.set_exception(
             Rejected(
-                f"model '{p.model}': rejected at dispatch: it would finish after its SLO "
-                f"{slo * 1000:.1f} ms ({(now - p.arrival) * 1000:.1f} ms already queued)"
+                f"model '{p.model}': rejected at dispatch: it would finish after its "
+                f"{_bound_text(self.infos[p.model])} ({(now - p.arrival) * 1000:.1f} ms "
+                "already queued)"
             )
         )
         self._note_idle()
@@ -705,7 +710,8 @@ class Scheduler:
                     int(duration * 1e9),
                     max(0, int((duration * 1e9) - compute_ns - p.input_ns)),
                     compute_ns,
-                    now <= p.deadline,
+                    # the SLO, not an admission bound below it
+                    now <= p.deadline + self._slo_slack[p.model],
                     p.input_ns,
                 )
                 if not p.future.done():
@@ -786,3 +792,14 @@ class Scheduler:
         members = list(self._retry)
         self._retry.clear()
         self._finish_failed(members, err)
+
+
+def _bound_text(info: ModelInfo) -> str:
+    """What admission compares with: the SLO, or the Plan's admission bound below it."""
+    slo = info.slo_seconds or 0.0
+    if info.admission_seconds is not None:
+        return (
+            f"admission bound {info.admission_seconds * 1000:.1f} ms (the Plan's "
+            f"admissionSeconds, below the SLO {slo * 1000:.1f} ms)"
+        )
+    return f"SLO {slo * 1000:.1f} ms"

@@ -319,3 +319,82 @@ def test_plan_names_the_bad_previous_plan_field(tmp_path: Path) -> None:
     )
     res = statmux("plan", str(ms), "--previous", str(good), "--target-attainment", "0.9")
     assert_user_error(res, "--previous and --target-attainment")
+
+
+def long_and_short(tmp_path: Path, slo_scale: float, manual: bool = False) -> Path:
+    """One GPU, a 3 s model and a 1 s model, five requests: with SLO-aware admission a
+    looser SLO admits the long request, which pushes two short ones past their SLO
+    (tests/placement/test_incumbent.py: 4 of 5 served at 1x, 3 of 5 at 2x)."""
+    (tmp_path / "trace.csv").write_text(
+        "time,model\n0,short\n0.5,long\n1,short\n2,short\n3,short\n"
+    )
+
+    def model(name: str, seconds: float) -> dict[str, object]:
+        config = {"pipelineStages": 1, "tensorParallel": 1, "stageLatencyS": {"1": [seconds]}}
+        return {
+            "name": name,
+            "profile": {"inline": {"weightBytes": 1e9, "configs": [config]}},
+            "slo": {"latencySeconds": seconds * slo_scale},
+        }
+
+    placement: dict[str, object] = {"policy": "statmux"}
+    if manual:
+        placement = {
+            "policy": "manual",
+            "groups": [{"pipelineStages": 1, "tensorParallel": 1, "models": ["long", "short"]}],
+        }
+    doc = {
+        "apiVersion": "statmux.io/v1alpha1",
+        "kind": "ModelSet",
+        "metadata": {"name": "long-and-short"},
+        "spec": {
+            "models": [model("long", 3.0), model("short", 1.0)],
+            "maxBatchSize": 1,
+            "workload": {"trace": {"path": "trace.csv", "format": "csv"}},
+            "cluster": {"gpus": 1, "gpuMemory": "8Gi"},
+            "placement": placement,
+        },
+    }
+    path = tmp_path / f"slo-{slo_scale:g}{'-manual' if manual else ''}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_looser_slo_never_lowers_a_replan_it_keeps_the_previous_admission_bound(
+    tmp_path: Path,
+) -> None:
+    """Loosening the SLO 2x would admit the long request and lose two short ones; the re-plan
+    keeps the previous plan admitting by its old bound (admissionSeconds), so it serves the
+    same 4 of 5, each within the looser SLO, and `statmux simulate` of that Plan agrees."""
+    before = tmp_path / "before.json"
+    res = statmux("plan", str(long_and_short(tmp_path, 1.0, manual=True)), "-q", "-o", str(before))
+    assert res.returncode == 0, res.stderr
+    assert Plan.read(before).attainment == 0.8
+    looser = long_and_short(tmp_path, 2.0)
+    after = tmp_path / "after.json"
+    res = statmux(
+        "plan", str(looser), "--no-baselines", "--previous", str(before), "-o", str(after)
+    )
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "admitting by its previous bound, below the new SLO, for 'long' (3000 ms)" in text
+    plan = Plan.read(after)
+    assert plan.attainment == 0.8
+    models = {m.name: m for g in plan.groups for m in g.models}
+    assert {n: (m.slo_seconds, m.admission_seconds) for n, m in models.items()} == {
+        "long": (6.0, 3.0),
+        "short": (2.0, 1.0),
+    }
+    res = statmux("simulate", str(looser), "--plan", str(after), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["attainment"] == 0.8
+    # the same Plan without its admission bounds: what the looser SLO alone would give
+    doc = json.loads(after.read_text())
+    for group in doc["groups"]:
+        for m in group["models"]:
+            del m["admissionSeconds"]
+    del doc["planHash"]
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(doc))
+    res = statmux("simulate", str(looser), "--plan", str(bare), "--json")
+    assert json.loads(res.stdout)["attainment"] == 0.6

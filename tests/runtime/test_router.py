@@ -56,14 +56,20 @@ def plan_doc(groups: list[dict]) -> dict:
     }
 
 
-# g0 (pp1): bert-a, bert-b and bert-tight (an SLO no group can meet); g1 (pp2): bert-a.
+# g0 (pp1): bert-a, bert-b, bert-tight (an SLO no group can meet) and bert-bound (a loose
+# SLO, but the Plan admits it by a bound no group can meet); g1 (pp2): bert-a.
 G0 = {
     "name": "g0",
     "gpus": 1,
     "pp": 1,
     "tp": 1,
     "memoryPerGpuBytes": 0,
-    "models": [model("bert-a", 1), model("bert-b", 1), model("bert-tight", 1, slo=0.001)],
+    "models": [
+        model("bert-a", 1),
+        model("bert-b", 1),
+        model("bert-tight", 1, slo=0.001),
+        model("bert-bound", 1) | {"admissionSeconds": 0.001},
+    ],
 }
 G1 = {"name": "g1", "gpus": 2, "pp": 2, "tp": 1, "memoryPerGpuBytes": 0, "models": []}
 G1["models"] = [model("bert-a", 2)]
@@ -280,7 +286,7 @@ def test_tritonclient_http_and_grpc_sync_against_the_router(cluster: Cluster) ->
         stats = g.get_inference_statistics("bert-b").model_stats[0]
         assert stats.name == "bert-b" and stats.inference_count >= 2
         names = {m["name"] for m in c.get_model_repository_index()}
-        assert names == {"bert-a", "bert-b", "bert-tight"}
+        assert names == {"bert-a", "bert-b", "bert-tight", "bert-bound"}
     finally:
         c.close()
         g.close()
@@ -368,6 +374,31 @@ def test_slo_admission_rejects_at_once_with_429(cluster: Cluster) -> None:
     # the group never saw them
     _, stats = get(cluster.groups["g0"].url + "/v2/models/bert-tight/stats")
     assert json.loads(stats)["model_stats"][0]["inference_stats"]["success"]["count"] == 0
+
+
+def test_admission_uses_the_plans_bound_below_the_slo(cluster: Cluster) -> None:
+    """admissionSeconds (a re-plan keeps a previous plan's bound after the SLO was loosened):
+    the router and the group admit by it, and report the SLO itself as the SLO."""
+    r = cluster.router
+    c = th.InferenceServerClient(f"127.0.0.1:{r.http}")
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("bert-bound", [http_input()])
+    assert e.value.status() == "429"
+    assert "admission bound 1.0 ms (admissionSeconds, below the SLO 30000.0 ms)" in str(e.value)
+    c.close()
+    g0 = th.InferenceServerClient(cluster.groups["g0"].url.removeprefix("http://"))
+    with pytest.raises(InferenceServerException) as e:
+        g0.infer("bert-bound", [http_input()])
+    assert e.value.status() == "429"
+    assert "admission bound 1.0 ms (the Plan's admissionSeconds, below the SLO 30000.0 ms)" in (
+        str(e.value)
+    )
+    config = g0.get_model_config("bert-bound")
+    g0.close()
+    assert config["parameters"]["admission_seconds"]["string_value"] == "0.001"
+    m = r.metrics()
+    assert m[("statmux_router_rejected_total", (("model", "bert-bound"), ("reason", "slo")))] == 1
+    assert m[("statmux_router_slo_seconds", (("model", "bert-bound"),))] == 30.0
 
 
 MALFORMED = [

@@ -378,6 +378,40 @@ def test_request_past_its_deadline_is_dropped_at_dispatch() -> None:
     asyncio.run(scenario())
 
 
+def test_admission_and_deadlines_use_the_plans_bound_below_the_slo() -> None:
+    """admissionSeconds: admission and the dispatch deadline use the bound; a request that
+    finishes after the bound but within the SLO still counts within the SLO."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        bounded = dataclasses.replace(
+            info("a", 0.5, latency=0.1, max_batch=1), admission_seconds=0.15
+        )
+        engine = ScriptedEngine([bounded])
+        sched = Scheduler(engine, max_in_flight=1, clock=clock)
+        first = sched.submit("a", req(1), 1)  # 0.1 <= 0.15
+        with pytest.raises(Rejected) as e:
+            sched.submit("a", req(2), 1)  # 0.2: within the SLO, over the bound
+        assert (
+            "predicted 200.0 ms > admission bound 150.0 ms (the Plan's admissionSeconds, "
+            "below the SLO 500.0 ms)" in str(e.value)
+        )
+        clock.t = 0.3  # late for the bound, within the SLO
+        engine.complete(0)
+        await settle()
+        assert (await first)["y"][0, 0] == 2
+        assert sched.stats["a"].rejected == {"admission": 1}
+        assert sched.stats["a"].within_slo == 1
+        late = sched.submit("a", req(3), 1)  # arrives at 0.3: admitted (0.4 <= 0.45)
+        clock.t = 0.9  # past the SLO as well
+        engine.complete(1)
+        await settle()
+        await late
+        assert sched.stats["a"].within_slo == 1
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- failures
 def test_failed_batch_is_retried_request_by_request() -> None:
     async def scenario() -> None:
