@@ -431,8 +431,62 @@ def make_plan(
         ),
         unplaced=[m.name for m in spec.models if m.name not in placed],
         idle_gpus=spec.cluster.gpus - sum(g.config.gpus for g in used),
-        warnings=list((problem.eval_workload or problem.workload).notes),
+        warnings=[
+            *(problem.eval_workload or problem.workload).notes,
+            *left_out_by_choice(
+                problem, chosen, used, [m.name for m in spec.models if m.name not in placed]
+            ),
+        ],
     )
+
+
+def left_out_by_choice(
+    problem: SearchProblem, chosen: Evaluated, groups: list[Group], unplaced: list[str]
+) -> list[str]:
+    """A warning per unplaced model that memory does not keep out: it fits beside a group's
+    models or alone on the idle GPUs, so more memory would not place it. Each such replica is
+    simulated (unplaced models are rare), and the warning gives the best attainment one
+    reaches against the plan's."""
+    idle = problem.num_gpus - sum(g.config.gpus for g in groups)
+    out = []
+    for m in unplaced:
+        tries: list[tuple[str, Placement]] = []
+        for i, g in enumerate(groups):
+            if problem.profiles[m].get(g.config.pp, g.config.tp) and problem.can_add(g, m):
+                tries.append((f"beside the models of g{i}", _with_replica(groups, i, m)))
+        alone = [
+            c.config
+            for c in problem.profiles[m].configs.values()
+            if c.config.gpus <= idle and c.weight_bytes_per_gpu <= problem.budget
+        ]
+        if alone:
+            config = min(alone, key=lambda c: (c.gpus, c.pp))
+            tries.append(
+                (f"alone on the idle GPUs ({config})", Placement([*groups, Group(config, [m])]))
+            )
+        if not tries:
+            continue
+        scored = [(problem.evaluator().run(p).attainment, where) for where, p in tries]
+        problem.simulations += len(scored)
+        best, where = max(scored, key=lambda t: t[0])
+        if best < chosen.attainment:
+            why = "its requests delay the others'"
+        elif best == chosen.attainment:
+            why = "no gain"
+        else:
+            why = "higher: the search missed it"
+        out.append(
+            f"model {m!r} gets no replica although it fits {where}: with one there the "
+            f"predicted attainment is {100 * best:.2f} %, against {100 * chosen.attainment:.2f} "
+            f"% without ({why}); more memory would not place it: add GPUs or drop it"
+        )
+    return out
+
+
+def _with_replica(groups: list[Group], index: int, model: str) -> Placement:
+    copy = [g.copy() for g in groups]
+    copy[index].models.append(model)
+    return Placement(copy)
 
 
 def latency_percentiles(sim: SimResult) -> dict[str, float]:

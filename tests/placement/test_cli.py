@@ -398,3 +398,18 @@ def test_a_looser_slo_never_lowers_a_replan_it_keeps_the_previous_admission_boun
     bare.write_text(json.dumps(doc))
     res = statmux("simulate", str(looser), "--plan", str(bare), "--json")
     assert json.loads(res.stdout)["attainment"] == 0.6
+
+
+def test_a_model_left_out_although_it_fits_is_a_warning_that_says_why(tmp_path: Path) -> None:
+    """At 2x the plan leaves the long model out (admitted, it makes two short requests miss;
+    the search places it, and the baseline guard continues from sr's plan without it): the
+    warning says it fits, what a replica would score, and that memory is not the cause."""
+    res = statmux("plan", str(long_and_short(tmp_path, 2.0)), "-q", "--json")
+    assert res.returncode == 0, res.stderr
+    plan = Plan.parse_json(res.stdout)
+    assert plan.unplaced == ["long"] and plan.attainment == 0.8
+    assert plan.warnings == [
+        "model 'long' gets no replica although it fits beside the models of g0: with one there "
+        "the predicted attainment is 60.00 %, against 80.00 % without (its requests delay the "
+        "others'); more memory would not place it: add GPUs or drop it"
+    ]
