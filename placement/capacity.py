@@ -27,7 +27,7 @@ from statmux.placement.planner import (
     run_policy,
 )
 from statmux.placement.search_space import Progress, SearchProblem
-from statmux.placement.spec import ModelSet, ModelSetSpec, SpecError
+from statmux.placement.spec import Metadata, ModelSet, ModelSetSpec, SpecError
 
 MAX_GPUS = 4096
 
@@ -50,24 +50,42 @@ def with_gpus(spec: ModelSetSpec, gpus: int) -> ModelSetSpec:
     return out
 
 
-def plan_gpus(spec: ModelSetSpec, gpus: int, previous: Planned | None = None) -> Planned:
+def plan_gpus(
+    spec: ModelSetSpec,
+    gpus: int,
+    previous: Planned | None = None,
+    baselines: tuple[str, ...] = (),
+    name: str = "sweep",
+) -> Planned:
     """statmux's plan on `gpus` GPUs re-planned with `previous` (fewer GPUs) as the
     incumbent, through the same `best_candidate` as `statmux plan --previous`: never worse
-    than `previous`."""
+    than `previous`. `baselines` join the max as in `statmux plan` (never below them)."""
     sized = with_gpus(spec, gpus)
     problem = build_problem(sized)
     searched = run_policy(problem, "statmux")
+    others = [run_policy(problem, b, sized) for b in baselines]
     incumbent = previous.plan if previous is not None and previous.gpus <= gpus else None
-    best, _ = best_candidate(problem, searched, [], incumbent)
-    ms = ModelSet(apiVersion="statmux.io/v1alpha1", kind="ModelSet", spec=sized)
-    return Planned(gpus, problem, best, make_plan(ms, problem, best, []))
+    # no minGainToReplace: a sweep rolls no pods, so any higher score is taken
+    best, info = best_candidate(problem, searched, others, incumbent)
+    ms = ModelSet(
+        apiVersion="statmux.io/v1alpha1", kind="ModelSet", metadata=Metadata(name=name), spec=sized
+    )
+    return Planned(gpus, problem, best, make_plan(ms, problem, best, others, info))
 
 
-def sweep(spec: ModelSetSpec, counts: list[int]) -> list[Planned]:
+def sweep(
+    spec: ModelSetSpec,
+    counts: list[int],
+    baselines: tuple[str, ...] = (),
+    progress: Progress | None = None,
+    name: str = "sweep",
+) -> list[Planned]:
     """Plans for increasing GPU counts; their attainment never decreases."""
+    say = progress or (lambda _m: None)
     out: list[Planned] = []
     for gpus in sorted(set(counts)):
-        out.append(plan_gpus(spec, gpus, out[-1] if out else None))
+        out.append(plan_gpus(spec, gpus, out[-1] if out else None, baselines, name))
+        say(f"{gpus} GPUs → {out[-1].attainment:.4f}")
     return out
 
 

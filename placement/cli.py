@@ -168,6 +168,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "--previous and --target-attainment: give one (a capacity search carries each "
             "GPU count's plan to the next itself)"
         )
+    if args.sweep_gpus is not None:
+        if target is not None or args.previous:
+            raise UsageError(
+                "--sweep-gpus plans every count itself, each from the smaller count's plan: "
+                "drop --previous and --target-attainment"
+            )
+        if policy != "statmux":
+            raise UsageError("--sweep-gpus plans with the statmux policy; drop --policy")
+        return _sweep(args, ms, _parse_counts(args.sweep_gpus), baselines)
+    if args.plot:
+        raise UsageError("--plot goes with --sweep-gpus")
     previous = _read_previous(args.previous) if args.previous else None
     with progress_status(not args.quiet) as progress:
         if target is None:
@@ -204,6 +215,87 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise UsageError(message)
         err.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
     return 0
+
+
+def _parse_counts(text: str) -> list[int]:
+    """FIRST:LAST or FIRST:LAST:STEP, inclusive, as --sweep-gpus takes them."""
+    parts = text.split(":")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (2, 3) or len(numbers) != len(parts):
+        raise UsageError(f"--sweep-gpus: {text!r} is not FIRST:LAST or FIRST:LAST:STEP (e.g. 4:16)")
+    first, last, step = (*numbers, 1) if len(numbers) == 2 else numbers
+    if not 1 <= first <= last or step < 1:
+        raise UsageError(
+            f"--sweep-gpus: {text!r}: needs 1 <= FIRST <= LAST and STEP >= 1 (got FIRST "
+            f"{first}, LAST {last}, STEP {step})"
+        )
+    counts = list(range(first, last + 1, step))
+    if len(counts) > 256:
+        raise UsageError(f"--sweep-gpus: {text!r} plans {len(counts)} counts; at most 256")
+    return counts
+
+
+def _sweep(
+    args: argparse.Namespace, ms: ModelSet, counts: list[int], baselines: tuple[str, ...]
+) -> int:
+    """`statmux plan --sweep-gpus`: each count planned from the smaller count's plan (as
+    `--previous` does), so the attainment never decreases; a table, --json, --plot PNG."""
+    from rich.table import Table
+
+    from statmux.placement.capacity import sweep
+
+    out, _ = _consoles()
+    name = ms.metadata.name
+    with progress_status(not args.quiet) as progress:
+        plans = [p.plan for p in sweep(ms.spec, counts, baselines, progress, name)]
+    if args.output:
+        plans[-1].write(args.output)
+    if args.plot:
+        from statmux.placement.sweep_plot import plot_sweep
+
+        series: dict[str, list[float | None]] = {"statmux": [p.attainment for p in plans]}
+        for b in baselines:
+            series[b] = [p.predicted.baselines.get(b) for p in plans]
+        gpus = [p.cluster.gpus for p in plans]
+        plot_sweep(f"{name}: GPU sweep", gpus, series, args.plot)
+    if args.json:
+        print(json.dumps([_sweep_row(p) for p in plans], indent=2))
+        return 0
+    t = Table(title=f"GPU sweep of {name}: each count re-planned from the previous count's plan")
+    for col in ("GPUs", "attainment", "best baseline", "previous plan", "placement"):
+        t.add_column(col, justify="right" if col in ("GPUs", "attainment") else "left")
+    for p in plans:
+        best = max(p.predicted.baselines.items(), key=lambda kv: kv[1], default=None)
+        info = p.search.incumbent
+        t.add_row(
+            str(p.cluster.gpus),
+            f"{100 * p.attainment:.2f} %",
+            "-" if best is None else f"{100 * best[1]:.2f} % {best[0]}",
+            "-" if info is None else info.outcome,
+            p.search.placement + (f" + {p.idle_gpus} idle" if p.idle_gpus else ""),
+        )
+    out.print(t)
+    if args.output:
+        out.print(f"wrote the plan for {plans[-1].cluster.gpus} GPUs to {args.output}")
+    if args.plot:
+        out.print(f"wrote {args.plot}")
+    return 0
+
+
+def _sweep_row(plan: Plan) -> dict[str, object]:
+    info = plan.search.incumbent
+    return {
+        "gpus": plan.cluster.gpus,
+        "attainment": plan.attainment,
+        "placement": plan.search.placement,
+        "idleGpus": plan.idle_gpus,
+        "previousPlan": None if info is None else info.outcome,
+        "baselines": dict(plan.predicted.baselines),
+        "unplaced": list(plan.unplaced),
+    }
 
 
 def _capacity_plan(ms: ModelSet, target: float, progress: Callable[[str], None]) -> Plan:
@@ -305,6 +397,14 @@ def register(commands: Commands) -> None:
         "so more GPUs, memory or a looser SLO never lower the attainment; ignored (with the "
         "reason) when it no longer fits",
     )
+    plan.add_argument(
+        "--sweep-gpus",
+        metavar="FIRST:LAST[:STEP]",
+        help="plan every GPU count from FIRST to LAST, each as a re-plan of the smaller "
+        "count's plan, so the attainment never decreases; prints a table (-o writes the "
+        "last count's plan; cluster.gpus is ignored)",
+    )
+    plan.add_argument("--plot", metavar="PNG", help="with --sweep-gpus: write the curve here")
     plan.add_argument(
         "--strict",
         action="store_true",

@@ -413,3 +413,46 @@ def test_a_model_left_out_although_it_fits_is_a_warning_that_says_why(tmp_path: 
         "the predicted attainment is 60.00 %, against 80.00 % without (its requests delay the "
         "others'); more memory would not place it: add GPUs or drop it"
     ]
+
+
+def test_sweep_gpus_never_decreases_and_plots_the_curve(tmp_path: Path) -> None:
+    """`--sweep-gpus 3:8`: each count re-planned from the smaller count's plan; the JSON rows,
+    the PNG, the last count's plan with -o, and each count at least its baselines."""
+    ms = demo_on(tmp_path, 8)
+    png, last = tmp_path / "sweep.png", tmp_path / "last.json"
+    res = statmux(
+        "plan", str(ms), "-q", "--sweep-gpus", "3:8", "--json", "--plot", str(png), "-o", str(last)
+    )
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["gpus"] for r in rows] == [3, 4, 5, 6, 7, 8]
+    scores = [r["attainment"] for r in rows]
+    assert scores == sorted(scores), scores
+    assert rows[0]["previousPlan"] is None
+    assert all(r["previousPlan"] in ("kept", "improved", "replaced") for r in rows[1:])
+    for r in rows:
+        assert set(r["baselines"]) == {"sr", "clockwork++", "alpaserve"}
+        assert r["attainment"] >= max(r["baselines"][b] for b in ("sr", "alpaserve"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan = Plan.read(last)
+    assert plan.cluster.gpus == 8 and plan.attainment == scores[-1]
+    res = statmux("plan", str(ms), "-q", "--sweep-gpus", "5:6", "--no-baselines")
+    assert res.returncode == 0, res.stderr
+    assert "GPU sweep of demo" in res.stdout and "5 " in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--sweep-gpus", "8"], "--sweep-gpus: '8' is not FIRST:LAST or FIRST:LAST:STEP"),
+        (["--sweep-gpus", "a:b"], "is not FIRST:LAST"),
+        (["--sweep-gpus", "8:4"], "needs 1 <= FIRST <= LAST and STEP >= 1 (got FIRST 8, LAST 4"),
+        (["--sweep-gpus", "1:4:0"], "STEP 0"),
+        (["--sweep-gpus", "1:1000"], "plans 1000 counts; at most 256"),
+        (["--sweep-gpus", "2:4", "--target-attainment", "0.9"], "drop --previous and --target"),
+        (["--sweep-gpus", "2:4", "--policy", "sr"], "--sweep-gpus plans with the statmux policy"),
+        (["--plot", "x.png"], "--plot goes with --sweep-gpus"),
+    ],
+)
+def test_sweep_gpus_mistakes_are_named(tmp_path: Path, args: list[str], needle: str) -> None:
+    assert_user_error(statmux("plan", str(DEMO), "-q", *args), needle)
