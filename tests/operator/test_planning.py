@@ -74,6 +74,49 @@ def test_a_replan_with_more_resources_keeps_at_least_the_deployed_attainment(api
     assert before == 1.0 and outcomes[-1] == "kept"
 
 
+def test_loosening_the_slo_never_lowers_the_deployed_attainment(api: Any, tmp_path: Path) -> None:
+    """One GPU, a 3 s and a 1 s model, five requests (tests/placement/test_cli.py): at 2x the
+    SLO, admitting the long request would lose two short ones (60 %). The re-plan keeps the
+    deployed plan admitting by its previous bound: 80 %, and the stored Plan carries
+    admissionSeconds for the router and the groups."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,model\n0,short\n0.5,long\n1,short\n2,short\n3,short\n")
+
+    def spec(scale: float, placement: dict[str, Any]) -> dict[str, Any]:
+        def model(name: str, seconds: float) -> dict[str, Any]:
+            config = {"pipelineStages": 1, "tensorParallel": 1, "stageLatencyS": {"1": [seconds]}}
+            return {
+                "name": name,
+                "profile": {"inline": {"weightBytes": 1e9, "configs": [config]}},
+                "slo": {"latencySeconds": seconds * scale},
+            }
+
+        return {
+            "models": [model("long", 3.0), model("short", 1.0)],
+            "maxBatchSize": 1,
+            "workload": {"trace": {"path": str(trace), "format": "csv"}},
+            "cluster": {"gpus": 1, "gpuMemory": "8Gi"},
+            "placement": placement,
+        }
+
+    owner = Owner("loosen", "ns", "u")
+    both = {
+        "policy": "manual",
+        "groups": [{"pipelineStages": 1, "tensorParallel": 1, "models": ["long", "short"]}],
+    }
+    status = rc.reconcile(api, OperatorConfig(), owner, 1, spec(1.0, both), None).status
+    assert status["predictedAttainment"] == 0.8
+    status = rc.reconcile(
+        api, OperatorConfig(), owner, 2, spec(2.0, {"policy": "statmux"}), status
+    ).status
+    assert status["predictedAttainment"] == 0.8
+    stored = json.loads(api.objects[("ConfigMap", "ns", "loosen-plan")]["data"]["plan.json"])
+    bounds = {m["name"]: m.get("admissionSeconds") for g in stored["groups"] for m in g["models"]}
+    assert bounds == {"long": 3.0, "short": 1.0}
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "PlanReady")
+    assert "admitting by its previous bound, below the new SLO" in message
+
+
 def test_planner_spec_errors_become_conditions(api: Any) -> None:
     owner = Owner("bad", "ns", "u")
     spec = {
