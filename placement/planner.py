@@ -309,7 +309,9 @@ def score_incumbent(
             as_before.attainment,
         )
     added = [m for m in new if m in placed]
-    notes = [f"with the models added since filled in: {', '.join(map(repr, added))}"] * bool(added)
+    notes = []
+    if added:
+        notes.append(f"with the models added since filled in: {', '.join(map(repr, added))}")
     if admission:
         notes.append(
             "admitting by its previous bound, below the new SLO, for "
@@ -466,7 +468,8 @@ def left_out_by_choice(
             )
         if not tries:
             continue
-        scored = [(problem.evaluator().run(p).attainment, where) for where, p in tries]
+        evaluator = problem.evaluator_with(chosen.admission)  # as the plan is scored
+        scored = [(evaluator.run(p).attainment, where) for where, p in tries]
         problem.simulations += len(scored)
         best, where = max(scored, key=lambda t: t[0])
         if best < chosen.attainment:
