@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from slo_admission_example import (  # tests/helpers: on the path by conftest.py
+    BOTH_ON_ONE_GPU,
+    long_and_short_spec,
+    write_trace,
+)
 
 from statmux.operator import reconcile as rc
 from statmux.operator.config import OperatorConfig
@@ -79,36 +84,13 @@ def test_loosening_the_slo_never_lowers_the_deployed_attainment(api: Any, tmp_pa
     SLO, admitting the long request would lose two short ones (60 %). The re-plan keeps the
     deployed plan admitting by its previous bound: 80 %, and the stored Plan carries
     admissionSeconds for the router and the groups."""
-    trace = tmp_path / "trace.csv"
-    trace.write_text("time,model\n0,short\n0.5,long\n1,short\n2,short\n3,short\n")
-
-    def spec(scale: float, placement: dict[str, Any]) -> dict[str, Any]:
-        def model(name: str, seconds: float) -> dict[str, Any]:
-            config = {"pipelineStages": 1, "tensorParallel": 1, "stageLatencyS": {"1": [seconds]}}
-            return {
-                "name": name,
-                "profile": {"inline": {"weightBytes": 1e9, "configs": [config]}},
-                "slo": {"latencySeconds": seconds * scale},
-            }
-
-        return {
-            "models": [model("long", 3.0), model("short", 1.0)],
-            "maxBatchSize": 1,
-            "workload": {"trace": {"path": str(trace), "format": "csv"}},
-            "cluster": {"gpus": 1, "gpuMemory": "8Gi"},
-            "placement": placement,
-        }
-
+    trace = str(write_trace(tmp_path))
     owner = Owner("loosen", "ns", "u")
-    both = {
-        "policy": "manual",
-        "groups": [{"pipelineStages": 1, "tensorParallel": 1, "models": ["long", "short"]}],
-    }
-    status = rc.reconcile(api, OperatorConfig(), owner, 1, spec(1.0, both), None).status
+    spec = long_and_short_spec(1.0, trace, BOTH_ON_ONE_GPU)
+    status = rc.reconcile(api, OperatorConfig(), owner, 1, spec, None).status
     assert status["predictedAttainment"] == 0.8
-    status = rc.reconcile(
-        api, OperatorConfig(), owner, 2, spec(2.0, {"policy": "statmux"}), status
-    ).status
+    looser = long_and_short_spec(2.0, trace, {"policy": "statmux"})
+    status = rc.reconcile(api, OperatorConfig(), owner, 2, looser, status).status
     assert status["predictedAttainment"] == 0.8
     stored = json.loads(api.objects[("ConfigMap", "ns", "loosen-plan")]["data"]["plan.json"])
     bounds = {m["name"]: m.get("admissionSeconds") for g in stored["groups"] for m in g["models"]}

@@ -13,6 +13,14 @@ import yaml
 from statmux.placement.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
+from slo_admission_example import (  # noqa: E402  (tests/helpers, put on the path above)
+    BOTH_ON_ONE_GPU,
+    long_and_short_spec,
+    write_trace,
+)
+
 DEMO = ROOT / "examples" / "demo.yaml"
 
 
@@ -322,38 +330,15 @@ def test_plan_names_the_bad_previous_plan_field(tmp_path: Path) -> None:
 
 
 def long_and_short(tmp_path: Path, slo_scale: float, manual: bool = False) -> Path:
-    """One GPU, a 3 s model and a 1 s model, five requests: with SLO-aware admission a
-    looser SLO admits the long request, which pushes two short ones past their SLO
-    (tests/placement/test_incumbent.py: 4 of 5 served at 1x, 3 of 5 at 2x)."""
-    (tmp_path / "trace.csv").write_text(
-        "time,model\n0,short\n0.5,long\n1,short\n2,short\n3,short\n"
-    )
-
-    def model(name: str, seconds: float) -> dict[str, object]:
-        config = {"pipelineStages": 1, "tensorParallel": 1, "stageLatencyS": {"1": [seconds]}}
-        return {
-            "name": name,
-            "profile": {"inline": {"weightBytes": 1e9, "configs": [config]}},
-            "slo": {"latencySeconds": seconds * slo_scale},
-        }
-
-    placement: dict[str, object] = {"policy": "statmux"}
-    if manual:
-        placement = {
-            "policy": "manual",
-            "groups": [{"pipelineStages": 1, "tensorParallel": 1, "models": ["long", "short"]}],
-        }
+    """tests/helpers/slo_admission_example.py as a ModelSet file (4 of 5 requests served at
+    SLO 1x, 3 of 5 at 2x)."""
+    write_trace(tmp_path)
+    placement = BOTH_ON_ONE_GPU if manual else {"policy": "statmux"}
     doc = {
         "apiVersion": "statmux.io/v1alpha1",
         "kind": "ModelSet",
         "metadata": {"name": "long-and-short"},
-        "spec": {
-            "models": [model("long", 3.0), model("short", 1.0)],
-            "maxBatchSize": 1,
-            "workload": {"trace": {"path": "trace.csv", "format": "csv"}},
-            "cluster": {"gpus": 1, "gpuMemory": "8Gi"},
-            "placement": placement,
-        },
+        "spec": long_and_short_spec(slo_scale, "trace.csv", placement),
     }
     path = tmp_path / f"slo-{slo_scale:g}{'-manual' if manual else ''}.yaml"
     path.write_text(yaml.safe_dump(doc))
