@@ -8,7 +8,9 @@ models on few GPUs, mixed sizes, high CV, tight SLO; power-law rates, Gamma arri
 policies search the same SearchProblem on the whole workload and are scored on it. Search
 time is process CPU seconds, warm (the simulator's JIT compile is done first), the median of
 `--repeat` runs on fresh problems (the homogeneous settings take tens of milliseconds, where a
-shared machine's noise is large); simulations counts every simulator call of the search.
+shared machine's noise is large); each repeat runs both policies back to back, in alternating
+order, and the time ratio is the median of the repeats' statmux / alpaserve ratios;
+simulations counts every simulator call of the search.
 Runs in about three minutes on 2 cores.
 """
 
@@ -82,21 +84,30 @@ def run(
         if only and only not in name:
             continue
         ms = build(setting, duration)
-        row: dict[str, Any] = {}
-        for policy in ("alpaserve", "statmux"):
-            seconds = []
-            for _ in range(repeat):  # the searches are deterministic: only the time varies
+        policies = ("alpaserve", "statmux")
+        seconds: dict[str, list[float]] = {p: [] for p in policies}
+        last = {}
+        # The searches are deterministic: only the time varies. Each repeat runs both back
+        # to back, in alternating order, so that a shared machine's drift (its speed moves
+        # by a third within a minute here) hits both alike; the ratio is the median of the
+        # repeats' ratios.
+        for r in range(repeat):
+            for policy in policies if r % 2 == 0 else policies[::-1]:
                 problem = build_problem(ms.spec)  # a fresh problem: no shared caches
                 cpu = time.process_time()
-                ev = run_policy(problem, policy)
-                seconds.append(time.process_time() - cpu)
+                last[policy] = run_policy(problem, policy)
+                seconds[policy].append(time.process_time() - cpu)
+        row: dict[str, Any] = {}
+        for policy, ev in last.items():
             row[policy] = {
                 "attainment": round(ev.attainment, 5),
-                "cpu_seconds": round(statistics.median(seconds), 3),
+                "cpu_seconds": round(statistics.median(seconds[policy]), 3),
                 "simulations": ev.simulations,
                 "placement": ev.result.placement.describe(),
                 "requests": ev.sim.n_requests,
             }
+        ratios = [s / a for s, a in zip(seconds["statmux"], seconds["alpaserve"], strict=True)]
+        row["time_ratio"] = round(statistics.median(ratios), 3)
         rows[name] = row
     return rows
 
@@ -136,7 +147,7 @@ def main() -> None:
             f"| {name} | {a['requests']} | {100 * a['attainment']:.2f} % | "
             f"{a['cpu_seconds']:.2f} ({a['simulations']}) | {100 * s['attainment']:.2f} % | "
             f"{s['cpu_seconds']:.2f} ({s['simulations']}) | {delta:+.2f} | "
-            f"{s['cpu_seconds'] / max(a['cpu_seconds'], 1e-9):.2f} |"
+            f"{r['time_ratio']:.2f} |"
         )
     if deltas:
         print(f"\nmean Δ {sum(deltas) / len(deltas):+.2f} points; min Δ {min(deltas):+.2f}")

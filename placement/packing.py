@@ -84,7 +84,8 @@ def pack(
         return None if best < 0 else best
 
     # summed group by group, as a per-group list would be (same rounding)
-    mean_demand = {m: sum(demand[m][c] for c in cfg_of) / max(len(gs), 1) for m in models}
+    n = max(len(gs), 1)
+    mean_demand = {m: sum(map(demand[m].__getitem__, cfg_of)) / n for m in models}
 
     def density(m: str) -> float:
         smallest = min(need_bytes[m]) if gs else 1.0
