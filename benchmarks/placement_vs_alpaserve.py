@@ -1,7 +1,7 @@
 """statmux vs the faithful AlpaServe baseline, same simulator, on the whole trace.
 
     python benchmarks/placement_vs_alpaserve.py [--json] [--set generated|reference]
-        [--duration S] [--only TEXT] [--repeat N]
+        [--duration S] [--only TEXT] [--repeat N] [--min-cpu S]
 
 For each setting (built by statmux.placement.scenarios: the published S1-S3 shapes, many
 models on few GPUs, mixed sizes, high CV, tight SLO; power-law rates, Gamma arrivals), both
@@ -9,7 +9,8 @@ policies search the same SearchProblem on the whole workload and are scored on i
 time is process CPU seconds, warm (the simulator's JIT compile is done first), the median of
 `--repeat` runs on fresh problems (the homogeneous settings take tens of milliseconds, where a
 shared machine's noise is large); each repeat runs both policies back to back, in alternating
-order, and the time ratio is the median of the repeats' statmux / alpaserve ratios;
+order, and the time ratio is the median of the repeats' statmux / alpaserve ratios; a
+setting repeats until alpaserve's runs add up to `--min-cpu` seconds (at least `--repeat`);
 simulations counts every simulator call of the search.
 Runs in about three minutes on 2 cores.
 """
@@ -71,7 +72,11 @@ def generated_modelset(setting: dict[str, Any], duration: float) -> Any:
 
 
 def run(
-    duration: float, only: str | None, repeat: int = 3, which: str = "generated"
+    duration: float,
+    only: str | None,
+    repeat: int = 3,
+    which: str = "generated",
+    min_cpu: float = 0.0,
 ) -> dict[str, Any]:
     warm = build_problem(modelset(["bert-1.3b"] * 2, gpus=2, rate=5, duration=30).spec)
     run_policy(warm, "statmux")
@@ -91,12 +96,14 @@ def run(
         # to back, in alternating order, so that a shared machine's drift (its speed moves
         # by a third within a minute here) hits both alike; the ratio is the median of the
         # repeats' ratios.
-        for r in range(repeat):
+        r = 0
+        while r < repeat or sum(seconds["alpaserve"]) < min_cpu:
             for policy in policies if r % 2 == 0 else policies[::-1]:
                 problem = build_problem(ms.spec)  # a fresh problem: no shared caches
                 cpu = time.process_time()
                 last[policy] = run_policy(problem, policy)
                 seconds[policy].append(time.process_time() - cpu)
+            r += 1
         row: dict[str, Any] = {}
         for policy, ev in last.items():
             row[policy] = {
@@ -108,6 +115,7 @@ def run(
             }
         ratios = [s / a for s, a in zip(seconds["statmux"], seconds["alpaserve"], strict=True)]
         row["time_ratio"] = round(statistics.median(ratios), 3)
+        row["pairs"] = len(ratios)
         rows[name] = row
     return rows
 
@@ -129,9 +137,16 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=5, help="runs per policy; the median CPU time is reported"
     )
+    parser.add_argument(
+        "--min-cpu",
+        type=float,
+        default=2.0,
+        help="more runs until alpaserve's add up to this many CPU seconds (default 2: the "
+        "homogeneous settings take 0.1 s, where one run's noise is a tenth)",
+    )
     args = parser.parse_args()
     duration = args.duration or (1200.0 if args.which == "reference" else 300.0)
-    rows = run(duration, args.only, args.repeat, args.which)
+    rows = run(duration, args.only, args.repeat, args.which, args.min_cpu)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
