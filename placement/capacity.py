@@ -61,6 +61,8 @@ def plan_gpus(
     incumbent, through the same `best_candidate` as `statmux plan --previous`: never worse
     than `previous`. `baselines` join the max as in `statmux plan` (never below them)."""
     sized = with_gpus(spec, gpus)
+    # planned by statmux: a manual placement's groups are not this count's
+    sized.placement.policy, sized.placement.groups = "statmux", []
     problem = build_problem(sized)
     searched = run_policy(problem, "statmux")
     others = [run_policy(problem, b, sized) for b in baselines]

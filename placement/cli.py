@@ -162,7 +162,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if target is not None and not 0 < target <= 1:
         raise UsageError(f"--target-attainment must be in (0, 1], got {target:g}")
     if target is not None and policy != "statmux":
-        raise UsageError("--target-attainment plans with the statmux policy; drop --policy")
+        raise UsageError(_statmux_only("--target-attainment", args.policy, policy))
     if args.previous and target is not None:
         raise UsageError(
             "--previous and --target-attainment: give one (a capacity search carries each "
@@ -175,7 +175,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "drop --previous and --target-attainment"
             )
         if policy != "statmux":
-            raise UsageError("--sweep-gpus plans with the statmux policy; drop --policy")
+            raise UsageError(_statmux_only("--sweep-gpus", args.policy, policy))
         return _sweep(args, ms, _parse_counts(args.sweep_gpus), baselines)
     if args.plot:
         raise UsageError("--plot goes with --sweep-gpus")
@@ -215,6 +215,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise UsageError(message)
         err.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
     return 0
+
+
+def _statmux_only(flag: str, given: str | None, policy: str) -> str:
+    if given is not None:
+        return f"{flag} plans with the statmux policy; drop --policy {given}"
+    return (
+        f"{flag} plans with the statmux policy; this ModelSet asks for {policy!r} "
+        "(spec.placement.policy): add --policy statmux"
+    )
 
 
 def _parse_counts(text: str) -> list[int]:

@@ -441,3 +441,25 @@ def test_sweep_gpus_never_decreases_and_plots_the_curve(tmp_path: Path) -> None:
 )
 def test_sweep_gpus_mistakes_are_named(tmp_path: Path, args: list[str], needle: str) -> None:
     assert_user_error(statmux("plan", str(DEMO), "-q", *args), needle)
+
+
+def test_sweep_gpus_of_a_manual_modelset_asks_for_the_statmux_policy(tmp_path: Path) -> None:
+    """examples/manual.yaml places its own groups on 8 GPUs: a sweep needs --policy statmux,
+    and then ignores those groups at every count (no error that they need 8 GPUs)."""
+    manual = ROOT / "examples" / "manual.yaml"
+    res = statmux("plan", str(manual), "-q", "--sweep-gpus", "2:3")
+    assert_user_error(res, "this ModelSet asks for 'manual' (spec.placement.policy)")
+    res = statmux(
+        "plan",
+        str(manual),
+        "-q",
+        "--sweep-gpus",
+        "2:3",
+        "--json",
+        "--no-baselines",
+        "--policy",
+        "statmux",
+    )
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["gpus"] for r in rows] == [2, 3] and rows[0]["attainment"] <= rows[1]["attainment"]
