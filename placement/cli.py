@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statmux.commands import Commands, UsageError
+from statmux.commands import Commands, UsageError, unwritable
 from statmux.placement.policy_registry import BASELINES, POLICY_NAMES
 
 if TYPE_CHECKING:
@@ -168,6 +168,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "--previous and --target-attainment: give one (a capacity search carries each "
             "GPU count's plan to the next itself)"
         )
+    for path, flag in ((args.output, "-o"), (args.plot, "--plot")):
+        if path and (why := unwritable(path, flag)):
+            raise UsageError(why)
     if args.sweep_gpus is not None:
         if target is not None or args.previous:
             raise UsageError(

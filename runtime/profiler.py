@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from statmux.commands import unwritable
 from statmux.placement.plan import Plan
 from statmux.placement.spec import WeightSource
 from statmux.runtime.loadgen import DEFAULT_SEQUENCE_LENGTH
@@ -352,6 +353,8 @@ def profile_main(argv: Sequence[str]) -> int:
     try:
         if args.repeats < 1 or args.warmup < 0 or args.sequence_length < 1:
             raise ProfileUsageError("--repeats and --sequence-length must be >= 1, --warmup >= 0")
+        if why := unwritable(args.output, "-o", make_parents=True):
+            raise ProfileUsageError(why)  # before measuring: no measurement lost to it
         if args.device == "cuda":
             from statmux.runtime.local_cluster import visible_gpus
 

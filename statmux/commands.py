@@ -26,7 +26,9 @@ with status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 Entry = Callable[[list[str]], int]
@@ -64,3 +66,22 @@ Register = Callable[[Commands], None]
 def first_command(argv: Sequence[str]) -> str | None:
     """The subcommand's name: the first word (statmux has no global flags besides --help)."""
     return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def unwritable(path: str, flag: str, make_parents: bool = False) -> str | None:
+    """Why the output file `path` (given as `flag`) cannot be written; None when it can.
+    Checked before the work that produces it, so that no result is lost to a bad path."""
+    target = Path(path)
+    if target.is_dir():
+        return f"{flag} {path}: is a folder; give a file name"
+    parent = target.parent
+    if make_parents:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"{flag} {path}: cannot create the folder {parent}: {e.strerror}"
+    if not parent.is_dir():
+        return f"{flag} {path}: the folder {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return f"{flag} {path}: not writable"
+    return None

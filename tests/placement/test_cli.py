@@ -437,6 +437,8 @@ def test_sweep_gpus_never_decreases_and_plots_the_curve(tmp_path: Path) -> None:
         (["--sweep-gpus", "2:4", "--target-attainment", "0.9"], "drop --previous and --target"),
         (["--sweep-gpus", "2:4", "--policy", "sr"], "--sweep-gpus plans with the statmux policy"),
         (["--plot", "x.png"], "--plot goes with --sweep-gpus"),
+        (["-o", "/no-such-dir-statmux/p.json"], "-o /no-such-dir-statmux/p.json: the folder"),
+        (["--sweep-gpus", "3:4", "--plot", "/no-such-dir-statmux/c.png"], "--plot /no-such-dir"),
     ],
 )
 def test_sweep_gpus_mistakes_are_named(tmp_path: Path, args: list[str], needle: str) -> None:

@@ -15,6 +15,16 @@ def test_unknown_preset_exits_2(tmp_path, capsys):
     assert "--preset 'bert-huge' is unknown" in capsys.readouterr().err
 
 
+def test_an_unwritable_output_exits_2_before_measuring(tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("")
+    assert profile_main(["--preset", "bert-tiny", "--pp", "1", "-o", str(out / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {out / 'p.yaml'}: cannot create the folder {out}" in err
+    assert profile_main(["--preset", "bert-tiny", "--pp", "1", "-o", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_profile_of_a_real_group_loads_as_a_profile_file(tmp_path):
     out = tmp_path / "bert.yaml"
