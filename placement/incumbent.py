@@ -102,9 +102,9 @@ def kept_admission(problem: SearchProblem, previous: Plan) -> dict[str, float]:
     before (same workload), each within the looser SLO."""
     bounds: dict[str, float] = {}
     for g in previous.groups:
-        for m in g.models:
-            b = min(bounds.get(m.name, m.admission_deadline_seconds), m.admission_deadline_seconds)
-            bounds[m.name] = b
+        for m in g.models:  # a model's replicas share one bound; the tightest, to be safe
+            b = m.admission_deadline_seconds
+            bounds[m.name] = min(b, bounds.get(m.name, b))
     return {m: b for m, b in bounds.items() if m in problem.slo and b < problem.slo[m]}
 
 
