@@ -400,7 +400,10 @@ def _converge_status(
     )
     plan_ok = condition_status(conditions, PLAN_READY) == "True"
     conditions = merge_conditions(
-        conditions, readiness_conditions(outcome.readiness, plan_ok, plan.unplaced), generation, now
+        conditions,
+        readiness_conditions(outcome.readiness, plan_ok, plan.unplaced, plan.unplaced_advice()),
+        generation,
+        now,
     )
     new = plan_status(plan, cm_name) | {
         "observedGeneration": generation,

@@ -138,8 +138,12 @@ class Readiness:
 
 
 def readiness_conditions(
-    r: Readiness, plan_ready: bool, unplaced: list[str] | tuple[str, ...] = ()
+    r: Readiness,
+    plan_ready: bool,
+    unplaced: list[str] | tuple[str, ...] = (),
+    advice: str = "raise cluster.gpuMemory or cluster.gpus",
 ) -> list[Condition]:
+    """`advice`: what would place the unplaced models (Plan.unplaced_advice)."""
     all_groups = r.ready_groups == r.groups
     if all_groups:
         groups = Condition(GROUPS_READY, True, "AllGroupsReady", f"{r.groups} groups ready")
@@ -173,7 +177,7 @@ def readiness_conditions(
         reason = reason or "UnplacedModels"
         problems.append(
             f"{len(unplaced)} models get no replica and fail every request: "
-            f"{', '.join(unplaced)}; raise cluster.gpuMemory or cluster.gpus"
+            f"{', '.join(unplaced)}; {advice}"
         )
     if problems:
         out.append(Condition(DEGRADED, True, reason, "; ".join(problems)))

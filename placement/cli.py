@@ -211,8 +211,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if plan.unplaced:
         message = (
             f"{len(plan.unplaced)} of {len(ms.spec.models)} models get no replica and fail "
-            f"every request: {', '.join(plan.unplaced)} (raise cluster.gpuMemory or "
-            "cluster.gpus, or drop models)"
+            f"every request: {', '.join(plan.unplaced)} ({plan.unplaced_advice()})"
         )
         if args.strict:
             raise UsageError(message)

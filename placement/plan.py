@@ -459,6 +459,24 @@ class Plan(_PlanModel):
     def placement(self) -> Placement:
         return Placement([Group(g.config, [m.name for m in g.models]) for g in self.groups])
 
+    def unplaced_advice(self) -> str:
+        """What would place the unplaced models: more memory or GPUs, except for those the
+        planner reports as fitting (`left_out_warning`): more memory does not place them."""
+        fit = [
+            m
+            for m in self.unplaced
+            if any(w.startswith(left_out_warning(m)) for w in self.warnings)
+        ]
+        parts = []
+        if rest := [m for m in self.unplaced if m not in fit]:
+            parts.append(f"raise cluster.gpuMemory or cluster.gpus for {', '.join(rest)}")
+        if fit:
+            parts.append(
+                f"add GPUs for {', '.join(fit)} (they fit: memory is not what keeps them "
+                "out, see the warnings)"
+            )
+        return "; ".join(parts) + ", or drop models"
+
     def admission_seconds(self) -> dict[str, float]:
         """The models whose admission uses a bound below their SLO (admissionSeconds)."""
         return {
@@ -467,6 +485,11 @@ class Plan(_PlanModel):
             for m in g.models
             if m.admission_seconds is not None
         }
+
+
+def left_out_warning(model: str) -> str:
+    """How the planner's warning about a model that fits but got no replica begins."""
+    return f"model {model!r} gets no replica although it fits"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

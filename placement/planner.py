@@ -31,6 +31,7 @@ from statmux.placement.plan import (
     Predicted,
     SearchInfo,
     group_memory_per_gpu,
+    left_out_warning,
     plan_overheads,
 )
 from statmux.placement.policies import PolicyResult, manual_policy
@@ -479,7 +480,7 @@ def left_out_by_choice(
         else:
             why = "higher: the search missed it"
         out.append(
-            f"model {m!r} gets no replica although it fits {where}: with one there the "
+            f"{left_out_warning(m)} {where}: with one there the "
             f"predicted attainment is {100 * best:.2f} %, against {100 * chosen.attainment:.2f} "
             f"% without ({why}); more memory would not place it: add GPUs or drop it"
         )

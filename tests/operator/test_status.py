@@ -62,6 +62,10 @@ def test_unplaced_models_make_the_modelset_degraded() -> None:
     degraded = next(c for c in conds if c.type == "Degraded")
     assert degraded.status and degraded.reason == "UnplacedModels"
     assert "bert-c, bert-d" in degraded.message
+    assert degraded.message.endswith("raise cluster.gpuMemory or cluster.gpus")
+    conds = readiness_conditions(Readiness(2, 2, True), True, ["bert-c"], "add GPUs for bert-c")
+    degraded = next(c for c in conds if c.type == "Degraded")
+    assert degraded.message.endswith("fail every request: bert-c; add GPUs for bert-c")
 
 
 def test_plan_warnings_reach_the_plan_ready_message() -> None:

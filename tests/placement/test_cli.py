@@ -398,6 +398,12 @@ def test_a_model_left_out_although_it_fits_is_a_warning_that_says_why(tmp_path: 
         "the predicted attainment is 60.00 %, against 80.00 % without (its requests delay the "
         "others'); more memory would not place it: add GPUs or drop it"
     ]
+    # the summary line's advice agrees: not "raise cluster.gpuMemory" for it
+    assert plan.unplaced_advice() == (
+        "add GPUs for long (they fit: memory is not what keeps them out, see the warnings), "
+        "or drop models"
+    )
+    assert plan.unplaced_advice() in " ".join(res.stderr.split())
 
 
 def test_sweep_gpus_never_decreases_and_plots_the_curve(tmp_path: Path) -> None:

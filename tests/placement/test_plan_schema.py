@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,28 @@ def test_the_runtime_docs_example_is_a_valid_plan() -> None:
         "bert-a": 4,
         "gpt2-a": 1,
     }
+
+
+def test_unplaced_advice_tells_memory_bound_models_from_those_that_fit() -> None:
+    """Plan.unplaced_advice: more memory for the models memory keeps out; GPUs for those
+    the planner's warning says fit (placing them lowered the attainment)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+    from plans import make_test_plan
+
+    from statmux.placement.plan import left_out_warning
+
+    base = make_test_plan([(1, 1, ["a"])])
+    plan = base.model_copy(
+        update={
+            "unplaced": ["b", "c"],
+            "warnings": [f"{left_out_warning('c')} beside the models of g0: ..."],
+        }
+    )
+    assert plan.unplaced_advice() == (
+        "raise cluster.gpuMemory or cluster.gpus for b; add GPUs for c (they fit: memory is "
+        "not what keeps them out, see the warnings), or drop models"
+    )
+    only_memory = base.model_copy(update={"unplaced": ["b"]})
+    assert only_memory.unplaced_advice() == (
+        "raise cluster.gpuMemory or cluster.gpus for b, or drop models"
+    )
