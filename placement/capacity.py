@@ -91,8 +91,15 @@ def sweep(
     return out
 
 
-def fewest_gpus(spec: ModelSetSpec, target: float, progress: Progress | None = None) -> Planned:
-    """The fewest GPUs (found by doubling, then bisection) whose plan reaches `target`."""
+def fewest_gpus(
+    spec: ModelSetSpec,
+    target: float,
+    progress: Progress | None = None,
+    baselines: tuple[str, ...] = (),
+    name: str = "sweep",
+) -> Planned:
+    """The fewest GPUs (found by doubling, then bisection) whose plan reaches `target`;
+    `baselines` join each count's max as in `statmux plan`."""
     say = progress or (lambda _m: None)
     planned: dict[int, Planned] = {}
 
@@ -100,7 +107,7 @@ def fewest_gpus(spec: ModelSetSpec, target: float, progress: Progress | None = N
         below = [p for n, p in planned.items() if n < gpus]
         previous = max(below, key=lambda p: p.gpus) if below else None
         try:
-            found = plan_gpus(spec, gpus, previous)
+            found = plan_gpus(spec, gpus, previous, baselines, name)
         except SpecError:  # a model fits no config on so few GPUs
             return None
         planned[gpus] = found

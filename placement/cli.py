@@ -187,7 +187,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if target is None:
             plan = plan_modelset(ms, policy, baselines, progress, previous)
         else:
-            plan = _capacity_plan(ms, target, progress)
+            plan = _capacity_plan(ms, target, progress, baselines)
             out.print(
                 f"fewest GPUs reaching {100 * target:.2f} % SLO attainment: "
                 f"{plan.cluster.gpus} (predicted {100 * plan.attainment:.2f} %)"
@@ -309,13 +309,16 @@ def _sweep_row(plan: Plan) -> dict[str, object]:
     }
 
 
-def _capacity_plan(ms: ModelSet, target: float, progress: Callable[[str], None]) -> Plan:
-    from statmux.placement.capacity import fewest_gpus, with_gpus
-    from statmux.placement.planner import make_plan
+def _capacity_plan(
+    ms: ModelSet, target: float, progress: Callable[[str], None], baselines: tuple[str, ...]
+) -> Plan:
+    from statmux.placement.capacity import fewest_gpus
 
-    hit = fewest_gpus(ms.spec, target, progress)
-    sized = ms.model_copy(update={"spec": with_gpus(ms.spec, hit.gpus)})
-    return make_plan(sized, hit.problem, hit.evaluated, [])
+    hit = fewest_gpus(ms.spec, target, progress, baselines, ms.metadata.name)
+    # the chain of smaller counts found it: not a previous plan of the user's to report on
+    return hit.plan.model_copy(
+        update={"search": hit.plan.search.model_copy(update={"incumbent": None})}
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

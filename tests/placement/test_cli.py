@@ -471,3 +471,22 @@ def test_sweep_gpus_of_a_manual_modelset_asks_for_the_statmux_policy(tmp_path: P
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert [r["gpus"] for r in rows] == [2, 3] and rows[0]["attainment"] <= rows[1]["attainment"]
+
+
+def test_target_attainment_prints_the_fewest_gpus_and_their_plan_with_the_baselines(
+    tmp_path: Path,
+) -> None:
+    """The capacity answer agrees with the sweep: the count it names reaches the target, the
+    one below does not, and its plan carries the baselines computed at that count."""
+    ms = demo_on(tmp_path, 8)
+    out = tmp_path / "fewest.json"
+    res = statmux("plan", str(ms), "-q", "--target-attainment", "0.99", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    plan = Plan.read(out)
+    gpus = plan.cluster.gpus
+    assert f"fewest GPUs reaching 99.00 % SLO attainment: {gpus}" in res.stdout
+    assert plan.attainment >= 0.99 and plan.search.incumbent is None
+    assert set(plan.predicted.baselines) == {"sr", "clockwork++", "alpaserve"}
+    sweep = statmux("plan", str(ms), "-q", "--sweep-gpus", f"{gpus - 1}:{gpus}", "--json")
+    rows = json.loads(sweep.stdout)
+    assert rows[0]["attainment"] < 0.99 <= rows[1]["attainment"]
