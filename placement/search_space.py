@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from statmux.placement.plan import Group, Placement
-from statmux.placement.profile import ConfigProfile, ModelProfile, ParallelConfig
+from statmux.placement.profile import ModelProfile, ParallelConfig
 from statmux.placement.simulator import Simulator
 from statmux.placement.workload import Workload
 
@@ -40,7 +40,6 @@ class SearchProblem:
     # (model, config) -> value; the search asks these questions millions of times.
     _demand: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
     _bytes: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
-    _stage: dict[int, tuple[ConfigProfile, float]] = field(default_factory=dict, repr=False)
     _columns: dict[ParallelConfig, tuple[dict[str, float], dict[str, float]]] = field(
         default_factory=dict, repr=False
     )
@@ -111,16 +110,9 @@ class SearchProblem:
         if d is None:
             cp = self.profiles[model].configs.get(config)
             # a model without the config never goes on such a group: no load there
-            d = 0.0 if cp is None else self.rates.get(model, 0.0) * self._bottleneck(cp)
+            d = 0.0 if cp is None else self.rates.get(model, 0.0) * cp.max_stage(1)
             self._demand[key] = d
         return d
-
-    def _bottleneck(self, cp: ConfigProfile) -> float:
-        """cp.max_stage(1), once per config profile (many models share one)."""
-        found = self._stage.get(id(cp))
-        if found is None or found[0] is not cp:
-            found = self._stage[id(cp)] = (cp, cp.max_stage(1))
-        return found[1]
 
     # ------------------------------------------------------------------ memory
     def bytes_per_gpu(self, model: str, config: ParallelConfig) -> float:
@@ -136,18 +128,11 @@ class SearchProblem:
         for whole columns, once per partition."""
         cached = self._columns.get(config)
         if cached is None:
-            rates = self.rates
-            demand: dict[str, float] = {}
-            need: dict[str, float] = {}
-            for m in self.models:  # what demand() and bytes_per_gpu() give, in one pass
-                cp = self.profiles[m].configs.get(config)
-                if cp is None:
-                    d, b = 0.0, float("inf")
-                else:
-                    d, b = rates.get(m, 0.0) * self._bottleneck(cp), cp.weight_bytes_per_gpu
-                demand[m] = self._demand.setdefault((m, config), d)
-                need[m] = self._bytes.setdefault((m, config), b)
-            cached = self._columns[config] = (demand, need)
+            cached = (
+                {m: self.demand(m, config) for m in self.models},
+                {m: self.bytes_per_gpu(m, config) for m in self.models},
+            )
+            self._columns[config] = cached
         return cached
 
     def fits_alone(self, model: str, config: ParallelConfig) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from statmux.placement.plan import Plan, PlanError, PlanModel
@@ -41,18 +41,14 @@ class RouterConfig:
     groups: tuple[RoutedGroup, ...]  # plan order: ties in dispatch go to the first
     hosts: dict[str, tuple[RoutedGroup, ...]]  # model -> groups hosting it, plan order
     slo_seconds: dict[str, float]  # model -> SLO (the same on every group)
+    # model -> the latency admission compares with (PlanModel.admission_deadline_seconds:
+    # the SLO, or the Plan's admissionSeconds below it)
+    admission_seconds: dict[str, float]
     unrouted: tuple[str, ...] = ()  # plan groups without an endpoint (out of rotation)
-    # model -> the Plan's admissionSeconds, a bound below the SLO that admission uses
-    admission_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def models(self) -> list[str]:
         return sorted(self.hosts)
-
-    def admission_bound(self, model: str) -> float:
-        """The latency a request must be predicted to meet to be admitted: the SLO, unless
-        the Plan admits the model by a tighter bound (admissionSeconds)."""
-        return self.admission_seconds.get(model, self.slo_seconds[model])
 
 
 def normalize_url(text: str, where: str) -> str:
@@ -136,15 +132,17 @@ def build_config(plan: Plan, endpoints: dict[str, str], strict: bool) -> RouterC
             hosts.setdefault(m, []).append(g)
     # Models whose only hosts have no endpoint are still known (503, not 404).
     slo: dict[str, float] = {}
+    admission: dict[str, float] = {}
     for pg in plan.groups:
         for pm in pg.models:
             hosts.setdefault(pm.name, [])
             slo.setdefault(pm.name, pm.slo_seconds)
+            admission.setdefault(pm.name, pm.admission_deadline_seconds)
     return RouterConfig(
         plan.plan_hash,
         groups,
         {m: tuple(gs) for m, gs in hosts.items()},
         slo,
+        admission,
         tuple(missing),
-        plan.admission_seconds(),
     )

@@ -40,6 +40,7 @@ from statmux.runtime.serving_errors import (
     Rejected,
     ServingError,
     Unavailable,
+    admission_limit_text,
 )
 
 log = logging.getLogger("statmux.router")
@@ -288,7 +289,7 @@ class Router:
     ) -> Reply:
         """`tried`: groups that failed this request already (the fast path's retry state)."""
         slo = self.config.slo_seconds[model]
-        bound = self.config.admission_bound(model)
+        bound = self.config.admission_seconds[model]
         deadline = arrival + bound
         tried = [] if tried is None else tried
         while True:
@@ -311,7 +312,7 @@ class Router:
                 raise Rejected(
                     f"model '{model}': rejected by the router's SLO admission: the soonest a "
                     f"group can finish it is {best * 1000:.1f} ms after arrival > "
-                    f"{_bound_text(slo, bound)} ({self._backlogs(pairs)})"
+                    f"{admission_limit_text(slo, bound)} ({self._backlogs(pairs)})"
                 )
             cand = choice.candidate
             assert cand is not None
@@ -351,7 +352,7 @@ class Router:
             return None, (), now
         choice = choose([s.candidates[model] for s in live], rows, now)
         cand = choice.candidate
-        if cand is None or not admit(choice, arrival + self.config.admission_bound(model)):
+        if cand is None or not admit(choice, arrival + self.config.admission_seconds[model]):
             return None, (), now
         for s in live:
             if s.candidates[model] is cand:
@@ -502,12 +503,3 @@ def sum_stats(a: Any, b: Any, key: str = "") -> Any:
     if isinstance(a, bool) or not isinstance(a, int | float) or not isinstance(b, int | float):
         return a
     return max(a, b) if key == "last_inference" else a + b
-
-
-def _bound_text(slo: float, bound: float) -> str:
-    if bound < slo:
-        return (
-            f"the Plan's admission bound {bound * 1000:.1f} ms (admissionSeconds, below the "
-            f"SLO {slo * 1000:.1f} ms)"
-        )
-    return f"SLO {slo * 1000:.1f} ms"

@@ -52,6 +52,7 @@ from statmux.runtime.serving_errors import (
     Rejected,
     ServingError,
     Unavailable,
+    admission_limit_text,
 )
 
 log = logging.getLogger(__name__)
@@ -359,7 +360,8 @@ class Scheduler:
                 stats.record_rejection("admission", int((now - arrival) * 1e9))
                 if predicted > deadline:
                     total = (predicted + overhead - arrival) * 1000
-                    why = f"predicted {total:.1f} ms > {_bound_text(info)}" + (
+                    limit = admission_limit_text(info.slo_seconds, info.admission_seconds)
+                    why = f"predicted {total:.1f} ms > {limit}" + (
                         f" (with a per-request overhead of {overhead * 1000:.1f} ms)"
                         if overhead
                         else ""
@@ -604,11 +606,12 @@ class Scheduler:
         stats = self.stats[p.model]
         stats.pending -= 1
         stats.record_rejection("deadline", int((now - p.arrival) * 1e9))
+        info = self.infos[p.model]
+        limit = admission_limit_text(info.slo_seconds, info.admission_seconds)
         p.future.set_exception(
             Rejected(
-                f"model '{p.model}': rejected at dispatch: it would finish after its "
-                f"{_bound_text(self.infos[p.model])} ({(now - p.arrival) * 1000:.1f} ms "
-                "already queued)"
+                f"model '{p.model}': rejected at dispatch: it would finish after its {limit} "
+                f"({(now - p.arrival) * 1000:.1f} ms already queued)"
             )
         )
         self._note_idle()
@@ -792,14 +795,3 @@ class Scheduler:
         members = list(self._retry)
         self._retry.clear()
         self._finish_failed(members, err)
-
-
-def _bound_text(info: ModelInfo) -> str:
-    """What admission compares with: the SLO, or the Plan's admission bound below it."""
-    slo = info.slo_seconds or 0.0
-    if info.admission_seconds is not None:
-        return (
-            f"admission bound {info.admission_seconds * 1000:.1f} ms (the Plan's "
-            f"admissionSeconds, below the SLO {slo * 1000:.1f} ms)"
-        )
-    return f"SLO {slo * 1000:.1f} ms"

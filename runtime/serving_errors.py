@@ -83,3 +83,15 @@ class Cancelled(ServingError):
 
 
 OUTCOMES = ("success", "rejected", "cancelled", "invalid", "unavailable", "internal")
+
+
+def admission_limit_text(slo: float | None, bound: float | None) -> str:
+    """What SLO admission compares a request with: the SLO, or the Plan's admissionSeconds
+    below it (a re-plan keeps a previous plan's bound after the SLO was loosened)."""
+    slo_ms = 1000 * (slo or 0.0)
+    if bound is not None and slo is not None and bound < slo:
+        return (
+            f"admission bound {bound * 1000:.1f} ms (the Plan's admissionSeconds, below the "
+            f"SLO {slo_ms:.1f} ms)"
+        )
+    return f"SLO {slo_ms:.1f} ms"

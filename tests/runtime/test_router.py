@@ -384,7 +384,9 @@ def test_admission_uses_the_plans_bound_below_the_slo(cluster: Cluster) -> None:
     with pytest.raises(InferenceServerException) as e:
         c.infer("bert-bound", [http_input()])
     assert e.value.status() == "429"
-    assert "admission bound 1.0 ms (admissionSeconds, below the SLO 30000.0 ms)" in str(e.value)
+    assert "admission bound 1.0 ms (the Plan's admissionSeconds, below the SLO 30000.0 ms)" in (
+        str(e.value)
+    )
     c.close()
     g0 = th.InferenceServerClient(cluster.groups["g0"].url.removeprefix("http://"))
     with pytest.raises(InferenceServerException) as e:
