@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NoReturn
 
 import numpy as np
 
@@ -232,7 +233,7 @@ class Simulator:
         # Requests simulated so far, shared with every restricted() copy: a search's cost in
         # simulated requests (deterministic, unlike seconds), for budgets and benchmarks.
         self.work = [0]
-        self._has_requests = (self._requests > 0).tolist()
+        self._has_requests = self._requests > 0
         # Batch sizes the tables cover: 1 without queueing, else up to the largest profiled.
         largest = max(
             (max(c.batch_sizes) for p in profiles.values() for c in p.configs.values()),
@@ -247,6 +248,10 @@ class Simulator:
         self._config_ids: dict[tuple[int, int], int] = {}
         self._configs: list[ParallelConfig] = []
         self._stacked: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # Per (pp, tp, model list): the config id and every hosted model's index, checked
+        # once and shared with restricted() copies (which filter it by who has requests);
+        # _members caches that filtered list per simulator.
+        self._hosted: dict[tuple[int, int, tuple[str, ...]], tuple[int, np.ndarray]] = {}
         self._members: dict[tuple[int, int, tuple[str, ...]], tuple[int, np.ndarray]] = {}
         self._all_configs = False  # every profiled config has an id (see restricted)
 
@@ -309,12 +314,30 @@ class Simulator:
             self._stacked = (lat, np.ascontiguousarray(lat[:, :, 0, :]), maxb)
         return self._stacked
 
-    def _group_members(self, gi: int, group: Group) -> tuple[int, list[int]]:
-        """(config id, indices of the models the group serves, those with requests);
-        checked once per (config, model list) and cached: the search repeats groups."""
-        ci = self._config_id(group.config)
+    def _group_members(self, gi: int, group: Group) -> tuple[int, np.ndarray]:
+        """(config id, indices of the models the group serves that have requests)."""
+        key = (group.config.pp, group.config.tp, tuple(group.models))
+        hosted = self._hosted.get(key)
+        if hosted is None:
+            hosted = self._check_hosted(gi, group)
+            if len(self._hosted) > 65536:
+                self._hosted.clear()
+            self._hosted[key] = hosted
+        ci, every = hosted
+        members = every[self._has_requests[every]]
         _, usable = self._tables[group.config]
-        members = []
+        if (usable[members] == 0).any():
+            self._unprofiled(gi, group, members[usable[members] == 0])
+        return ci, members
+
+    def _check_hosted(self, gi: int, group: Group) -> tuple[int, np.ndarray]:
+        """(config id, indices of the group's models in this workload, each listed once);
+        a model that is neither in the workload nor profiled is an error. Hosting a model
+        without requests changes nothing (this also lets a simulator over a subset of the
+        models take a placement of all of them), so its config is checked only when it has
+        requests (_group_members)."""
+        ci = self._config_id(group.config)
+        every = []
         for name in dict.fromkeys(group.models):  # listed twice in one group: one replica
             mi = self._index.get(name)
             if mi is None:
@@ -324,18 +347,16 @@ class Simulator:
                         f"the workload nor in the profiles"
                     )
                 continue
-            if not self._has_requests[mi]:
-                # Hosting a model without requests changes nothing (this also lets a
-                # simulator over a subset of the models take a placement of all of them).
-                continue
-            if usable[mi] == 0:
-                raise ValueError(
-                    f"group {gi} hosts {name!r} with config {group.config}, but its "
-                    f"profile has no such config"
-                    + ("" if name in self.profiles else " (no profile at all)")
-                )
-            members.append(mi)
-        return ci, members
+            every.append(mi)
+        return ci, np.asarray(every, dtype=np.int64)
+
+    def _unprofiled(self, gi: int, group: Group, missing: np.ndarray) -> NoReturn:
+        name = self.model_names[int(missing[0])]
+        raise ValueError(
+            f"group {gi} hosts {name!r} with config {group.config}, but its "
+            f"profile has no such config"
+            + ("" if name in self.profiles else " (no profile at all)")
+        )
 
     def _prepare(self, placement: Placement) -> _Prepared:
         groups = placement.groups
@@ -349,8 +370,7 @@ class Simulator:
             key = (cfg.pp, cfg.tp, tuple(group.models))
             entry = self._members.get(key)
             if entry is None:
-                ci, members = self._group_members(gi, group)
-                entry = (ci, np.asarray(members, dtype=np.int64))
+                entry = self._group_members(gi, group)
                 if len(self._members) > 65536:
                     self._members.clear()
                 self._members[key] = entry
@@ -457,7 +477,7 @@ class Simulator:
         sub._deadlines = self._deadlines[rows]
         sub._requests = np.where(member, self._requests, 0)
         sub._n = int(rows.size)
-        sub._has_requests = (sub._requests > 0).tolist()
+        sub._has_requests = sub._requests > 0
         sub._members = {}  # which group members count depends on who has requests
         sub.workload = replace(
             self.workload,
