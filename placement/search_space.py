@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class SearchProblem:
     _sims: dict[tuple[str, ...], Simulator] = field(default_factory=dict, repr=False)
     _rates: dict[str, float] | None = field(default=None, repr=False)
     _eval_sim: Simulator | None = field(default=None, repr=False)
+    _whole: SearchProblem | None = field(default=None, repr=False)
     # (model, config) -> value; the search asks these questions millions of times.
     _demand: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
     _bytes: dict[tuple[str, ParallelConfig], float] = field(default_factory=dict, repr=False)
@@ -82,6 +83,30 @@ class SearchProblem:
             self.max_batch_size,
             admission_seconds=admission_seconds,
         )
+
+    def on_whole_workload(self) -> SearchProblem:
+        """This problem on the whole workload when it searches a sample (else itself), for
+        the final refinement; its simulations are counted here."""
+        if self.eval_workload is None:
+            return self
+        whole = self._whole
+        if whole is None:
+            whole = self._whole = replace(
+                self,
+                workload=self.eval_workload,
+                eval_workload=None,
+                progress=None,
+                simulations=0,
+                _sims={},
+                _rates=None,
+                _eval_sim=None,
+                _demand={},
+                _columns={},
+                _whole=None,
+            )
+            if self._eval_sim is not None:
+                whole._sims[()] = self._eval_sim
+        return whole
 
     def attainment(self, placement: Placement, models: Iterable[str] | None = None) -> float:
         self.simulations += 1

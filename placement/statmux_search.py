@@ -29,8 +29,9 @@
    benchmark settings and pay for the second GPU count below), are screened by merging each
    cluster's best screened packing (cached per cluster and GPU count, one simulation per
    split); the `top_splits` best get step 3 per cluster.
-5. The best candidate on the whole workload is refined by local search (local_search.py)
-   for `refine_share` of AlpaServe's estimated simulation count (10 to 100 simulations).
+5. The best candidate on the whole workload is refined by local search (local_search.py),
+   scored on the whole workload even when steps 1-4 searched a sample (maxRequests), for
+   `refine_share` of AlpaServe's estimated simulation count (10 to 100 simulations).
 
 Monotone in GPUs (issue 10): the unsplit problem also runs steps 2-3 for the `carry` smaller
 GPU counts, their extra GPUs idle, and step 5 refines the best candidate of each count with
@@ -346,7 +347,13 @@ class StatmuxSearch:
             cost = self._estimate_alpaserve(self.screen(problem.models, k), k)
             budget = min(refine_simulations, max(10, int(self.refine_share * cost)))
             if att < 1.0:
-                p, _ = improve(problem, p, max_simulations=budget)
+                # on the whole workload when the search ran on a sample: the sample's bursts
+                # are not the trace's, and this is the last step that moves replicas
+                whole = problem.on_whole_workload()
+                before = whole.simulations
+                p, _ = improve(whole, p, max_simulations=budget)
+                if whole is not problem:
+                    problem.simulations += whole.simulations - before
                 att = evaluator.attainment(p)
                 problem.simulations += 1
             if final is None or att > final[0] + 1e-12:
