@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,18 @@ from statmux.placement.plan import Group, Placement
 from statmux.placement.profile import ModelProfile, ParallelConfig
 from statmux.placement.sim_kernels import run_batched, run_unbatched
 from statmux.placement.workload import Workload
+
+_GroupKey = tuple[int, int, tuple[str, ...]]  # (pp, tp, the group's model list)
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_GroupKey, _V], key: _GroupKey, value: _V) -> _V:
+    """Store in a per-group cache; the search's groups come and go, so a full one is
+    cleared rather than grown without bound."""
+    if len(cache) > 65536:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 @dataclass
@@ -251,8 +263,8 @@ class Simulator:
         # Per (pp, tp, model list): the config id and every hosted model's index, checked
         # once and shared with restricted() copies (which filter it by who has requests);
         # _members caches that filtered list per simulator.
-        self._hosted: dict[tuple[int, int, tuple[str, ...]], tuple[int, np.ndarray]] = {}
-        self._members: dict[tuple[int, int, tuple[str, ...]], tuple[int, np.ndarray]] = {}
+        self._hosted: dict[_GroupKey, tuple[int, np.ndarray]] = {}
+        self._members: dict[_GroupKey, tuple[int, np.ndarray]] = {}
         self._all_configs = False  # every profiled config has an id (see restricted)
 
     # ------------------------------------------------------------------ precomputation
@@ -314,15 +326,11 @@ class Simulator:
             self._stacked = (lat, np.ascontiguousarray(lat[:, :, 0, :]), maxb)
         return self._stacked
 
-    def _group_members(self, gi: int, group: Group) -> tuple[int, np.ndarray]:
+    def _group_members(self, gi: int, group: Group, key: _GroupKey) -> tuple[int, np.ndarray]:
         """(config id, indices of the models the group serves that have requests)."""
-        key = (group.config.pp, group.config.tp, tuple(group.models))
         hosted = self._hosted.get(key)
         if hosted is None:
-            hosted = self._check_hosted(gi, group)
-            if len(self._hosted) > 65536:
-                self._hosted.clear()
-            self._hosted[key] = hosted
+            hosted = _remember(self._hosted, key, self._check_hosted(gi, group))
         ci, every = hosted
         members = every[self._has_requests[every]]
         _, usable = self._tables[group.config]
@@ -370,10 +378,7 @@ class Simulator:
             key = (cfg.pp, cfg.tp, tuple(group.models))
             entry = self._members.get(key)
             if entry is None:
-                entry = self._group_members(gi, group)
-                if len(self._members) > 65536:
-                    self._members.clear()
-                self._members[key] = entry
+                entry = _remember(self._members, key, self._group_members(gi, group, key))
             ci_list.append(entry[0])
             member_arrays.append(entry[1])
         npp = np.fromiter((g.config.pp for g in groups), dtype=np.int64, count=n_groups)
